@@ -1,0 +1,200 @@
+"""A deterministic, offline provider for demos and for users' own tests.
+
+It never pretends to be a real model: every reply says it comes from the
+mock, and the model ids in policies.yaml should say so too (``mock-echo``).
+Given the same request it always gives the same answer, with honest usage
+counts, streaming, tool calls and structured output:
+
+* with ``tools``, it calls a tool when ``tool_choice`` is ``required`` or
+  names one, or when the last user message mentions a tool by name;
+* with a ``json_schema`` response format, it answers a JSON document that
+  fits the schema's types;
+* otherwise it answers a short sentence quoting the last user message.
+
+Options (``providers.<name>.options``): ``latency`` (seconds before the
+answer) and ``chunk_delay`` (seconds between streamed chunks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from unimw.adapters.base import Target
+from unimw.policy import Provider
+from unimw.wire import JSON, chunk, dumps, now, usage, usage_chunk
+
+
+def count_tokens(text: str) -> int:
+    """A rough, stable token count: about one token per four characters."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def prompt_text(request: JSON) -> str:
+    parts: list[str] = []
+    for message in request.get("messages") or ():
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+    return "\n".join(parts)
+
+
+def last_user_text(request: JSON) -> str:
+    for message in reversed(request.get("messages") or ()):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def sample(schema: Any) -> Any:
+    """A small value that fits a JSON schema's types."""
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            return sample(schema[key][0])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        return {name: sample(sub) for name, sub in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [sample(schema.get("items"))]
+    return {"string": "mock", "integer": 0, "number": 0, "boolean": False}.get(str(kind))
+
+
+def _chosen_tool(request: JSON) -> JSON | None:
+    tools = [t for t in request.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
+    choice = request.get("tool_choice", "auto")
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return next((t for t in tools if t["function"].get("name") == name), None)
+    if choice == "required":
+        return tools[0]
+    text = last_user_text(request).lower()
+    return next((t for t in tools if t["function"].get("name", "").lower() in text), None)
+
+
+def answer(request: JSON) -> tuple[JSON, str]:
+    """The assistant message and finish reason the mock gives to ``request``."""
+    tool = _chosen_tool(request)
+    if tool is not None:
+        function = tool["function"]
+        arguments = dumps(sample(function.get("parameters") or {}) or {}).decode()
+        digest = hashlib.sha256(dumps([function["name"], arguments, prompt_text(request)])).hexdigest()
+        call = {
+            "id": "call_mock_" + digest[:20],
+            "type": "function",
+            "function": {"name": function["name"], "arguments": arguments},
+        }
+        return {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}, "tool_calls"
+    response_format = request.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        text = dumps(sample((response_format.get("json_schema") or {}).get("schema") or {})).decode()
+    elif response_format.get("type") == "json_object":
+        text = '{"mock": true}'
+    else:
+        quoted = " ".join(last_user_text(request).split()[:12])
+        text = f'This is a mock reply from unimw (no model was called). You said: "{quoted}"'
+    return {"role": "assistant", "content": text, "refusal": None}, "stop"
+
+
+def _output_text(message: JSON) -> str:
+    if message.get("tool_calls"):
+        return "".join(c["function"]["name"] + c["function"]["arguments"] for c in message["tool_calls"])
+    return str(message.get("content") or "")
+
+
+def _id(request: JSON) -> str:
+    return "chatcmpl-mock" + hashlib.sha256(dumps(request.get("messages"))).hexdigest()[:24]
+
+
+class MockAdapter:
+    """Answers from :func:`answer`, as a chat completion or a stream of chunks."""
+
+    supports_streaming: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True
+
+    def __init__(self, provider: Provider) -> None:
+        self._latency = float(provider.options.get("latency", 0))
+        self._chunk_delay = float(provider.options.get("chunk_delay", 0))
+
+    async def complete(self, request: JSON, target: Target) -> JSON:
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        message, finish = answer(request)
+        n = int(request.get("n") or 1)
+        prompt_tokens = count_tokens(prompt_text(request))
+        return {
+            "id": _id(request),
+            "object": "chat.completion",
+            "created": now(),
+            "model": target.model,
+            "choices": [
+                {"index": i, "message": dict(message), "finish_reason": finish, "logprobs": None} for i in range(n)
+            ],
+            "usage": usage(prompt_tokens, n * count_tokens(_output_text(message))),
+        }
+
+    async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        return self._chunks(request, target)
+
+    async def _chunks(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
+        message, finish = answer(request)
+        id, model, created = _id(request), target.model, now()
+        n = int(request.get("n") or 1)
+        for index in range(n):
+            yield chunk(id, model, created, {"role": "assistant", "content": ""}, index=index)
+            if message.get("tool_calls"):
+                call = message["tool_calls"][0]
+                head = {
+                    "index": 0,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""},
+                }
+                yield chunk(id, model, created, {"tool_calls": [head]}, index=index)
+                for piece in _pieces(call["function"]["arguments"]):
+                    await self._pause()
+                    yield chunk(
+                        id,
+                        model,
+                        created,
+                        {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]},
+                        index=index,
+                    )
+            else:
+                for piece in _pieces(message["content"]):
+                    await self._pause()
+                    yield chunk(id, model, created, {"content": piece}, index=index)
+            yield chunk(id, model, created, finish_reason=finish, index=index)
+        if (request.get("stream_options") or {}).get("include_usage"):
+            used = usage(count_tokens(prompt_text(request)), n * count_tokens(_output_text(message)))
+            yield usage_chunk(id, model, created, used)
+
+    async def _pause(self) -> None:
+        if self._chunk_delay:
+            await asyncio.sleep(self._chunk_delay)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _pieces(text: str, size: int = 16) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]

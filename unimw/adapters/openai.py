@@ -1,0 +1,152 @@
+"""OpenAI Chat Completions, and every server that speaks it.
+
+OpenAI itself, Azure OpenAI's v1 endpoint, vLLM, Ollama, llama.cpp, Groq,
+DeepSeek, Mistral, OpenRouter and the rest are all ``kind: openai`` rows in
+policies.yaml. The request is forwarded as the caller sent it, unknown fields
+included, with only the model id replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+
+from unimw.adapters.base import Target, merge_params
+from unimw.errors import UpstreamError, UpstreamUnavailable
+from unimw.http import UpstreamClient
+from unimw.policy import Provider
+from unimw.wire import JSON, dumps, loads, now, sse_data
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def to_request(chat: JSON, target: Target) -> JSON:
+    """The body to send upstream: the caller's, with the vendor's model id."""
+    return merge_params(chat, target)
+
+
+def from_response(body: JSON) -> JSON:
+    """A ``chat.completion``; compatible servers sometimes omit required keys."""
+    body.setdefault("object", "chat.completion")
+    body.setdefault("created", now())
+    for choice in body.get("choices") or ():
+        message = choice.get("message")
+        if isinstance(message, dict):
+            message.setdefault("refusal", None)
+        choice.setdefault("logprobs", None)
+    return body
+
+
+async def from_events(events: AsyncIterable[tuple[str | None, bytes]]) -> AsyncIterator[JSON]:
+    """``chat.completion.chunk`` objects from the upstream's SSE events.
+
+    A stream that ends without ``[DONE]`` was cut short: that is an error,
+    not a quiet end, so the caller is not told a partial answer is whole.
+    """
+    async for _event, data in events:
+        if data == b"[DONE]":
+            return
+        obj = _parse(data)
+        if "error" in obj:
+            raise _error_from_body(500, obj, {})
+        yield obj
+    raise UpstreamUnavailable("The upstream closed the stream before it was complete.")
+
+
+def to_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    """The upstream's error, as it would reach an OpenAI client."""
+    try:
+        parsed = loads(body)
+    except ValueError:
+        parsed = None
+    return _error_from_body(status, parsed if isinstance(parsed, dict) else {}, headers)
+
+
+def _error_from_body(status: int, body: JSON, headers: Mapping[str, str]) -> UpstreamError:
+    error = body.get("error")
+    if not isinstance(error, dict):
+        # Some compatible servers answer ``{"detail": ...}`` or ``{"message": ...}``.
+        error = {"message": body.get("message") or body.get("detail")}
+    message = error.get("message")
+    return UpstreamError(
+        message if isinstance(message, str) and message else f"The upstream answered with status {status}.",
+        status=status,
+        type=_str_or(error.get("type"), None) or "upstream_error",
+        param=_str_or(error.get("param"), None),
+        code=_str_or(error.get("code"), None),
+        retry_after=retry_after(headers),
+    )
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    if value := headers.get("retry-after-ms"):
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    if value := headers.get("retry-after"):
+        try:
+            return float(value)
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - now())
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _str_or(value: Any, default: str | None) -> str | None:
+    if value is None:
+        return default
+    return str(value)
+
+
+def _parse(data: bytes) -> JSON:
+    try:
+        obj = loads(data)
+    except ValueError as exc:
+        raise UpstreamError("The upstream sent malformed JSON.", status=502, code="bad_upstream_response") from exc
+    if not isinstance(obj, dict):
+        raise UpstreamError("The upstream sent an unexpected JSON value.", status=502, code="bad_upstream_response")
+    return obj
+
+
+class OpenAIAdapter:
+    """Chat Completions over HTTP to one OpenAI-compatible provider."""
+
+    supports_streaming: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True
+
+    def __init__(self, provider: Provider) -> None:
+        base_url = provider.base_url or DEFAULT_BASE_URL
+        self._url = base_url + "/chat/completions"
+        headers = {"content-type": "application/json", **provider.headers}
+        if provider.api_key is not None:
+            headers["authorization"] = "Bearer " + provider.api_key.get_secret_value()
+        self._client = UpstreamClient(
+            timeout=provider.timeout, connect_timeout=provider.connect_timeout, headers=headers
+        )
+        self._stream_headers = {"accept": "text/event-stream"}
+        self._headers: dict[str, str] = {}
+
+    async def complete(self, request: JSON, target: Target) -> JSON:
+        body = to_request(request, target)
+        reply = await self._client.post(self._url, dumps(body), self._headers)
+        if reply.status >= 400:
+            raise to_error(reply.status, reply.body, reply.headers)
+        return from_response(_parse(reply.body))
+
+    async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
+        body = to_request(request, target)
+        reply = await self._client.open_stream(self._url, dumps(body), self._stream_headers)
+        if reply.status >= 400:
+            try:
+                raise to_error(reply.status, await reply.read(), reply.headers)
+            finally:
+                reply.close()
+        return reply.guard(from_events(sse_data(reply.lines())))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,191 @@
+"""ASGI doors: the gateway's own app, and middleware that puts it in front of a host app.
+
+Neither holds policy logic: they read the body, call one Gateway method,
+and write its answer (JSON, or SSE for streams) or its error (the OpenAI
+envelope). Per-request state lives in locals only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from unimw.errors import InvalidRequest, NotFound, PayloadTooLarge, UnimwError
+from unimw.gateway import Gateway
+from unimw.wire import JSON, SSE_DONE, dumps, loads, request_id, sse_event
+
+logger = logging.getLogger("unimw")
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_SERVER_ERROR: JSON = {
+    "error": {
+        "message": "The server had an error while processing your request.",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+}
+
+
+class GatewayApp:
+    """The OpenAI routes of one gateway under ``prefix`` (``/v1/chat/completions``, ...)."""
+
+    def __init__(self, gateway: Gateway, prefix: str = "/v1") -> None:
+        self.gateway = gateway
+        self.prefix = prefix.rstrip("/")
+        self._max_body = gateway.policy.server.max_body_bytes
+        self._chat = self.prefix + "/chat/completions"
+        self._models = self.prefix + "/models"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        rid = request_id()
+        try:
+            await self._route(scope, receive, send, rid)
+        except UnimwError as error:
+            await _send_json(send, error.status_code, error.to_dict(), rid, error.headers)
+        except Exception:
+            logger.exception("unimw: unexpected error in %s %s", scope["method"], scope["path"])
+            await _send_json(send, 500, _SERVER_ERROR, rid)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+        method, path = scope["method"], scope["path"]
+        if path == self._chat:
+            _allow(method, "POST", path)
+            body = loads_request(await read_body(scope, receive, self._max_body))
+            result = await self.gateway.chat_completions(body)
+            if isinstance(result, dict):
+                await _send_json(send, 200, result, rid)
+            else:
+                response = StreamingResponse(
+                    _sse(result), media_type="text/event-stream", headers={**_SSE_HEADERS, "x-request-id": rid}
+                )
+                await response(scope, receive, send)
+        elif path == self._models:
+            _allow(method, "GET", path)
+            await _send_json(send, 200, self.gateway.models(), rid)
+        elif path.startswith(self._models + "/"):
+            _allow(method, "GET", path)
+            await _send_json(send, 200, self.gateway.model(path[len(self._models) + 1 :]), rid)
+        else:
+            raise NotFound(f"Invalid URL ({method} {path})")
+
+
+class UnimwMiddleware:
+    """Serve the gateway's routes under ``prefix``; pass everything else to ``app`` untouched.
+
+    ``app.add_middleware(UnimwMiddleware, config="policies.yaml")`` in
+    FastAPI/Starlette, or ``UnimwMiddleware(app, gateway=gw)`` around any
+    ASGI app. A gateway the middleware built from ``config`` is closed when
+    the host app's lifespan shuts down.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: str | os.PathLike[str] | None = None,
+        gateway: Gateway | None = None,
+        prefix: str = "/v1",
+    ) -> None:
+        if (config is None) == (gateway is None):
+            raise TypeError("UnimwMiddleware needs exactly one of config= or gateway=")
+        self.app = app
+        self.gateway = gateway if gateway is not None else Gateway.from_yaml(config)  # type: ignore[arg-type]
+        self._owns_gateway = gateway is None
+        self._api = GatewayApp(self.gateway, prefix)
+        self._prefix = self._api.prefix + "/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self._prefix):
+            await self._api(scope, receive, send)
+        elif scope["type"] == "lifespan" and self._owns_gateway:
+            await self.app(scope, receive, self._closing_on_shutdown(send))
+        else:
+            await self.app(scope, receive, send)
+
+    def _closing_on_shutdown(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.gateway.aclose()
+            await send(message)
+
+        return wrapped
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("The client disconnected before sending the whole body.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+def loads_request(body: bytes) -> Any:
+    try:
+        return loads(body)
+    except ValueError as exc:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON "
+            f"({exc.args[0] if exc.args else 'invalid JSON'})."
+        ) from exc
+
+
+def _allow(method: str, allowed: str, path: str) -> None:
+    if method != allowed:
+        raise _MethodNotAllowed(f"Method {method} is not allowed for {path}; use {allowed}.")
+
+
+class _MethodNotAllowed(NotFound):
+    status = 405
+    default_code = "method_not_allowed"
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+
+
+async def _sse(chunks: AsyncIterator[JSON]) -> AsyncIterator[bytes]:
+    """Chunks as SSE events, ending in ``[DONE]``; a failure mid-stream as an error event."""
+    try:
+        async for chunk in chunks:
+            yield sse_event(chunk)
+    except UnimwError as error:
+        yield sse_event(error.to_dict())
+        return
+    except Exception:
+        logger.exception("unimw: unexpected error while streaming")
+        yield sse_event(_SERVER_ERROR)
+        return
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    yield SSE_DONE
+
+
+async def _send_json(send: Send, status: int, body: JSON, rid: str, extra: dict[str, str] | None = None) -> None:
+    payload = dumps(body)
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode()), (b"x-request-id", rid.encode())]
+    if extra:
+        headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

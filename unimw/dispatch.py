@@ -1,0 +1,135 @@
+"""Sending a request to the targets of a route until one answers.
+
+* Retryable failures (429, 5xx, timeouts, broken connections) are retried
+  on the same target with bounded exponential backoff, or after the
+  upstream's ``Retry-After`` when it asks for a short enough wait.
+* A rate-limited or timed-out target is not retried while the route has
+  another target: the next one is tried at once.
+* A target that failed is cooled down (skipped while others remain).
+* A stream may fall back only before its first chunk: once a chunk has
+  reached the caller, a failure is the caller's to see.
+* Errors that another attempt cannot fix (400, 401, 404, ...) are raised
+  at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
+
+from unimw.adapters.base import Adapter, Target
+from unimw.errors import UpstreamError, UpstreamTimeout
+from unimw.policy import Dispatch
+from unimw.routing import Route, Router
+from unimw.wire import JSON
+
+T = TypeVar("T")
+
+
+class Dispatcher:
+    """Retries, fallback and cooldown over the adapters of one gateway."""
+
+    def __init__(
+        self,
+        router: Router,
+        adapters: Mapping[str, Adapter],
+        settings: Dispatch,
+        *,
+        retries: Mapping[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._router = router
+        self._adapters = adapters
+        self._settings = settings
+        self._retries = retries or {}
+        self._clock = clock
+        self._sleep = sleep
+        self._cool_until: dict[str, float] = {}
+
+    async def complete(self, route: Route, request: JSON) -> JSON:
+        async def attempt(target: Target) -> JSON:
+            return await self._adapters[target.provider].complete(request, target)
+
+        return await self._first_success(route, attempt)
+
+    async def stream(self, route: Route, request: JSON) -> AsyncIterator[JSON]:
+        """The chunk stream of the first target that produced a first chunk."""
+
+        async def attempt(target: Target) -> tuple[JSON, AsyncIterator[JSON]]:
+            chunks = await self._adapters[target.provider].stream(request, target)
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                raise UpstreamError("The upstream sent an empty stream.", status=502) from None
+            except BaseException:
+                await _aclose(chunks)
+                raise
+            return first, chunks
+
+        first, rest = await self._first_success(route, attempt)
+        return _prepend(first, rest)
+
+    async def _first_success(self, route: Route, attempt: Callable[[Target], Awaitable[T]]) -> T:
+        targets = self._available(self._router.order(route))
+        last_error: UpstreamError | None = None
+        for position, target in enumerate(targets):
+            has_next = position + 1 < len(targets)
+            retries = self._retries.get(target.provider, self._settings.retries)
+            for tries in range(retries + 1):
+                try:
+                    result = await attempt(target)
+                except UpstreamError as error:
+                    if not error.retryable:
+                        raise
+                    last_error = error
+                    wait = self._wait(error, tries)
+                    moves_on = has_next and (error.status_code == 429 or isinstance(error, UpstreamTimeout))
+                    if wait is None or moves_on or tries == retries:
+                        self._cool(target, error)
+                        break
+                    await self._sleep(wait)
+                else:
+                    self._cool_until.pop(target.name, None)
+                    return result
+        assert last_error is not None  # every route has a target
+        raise last_error
+
+    def _wait(self, error: UpstreamError, tries: int) -> float | None:
+        """Seconds before retrying the same target, or ``None`` to move on."""
+        settings = self._settings
+        if error.retry_after is not None:
+            return error.retry_after if error.retry_after <= settings.max_retry_after else None
+        backoff = min(settings.max_backoff, settings.backoff * 2.0**tries)
+        return backoff * (0.75 + random.random() / 4)
+
+    def _available(self, targets: tuple[Target, ...]) -> tuple[Target, ...]:
+        """``targets`` without those cooling down, unless that leaves none."""
+        if not self._cool_until:
+            return targets
+        now = self._clock()
+        warm = tuple(t for t in targets if self._cool_until.get(t.name, 0.0) <= now)
+        return warm or targets
+
+    def _cool(self, target: Target, error: UpstreamError) -> None:
+        seconds = max(self._settings.cooldown, error.retry_after or 0.0)
+        if self._settings.cooldown:
+            self._cool_until[target.name] = self._clock() + seconds
+
+
+async def _prepend(first: JSON, rest: AsyncIterator[JSON]) -> AsyncIterator[JSON]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await _aclose(rest)
+
+
+async def _aclose(iterator: AsyncIterator[JSON]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -1,0 +1,133 @@
+"""The upstream HTTP client: the one seam between adapters and the network.
+
+Adapters post bytes and read bytes or lines; they never see the client
+library. We use one pooled ``aiohttp.ClientSession`` per provider because,
+measured on the bench (see README), it costs a half to a third of what
+``httpx.AsyncClient`` does per call and per streamed chunk. Client errors
+are mapped to :class:`UpstreamUnavailable` / :class:`UpstreamTimeout` here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from unimw.errors import UpstreamTimeout, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    import aiohttp
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Reply:
+    """A complete upstream answer."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class StreamReply:
+    """An upstream answer whose body is still arriving."""
+
+    status: int
+    headers: Mapping[str, str]
+    _response: aiohttp.ClientResponse
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except _client_errors() as exc:
+            raise _map_error(exc) from exc
+
+    def close(self) -> None:
+        """Give the connection back to the pool (or drop it, if unread)."""
+        self._response.release()
+
+    async def guard(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Yield ``items``; close them and this reply however the loop ends."""
+        try:
+            async for item in items:
+                yield item
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            self.close()
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        """The body line by line, as it arrives."""
+        content = self._response.content
+        try:
+            while line := await content.readline():
+                yield line
+        except _client_errors() as exc:
+            raise _map_error(exc) from exc
+
+
+class UpstreamClient:
+    """A pooled HTTP client for one provider."""
+
+    def __init__(self, *, timeout: float, connect_timeout: float, headers: Mapping[str, str] | None = None) -> None:
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._headers = dict(headers or {})
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._loop is not loop or self._session.closed:
+            import aiohttp  # imported on first call: it is the heaviest import we have
+
+            self._loop = loop
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout, sock_read=self._timeout),
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        try:
+            async with self._client().post(url, data=body, headers=headers) as response:
+                return Reply(response.status, response.headers, await response.read())
+        except _client_errors() as exc:
+            raise _map_error(exc) from exc
+
+    async def open_stream(self, url: str, body: bytes, headers: Mapping[str, str]) -> StreamReply:
+        """Send the request and return once the status line and headers are in."""
+        try:
+            response = await self._client().post(url, data=body, headers=headers)
+        except _client_errors() as exc:
+            raise _map_error(exc) from exc
+        return StreamReply(response.status, response.headers, response)
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+@functools.cache
+def _client_errors() -> tuple[type[BaseException], ...]:
+    import aiohttp
+
+    return (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+def _map_error(exc: BaseException) -> UpstreamTimeout | UpstreamUnavailable:
+    import aiohttp
+
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout("The upstream did not answer in time.")
+    return UpstreamUnavailable(f"The upstream could not be reached or closed the connection ({type(exc).__name__}).")

@@ -1,0 +1,122 @@
+"""OpenAI wire format: JSON codec, SSE framing, and object builders.
+
+Request and response bodies stay plain dicts end to end: they are parsed
+once by orjson at the door, translated by adapters, and serialised once on
+the way out. Building pydantic objects for every chunk would cost more than
+the rest of the gateway together.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import orjson
+
+JSON = dict[str, Any]
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)
+
+
+def sse_event(obj: Any) -> bytes:
+    """One data-only SSE event, as OpenAI frames chat chunks."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+async def sse_data(lines: AsyncIterable[bytes]) -> AsyncIterator[tuple[str | None, bytes]]:
+    """Yield ``(event, data)`` for each SSE event read from ``lines``.
+
+    Handles multi-line ``data:`` fields, ``event:`` names and comments, so
+    the same reader serves OpenAI (data only), Anthropic (named events) and
+    Gemini (data only) streams.
+    """
+    event: str | None = None
+    data: list[bytes] = []
+    async for raw in lines:
+        line = raw.rstrip(b"\r\n")
+        if not line:
+            if data:
+                yield event, b"\n".join(data)
+            event, data = None, []
+        elif line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode()
+        # ``id:``, ``retry:`` and ``:comment`` lines carry nothing we use.
+    if data:
+        yield event, b"\n".join(data)
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int, **details: Any) -> JSON:
+    """A ``CompletionUsage`` object."""
+    out: JSON = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    out.update(details)
+    return out
+
+
+def chunk(
+    id: str,
+    model: str,
+    created: int,
+    delta: JSON | None = None,
+    *,
+    finish_reason: str | None = None,
+    index: int = 0,
+) -> JSON:
+    """A ``chat.completion.chunk`` with one choice."""
+    return {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": index,
+                "delta": delta if delta is not None else {},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+    }
+
+
+def usage_chunk(id: str, model: str, created: int, usage: JSON) -> JSON:
+    """The trailing chunk ``stream_options.include_usage`` asks for."""
+    return {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
+
+
+def model_object(id: str, owned_by: str, created: int = 0) -> JSON:
+    return {"id": id, "object": "model", "created": created, "owned_by": owned_by}
