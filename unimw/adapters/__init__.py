@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from unimw.adapters.base import Adapter
 
 ADAPTERS: dict[str, str] = {
+    "anthropic": "unimw.adapters.anthropic:AnthropicAdapter",
+    "gemini": "unimw.adapters.gemini:GeminiAdapter",
     "mock": "unimw.adapters.mock:MockAdapter",
     "openai": "unimw.adapters.openai:OpenAIAdapter",
 }

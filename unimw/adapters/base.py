@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from opentelemetry import trace
+
 from unimw.policy import Provider
 from unimw.wire import JSON
 
@@ -39,6 +41,24 @@ class Adapter(Protocol):
     async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]: ...
 
     async def aclose(self) -> None: ...
+
+
+def note_dropped(*params: str) -> None:
+    """Record request fields an adapter had to leave out for this target.
+
+    They go on the current span (the upstream attempt's, once tracing is
+    on), so a dropped ``temperature`` is visible rather than silent.
+    """
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("unimw.request.dropped_params", list(params))
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` (a provider's API key) blanked out."""
+    if secret and secret in text:
+        return text.replace(secret, "***")
+    return text
 
 
 def merge_params(request: JSON, target: Target) -> JSON:

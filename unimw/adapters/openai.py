@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
-from unimw.adapters.base import Target, merge_params
+from unimw.adapters.base import Target, merge_params, redact
 from unimw.errors import UpstreamError, UpstreamUnavailable
 from unimw.http import UpstreamClient
 from unimw.policy import Provider
@@ -123,8 +123,9 @@ class OpenAIAdapter:
         base_url = provider.base_url or DEFAULT_BASE_URL
         self._url = base_url + "/chat/completions"
         headers = {"content-type": "application/json", **provider.headers}
-        if provider.api_key is not None:
-            headers["authorization"] = "Bearer " + provider.api_key.get_secret_value()
+        self._api_key = provider.api_key.get_secret_value() if provider.api_key else None
+        if self._api_key:
+            headers["authorization"] = "Bearer " + self._api_key
         self._client = UpstreamClient(
             timeout=provider.timeout, connect_timeout=provider.connect_timeout, headers=headers
         )
@@ -135,7 +136,7 @@ class OpenAIAdapter:
         body = to_request(request, target)
         reply = await self._client.post(self._url, dumps(body), self._headers)
         if reply.status >= 400:
-            raise to_error(reply.status, reply.body, reply.headers)
+            raise self._error(reply.status, reply.body, reply.headers)
         return from_response(_parse(reply.body))
 
     async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
@@ -143,10 +144,15 @@ class OpenAIAdapter:
         reply = await self._client.open_stream(self._url, dumps(body), self._stream_headers)
         if reply.status >= 400:
             try:
-                raise to_error(reply.status, await reply.read(), reply.headers)
+                raise self._error(reply.status, await reply.read(), reply.headers)
             finally:
                 reply.close()
         return reply.guard(from_events(sse_data(reply.lines())))
+
+    def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        error = to_error(status, body, headers)
+        error.message = redact(error.message, self._api_key)
+        return error
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -1,0 +1,97 @@
+"""Shared fixtures: loopback upstreams, gateway factories, OpenAI SDK clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.servers import serve
+from tests.upstreams.openai_app import OpenAIUpstream
+from unimw import Gateway
+
+MakeGateway = Callable[[dict[str, Any]], Gateway]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def _openai_server() -> Iterator[tuple[OpenAIUpstream, str]]:
+    upstream = OpenAIUpstream()
+    with serve(upstream.app) as url:
+        yield upstream, url
+
+
+@pytest.fixture
+def upstream(_openai_server: tuple[OpenAIUpstream, str]) -> Iterator[OpenAIUpstream]:
+    """The loopback OpenAI-wire upstream, with counters and fault plans reset for each test."""
+    server, _ = _openai_server
+    server.reset()
+    yield server
+    server.reset()
+
+
+@pytest.fixture
+def upstream_url(_openai_server: tuple[OpenAIUpstream, str]) -> str:
+    return _openai_server[1] + "/v1"
+
+
+def policy_for(upstream_url: str, **overrides: Any) -> dict[str, Any]:
+    """A policy with two OpenAI-wire providers on the loopback upstream, a mock, and aliases."""
+    policy: dict[str, Any] = {
+        "providers": {
+            "primary": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-primary-secret", "timeout": 2},
+            "backup": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-backup-secret", "timeout": 2},
+            "mock": {"kind": "mock"},
+        },
+        "models": {
+            "gpt-main": {"provider": "primary", "model": "up-main"},
+            "gpt-backup": {"provider": "backup", "model": "up-backup"},
+            "mock-echo": {"provider": "mock", "model": "mock-echo"},
+        },
+        "aliases": {"smart": {"targets": ["gpt-main", "gpt-backup"], "strategy": "fallback"}},
+        "dispatch": {"retries": 1, "backoff": "10ms", "cooldown": 0},
+    }
+    for section, value in overrides.items():
+        if isinstance(value, dict) and isinstance(policy.get(section), dict):
+            policy[section] = {**policy[section], **value}
+        else:
+            policy[section] = value
+    return policy
+
+
+@pytest.fixture
+async def make_gateway(upstream_url: str) -> AsyncIterator[Callable[..., Gateway]]:
+    """Build gateways on the loopback upstream; all are closed after the test."""
+    made: list[Gateway] = []
+
+    def make(**overrides: Any) -> Gateway:
+        gateway = Gateway.from_dict(policy_for(upstream_url, **overrides))
+        made.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in made:
+        await gateway.aclose()
+
+
+@pytest.fixture
+async def gateway(make_gateway: Callable[..., Gateway]) -> Gateway:
+    return make_gateway()
+
+
+@pytest.fixture
+async def client(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official async SDK, calling the gateway in process through its transport."""
+    async with httpx.AsyncClient(transport=gateway.transport()) as http:
+        yield openai.AsyncOpenAI(base_url="http://unimw/v1", api_key="sk-client", http_client=http, max_retries=0)
+
+
+async def collect(chunks: AsyncIterator[Any] | Awaitable[Any]) -> list[Any]:
+    return [chunk async for chunk in chunks]  # type: ignore[union-attr]

@@ -1,0 +1,227 @@
+"""A loopback server speaking OpenAI's Chat Completions wire format, with faults on demand.
+
+Answers are deterministic and shaped like OpenAI's documented examples
+(``chat.completion`` with ``usage`` details, data-only SSE chunks ending
+in ``[DONE]``, ``include_usage`` giving ``"usage": null`` on every chunk and
+a final ``choices: []`` chunk). A test scripts faults per upstream model:
+``upstream.plan("m", "429", "ok")`` makes the next two calls for ``m``
+answer 429, then normally. Faults:
+
+=========  ==============================================================
+``429``    429 + ``Retry-After: 0`` (``429:2`` for 2 s), rate-limit error
+``500``    500 server_error
+``503``    503 overloaded
+``400``    400 invalid_request_error on ``messages``
+``401``    401 that echoes the API key it was sent (to test redaction)
+``badjson`` 200 with a body that is not JSON
+``hang``   answers nothing for 30 s
+``drop``   the connection breaks after part of the body (mid-stream)
+``slow``   like ``ok`` but 0.2 s between stream chunks
+=========  ==============================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter, defaultdict, deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+CREATED = 1741570283
+FINGERPRINT = "fp_fc9f1d7035"
+
+
+class OpenAIUpstream:
+    """The app plus what tests look at: call counts and the requests received."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._plans: defaultdict[str, deque[str]] = defaultdict(deque)
+        self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+
+    def plan(self, model: str, *faults: str) -> None:
+        self._plans[model].extend(faults)
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.requests.clear()
+        self.headers.clear()
+        self._plans.clear()
+
+    async def chat(self, request: Request) -> Response:
+        body = await request.json()
+        model = body["model"]
+        self.calls[model] += 1
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        plan = self._plans[model]
+        fault = plan.popleft() if plan else "ok"
+        name, _, arg = fault.partition(":")
+        if name == "429":
+            return _error(
+                429,
+                "Rate limit reached for requests",
+                "requests",
+                "rate_limit_exceeded",
+                headers={"retry-after": arg or "0"},
+            )
+        if name == "500":
+            return _error(
+                500, "The server had an error while processing your request. Sorry about that!", "server_error", None
+            )
+        if name == "503":
+            return _error(
+                503,
+                "The engine is currently overloaded, please try again later.",
+                "server_error",
+                "server_is_overloaded",
+            )
+        if name == "400":
+            return _error(
+                400, "Invalid 'messages': too long.", "invalid_request_error", "invalid_value", param="messages"
+            )
+        if name == "401":
+            key = request.headers.get("authorization", "").removeprefix("Bearer ")
+            return _error(401, f"Incorrect API key provided: {key}.", "invalid_request_error", "invalid_api_key")
+        if name == "badjson":
+            return Response(b'{"id": "chatcmpl-1", "choices": [', media_type="application/json")
+        if name == "hang":
+            await asyncio.sleep(30)
+        message, finish = answer(body)
+        if body.get("stream"):
+            delay = 0.2 if name == "slow" else 0.0
+            return StreamingResponse(
+                stream(body, message, finish, drop=name == "drop", delay=delay), media_type="text/event-stream"
+            )
+        completion = {
+            "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "usage": usage(body, message),
+            "service_tier": "default",
+            "system_fingerprint": FINGERPRINT,
+        }
+        if name == "drop":
+            return StreamingResponse(_broken(json.dumps(completion).encode()), media_type="application/json")
+        return JSONResponse(completion)
+
+
+def answer(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Tool calls when tools are offered (one per tool, in parallel), else text."""
+    tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+    if tools and body.get("tool_choice", "auto") != "none":
+        calls = [
+            {
+                "id": f"call_{i}{tool['function']['name']}",
+                "type": "function",
+                "function": {"name": tool["function"]["name"], "arguments": json.dumps({"city": "Paris", "n": i})},
+            }
+            for i, tool in enumerate(tools[:2])
+        ]
+        return {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "tool_calls": calls,
+            "annotations": [],
+        }, "tool_calls"
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        content = json.dumps({"answer": "Paris", "confidence": 0.9})
+    else:
+        content = f"Hello from {body['model']}! The capital of France is Paris."
+    return {"role": "assistant", "content": content, "refusal": None, "annotations": []}, "stop"
+
+
+def usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+    prompt = sum(len(str(m.get("content") or "")) for m in body["messages"]) // 4 + 7
+    completion = len(json.dumps(message.get("tool_calls")) if message.get("tool_calls") else message["content"]) // 4
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+async def stream(
+    body: dict[str, Any], message: dict[str, Any], finish: str, *, drop: bool, delay: float
+) -> AsyncIterator[bytes]:
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def event(delta: dict[str, Any] | None, finish_reason: str | None = None, **extra: Any) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": body["model"],
+            "service_tier": "default",
+            "system_fingerprint": FINGERPRINT,
+            "choices": []
+            if delta is None
+            else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if include_usage:
+            chunk["usage"] = None
+        chunk.update(extra)
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    yield event({"role": "assistant", "content": "", "refusal": None})
+    if message.get("tool_calls"):
+        for i, call in enumerate(message["tool_calls"]):
+            head = {
+                "index": i,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            yield event({"tool_calls": [head]})
+            arguments = call["function"]["arguments"]
+            for j in range(0, len(arguments), 7):
+                yield event({"tool_calls": [{"index": i, "function": {"arguments": arguments[j : j + 7]}}]})
+    else:
+        for k, word in enumerate(message["content"].split(" ")):
+            if delay:
+                await asyncio.sleep(delay)
+            yield event({"content": word if k == 0 else " " + word})
+            if drop and k == 2:
+                raise ConnectionResetError("dropped mid-stream")
+    yield event({}, finish)
+    if include_usage:
+        yield event(None, usage=usage(body, message))
+    yield b"data: [DONE]\n\n"
+
+
+async def _broken(payload: bytes) -> AsyncIterator[bytes]:
+    yield payload[: len(payload) // 2]
+    raise ConnectionResetError("dropped mid-body")
+
+
+def _error(
+    status: int,
+    message: str,
+    type: str,
+    code: str | None,
+    *,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status, headers=headers
+    )
