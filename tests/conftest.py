@@ -46,8 +46,8 @@ def policy_for(upstream_url: str, **overrides: Any) -> dict[str, Any]:
     """A policy with two OpenAI-wire providers on the loopback upstream, a mock, and aliases."""
     policy: dict[str, Any] = {
         "providers": {
-            "primary": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-primary-secret", "timeout": 2},
-            "backup": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-backup-secret", "timeout": 2},
+            "primary": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-primary-secret", "timeout": 1},
+            "backup": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-backup-secret", "timeout": 1},
             "mock": {"kind": "mock"},
         },
         "models": {
