@@ -56,7 +56,7 @@ class GatewayApp:
             await _send_json(send, 500, _SERVER_ERROR, rid)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
-        method, path = scope["method"], scope["path"]
+        method, path = scope["method"], route_path(scope)
         if path == self._chat:
             _allow(method, "POST", path)
             body = loads_request(await read_body(scope, receive, self._max_body))
@@ -103,7 +103,7 @@ class UnimwMiddleware:
         self._prefix = self._api.prefix + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(self._prefix):
+        if scope["type"] == "http" and route_path(scope).startswith(self._prefix):
             await self._api(scope, receive, send)
         elif scope["type"] == "lifespan" and self._owns_gateway:
             await self.app(scope, receive, self._closing_on_shutdown(send))
@@ -117,6 +117,13 @@ class UnimwMiddleware:
             await send(message)
 
         return wrapped
+
+
+def route_path(scope: Scope) -> str:
+    """The path below the app's mount point (``root_path``), as routers see it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -201,6 +201,7 @@ async def stream(
                 await asyncio.sleep(delay)
             yield event({"content": word if k == 0 else " " + word})
             if drop and k == 2:
+                await asyncio.sleep(0.05)  # let what was sent reach the client before the reset
                 raise ConnectionResetError("dropped mid-stream")
     yield event({}, finish)
     if include_usage:

@@ -1,0 +1,160 @@
+"""Pure functions: SSE framing, routing order, the mock's answers, the public API."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+import unimw
+from unimw.adapters.mock import answer, count_tokens, sample
+from unimw.adapters.openai import from_response, retry_after, to_error
+from unimw.errors import ModelNotFound, UpstreamError
+from unimw.loader import parse_policy
+from unimw.policy import parse_duration
+from unimw.routing import Router
+from unimw.wire import sse_data
+
+
+def test_public_api_is_complete_and_sorted() -> None:
+    public = {name for name in dir(unimw) if not name.startswith("_")} - {
+        "adapters", "asgi", "errors", "gateway", "loader", "policy", "routing", "dispatch", "http",
+        "validation", "wire", "transport",
+    }  # fmt: skip
+    assert set(unimw.__all__) - {"__version__"} == public
+    assert unimw.__all__ == sorted(unimw.__all__)
+
+
+async def _lines(*lines: bytes) -> AsyncIterator[bytes]:
+    for line in lines:
+        yield line
+
+
+@pytest.mark.anyio
+async def test_sse_data_reads_named_multiline_and_comment_events() -> None:
+    lines = _lines(
+        b": keep-alive\n",
+        b"event: message_start\n",
+        b'data: {"a":\n',
+        b"data: 1}\n",
+        b"\n",
+        b"data:[DONE]\r\n",
+        b"\r\n",
+        b"data: tail-without-blank-line\n",
+    )
+    events = [event async for event in sse_data(lines)]
+    assert events == [("message_start", b'{"a":\n1}'), (None, b"[DONE]"), (None, b"tail-without-blank-line")]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("250ms", 0.25), ("30s", 30), ("5m", 300), ("1h", 3600), ("1d", 86400), (2.5, 2.5)]
+)
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+def router(policy: str) -> Router:
+    return Router(parse_policy(policy, env={}), random.Random(7))
+
+
+POLICY = """
+providers: {p: {kind: mock}}
+models: {a: {provider: p, model: a}, b: {provider: p, model: b}, c: {provider: p, model: c}}
+aliases:
+  fb: {targets: [a, b, c]}
+  nested: {targets: [fb, a]}
+  w: {targets: [{model: a, weight: 1}, {model: b, weight: 5}, {model: c, weight: 2}], strategy: weighted}
+"""
+
+
+def test_fallback_order_and_nested_aliases_flatten_without_repeats() -> None:
+    r = router(POLICY)
+    assert [t.name for t in r.order(r.resolve("fb"))] == ["a", "b", "c"]
+    assert [t.name for t in r.order(r.resolve("nested"))] == ["a", "b", "c"]
+    assert [t.name for t in r.order(r.resolve("a"))] == ["a"]
+
+
+def test_weighted_order_draws_first_then_heaviest() -> None:
+    r = router(POLICY)
+    orders = [tuple(t.name for t in r.order(r.resolve("w"))) for _ in range(800)]
+    firsts = [o[0] for o in orders]
+    assert 450 < firsts.count("b") < 550  # 5/8 of 800 = 500
+    assert all(o[1:] == tuple(n for n in ("b", "c", "a") if n != o[0]) for o in orders)
+
+
+def test_unknown_names_are_model_not_found() -> None:
+    with pytest.raises(ModelNotFound) as caught:
+        router(POLICY).resolve("zzz")
+    assert caught.value.to_dict() == {
+        "error": {
+            "message": "The model `zzz` does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
+
+
+def test_mock_samples_a_schema() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "kind": {"enum": ["x", "y"]},
+            "n": {"type": ["integer", "null"]},
+        },
+    }
+    assert sample(schema) == {"name": "mock", "tags": ["mock"], "kind": "x", "n": 0}
+
+
+def test_mock_calls_a_tool_named_in_the_question_and_is_deterministic() -> None:
+    request = {
+        "messages": [{"role": "user", "content": "please get_weather for Paris"}],
+        "tools": [
+            {"type": "function", "function": {"name": "get_time"}},
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+                },
+            },
+        ],
+    }
+    message, finish = answer(request)
+    assert finish == "tool_calls"
+    assert message["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"mock"}'}
+    assert answer(request) == (message, finish)
+    assert answer({**request, "tool_choice": "none"})[1] == "stop"
+    assert count_tokens("abcdefgh") == 2 and count_tokens("") == 0
+
+
+def test_openai_errors_keep_vendor_fields_and_retry_hints() -> None:
+    body = b'{"error": {"message": "slow down", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}'
+    error = to_error(429, body, {"retry-after-ms": "1500"})
+    assert isinstance(error, UpstreamError) and error.retryable
+    assert (error.status_code, error.error_type, error.code, error.retry_after) == (
+        429,
+        "requests",
+        "rate_limit_exceeded",
+        1.5,
+    )
+    assert to_error(502, b"<html>bad gateway</html>", {}).message == "The upstream answered with status 502."
+    assert to_error(422, b'{"detail": "field required"}', {}).message == "field required"
+    assert not to_error(400, b"{}", {}).retryable
+    assert retry_after({"retry-after": "Thu, 01 Jan 1970 00:00:00 GMT"}) == 0.0
+    assert retry_after({"retry-after": "soon"}) is None
+
+
+def test_compatible_servers_missing_fields_are_filled_in() -> None:
+    body = from_response(
+        {
+            "id": "x",
+            "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        }
+    )
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["refusal"] is None and body["choices"][0]["logprobs"] is None
