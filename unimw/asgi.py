@@ -7,14 +7,14 @@ envelope). Per-request state lives in locals only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from unimw.calls import ChunkStream
 from unimw.errors import InvalidRequest, NotFound, PayloadTooLarge, UnimwError
 from unimw.gateway import Gateway
 from unimw.wire import JSON, SSE_DONE, dumps, loads, request_id, sse_event
@@ -22,7 +22,11 @@ from unimw.wire import JSON, SSE_DONE, dumps, loads, request_id, sse_event
 logger = logging.getLogger("unimw")
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 _SERVER_ERROR: JSON = {
     "error": {
         "message": "The server had an error while processing your request.",
@@ -57,23 +61,24 @@ class GatewayApp:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         method, path = scope["method"], route_path(scope)
+        gateway = self.gateway
         if path == self._chat:
             _allow(method, "POST", path)
             body = loads_request(await read_body(scope, receive, self._max_body))
-            result = await self.gateway.chat_completions(body)
-            if isinstance(result, dict):
-                await _send_json(send, 200, result, rid)
+            caller = await gateway.tenants.identify(_headers(scope), scope, body if isinstance(body, dict) else None)
+            answer = await gateway.handle_chat(body, caller, rid)
+            if isinstance(answer.body, dict):
+                await _send_json(send, 200, answer.body, rid, answer.headers)
             else:
-                response = StreamingResponse(
-                    _sse(result), media_type="text/event-stream", headers={**_SSE_HEADERS, "x-request-id": rid}
-                )
-                await response(scope, receive, send)
+                await _send_stream(receive, send, answer.body, rid, answer.headers)
         elif path == self._models:
             _allow(method, "GET", path)
-            await _send_json(send, 200, self.gateway.models(), rid)
+            caller = await gateway.tenants.identify(_headers(scope), scope, None)
+            await _send_json(send, 200, gateway.models(tenant=caller.tenant), rid)
         elif path.startswith(self._models + "/"):
             _allow(method, "GET", path)
-            await _send_json(send, 200, self.gateway.model(path[len(self._models) + 1 :]), rid)
+            caller = await gateway.tenants.identify(_headers(scope), scope, None)
+            await _send_json(send, 200, gateway.model(path[len(self._models) + 1 :], tenant=caller.tenant), rid)
         else:
             raise NotFound(f"Invalid URL ({method} {path})")
 
@@ -170,29 +175,60 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
 
 
-async def _sse(chunks: AsyncIterator[JSON]) -> AsyncIterator[bytes]:
-    """Chunks as SSE events, ending in ``[DONE]``; a failure mid-stream as an error event."""
+async def _send_stream(receive: Receive, send: Send, chunks: ChunkStream, rid: str, extra: dict[str, str]) -> None:
+    """Chunks as SSE events as they come, ending in ``[DONE]``; a failure mid-stream as an error event.
+
+    The client going away (``http.disconnect``, or a failed send) stops the
+    stream where it is; the stream is closed in every case, so the call is
+    settled even if not one chunk was sent.
+    """
+    headers = [*_SSE_HEADERS, (b"x-request-id", rid.encode()), *_encode(extra)]
+
+    async def produce() -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        try:
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": sse_event(chunk), "more_body": True})
+        except UnimwError as error:
+            await send({"type": "http.response.body", "body": sse_event(error.to_dict()), "more_body": False})
+            return
+        except Exception:
+            logger.exception("unimw: unexpected error while streaming")
+            await send({"type": "http.response.body", "body": sse_event(_SERVER_ERROR), "more_body": False})
+            return
+        await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    producer = asyncio.ensure_future(produce())
+    watcher = asyncio.ensure_future(watch())
     try:
-        async for chunk in chunks:
-            yield sse_event(chunk)
-    except UnimwError as error:
-        yield sse_event(error.to_dict())
-        return
-    except Exception:
-        logger.exception("unimw: unexpected error while streaming")
-        yield sse_event(_SERVER_ERROR)
-        return
+        await asyncio.wait((producer, watcher), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    yield SSE_DONE
+        for task in (producer, watcher):
+            task.cancel()
+        results = await asyncio.gather(producer, watcher, return_exceptions=True)
+        await chunks.aclose()
+    if isinstance(results[0], OSError):
+        return  # the client went away mid-send: nothing left to tell it
+    if isinstance(results[0], BaseException) and not isinstance(results[0], asyncio.CancelledError):
+        raise results[0]
+
+
+def _encode(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
 async def _send_json(send: Send, status: int, body: JSON, rid: str, extra: dict[str, str] | None = None) -> None:
     payload = dumps(body)
     headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode()), (b"x-request-id", rid.encode())]
     if extra:
-        headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
+        headers.extend(_encode(extra))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -50,14 +50,16 @@ class Dispatcher:
         self._sleep = sleep
         self._cool_until: dict[str, float] = {}
 
-    async def complete(self, route: Route, request: JSON) -> JSON:
+    async def complete(self, route: Route, request: JSON) -> tuple[Target, JSON]:
+        """The completion of the first target that answered, and that target."""
+
         async def attempt(target: Target) -> JSON:
             return await self._adapters[target.provider].complete(request, target)
 
         return await self._first_success(route, attempt)
 
-    async def stream(self, route: Route, request: JSON) -> AsyncIterator[JSON]:
-        """The chunk stream of the first target that produced a first chunk."""
+    async def stream(self, route: Route, request: JSON) -> tuple[Target, AsyncIterator[JSON]]:
+        """The chunk stream of the first target that produced a first chunk, and that target."""
 
         async def attempt(target: Target) -> tuple[JSON, AsyncIterator[JSON]]:
             chunks = await self._adapters[target.provider].stream(request, target)
@@ -70,10 +72,10 @@ class Dispatcher:
                 raise
             return first, chunks
 
-        first, rest = await self._first_success(route, attempt)
-        return _prepend(first, rest)
+        target, (first, rest) = await self._first_success(route, attempt)
+        return target, _prepend(first, rest)
 
-    async def _first_success(self, route: Route, attempt: Callable[[Target], Awaitable[T]]) -> T:
+    async def _first_success(self, route: Route, attempt: Callable[[Target], Awaitable[T]]) -> tuple[Target, T]:
         targets = self._available(self._router.order(route))
         last_error: UpstreamError | None = None
         for position, target in enumerate(targets):
@@ -94,7 +96,7 @@ class Dispatcher:
                     await self._sleep(wait)
                 else:
                     self._cool_until.pop(target.name, None)
-                    return result
+                    return target, result
         assert last_error is not None  # every route has a target
         raise last_error
 

@@ -5,18 +5,25 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from unimw.adapters import adapter_class
 from unimw.adapters.base import Adapter
+from unimw.calls import Call, ChunkStream
 from unimw.dispatch import Dispatcher
-from unimw.errors import ModelNotFound
+from unimw.errors import AuthenticationFailed, ModelNotFound, UnimwError
+from unimw.limits import Limiter
 from unimw.loader import build_policy, load_policy
 from unimw.policy import Policy
+from unimw.records import Recorder, UsageRecord
 from unimw.routing import Router
+from unimw.stores import limit_store
+from unimw.tenants import Caller, Tenants, cap_output_tokens
+from unimw.usage import MICRO, cost_micros
 from unimw.validation import validate_chat
-from unimw.wire import JSON, model_object
+from unimw.wire import JSON, model_object, request_id
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -24,23 +31,34 @@ if TYPE_CHECKING:
     from unimw.transport import GatewayTransport
 
 
+@dataclass(slots=True)
+class Answer:
+    """What a door sends back: a completion or a chunk stream, and extra headers."""
+
+    body: JSON | ChunkStream
+    headers: dict[str, str]
+
+
 class Gateway:
     """OpenAI-compatible endpoints over the providers of one policy.
 
     Use it as an async context manager (or call :meth:`aclose`) so that its
-    upstream connections are closed.
+    upstream connections and stores are closed.
     """
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.created = int(time.time())
+        self.tenants = Tenants(policy)
+        self.limiter = Limiter(policy, limit_store(policy.tenancy.store))
+        self.recorder = Recorder(policy.usage)
         self._router = Router(policy)
         self._adapters: dict[str, Adapter] = {
             name: adapter_class(provider.kind)(provider) for name, provider in policy.providers.items()
         }
         retries = {name: p.retries for name, p in policy.providers.items() if p.retries is not None}
         self._dispatcher = Dispatcher(self._router, self._adapters, policy.dispatch, retries=retries)
-        self._models = [self._model_object(name) for name in self._router.routes]
+        self._limits_on = self.limiter.enabled
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Gateway:
@@ -52,26 +70,92 @@ class Gateway:
         """A gateway for a policy given as data (already interpolated)."""
         return cls(build_policy(dict(data)))
 
-    async def chat_completions(self, body: JSON, *, tenant: str | None = None) -> JSON | AsyncIterator[JSON]:
+    async def chat_completions(
+        self, body: JSON, *, tenant: str | None = None, end_user: str | None = None
+    ) -> JSON | AsyncIterator[JSON]:
         """Answer a chat request: a ``chat.completion``, or its chunks when ``stream`` is true.
 
-        For a stream, everything up to the first chunk (validation, routing,
-        the upstream accepting the request) happens before this returns, so
-        errors are raised here, not from the iterator.
+        ``tenant`` is trusted as given (in-process callers are the app
+        itself); limits and model access for it apply as for HTTP callers.
+        For a stream, everything up to the first chunk happens before this
+        returns, so errors are raised here; close the iterator if you stop
+        reading early (``contextlib.aclosing``), so the call is settled.
         """
+        if tenant is not None and self.tenants.tenant(tenant) is None:
+            raise AuthenticationFailed(f"Unknown tenant {tenant!r}.")
+        answer = await self.handle_chat(body, Caller(tenant, end_user))
+        return answer.body
+
+    async def handle_chat(self, body: Any, caller: Caller, rid: str | None = None) -> Answer:
+        """The chat pipeline; doors call this with the caller they identified."""
         request = validate_chat(body)
-        route = self._router.resolve(request["model"])
-        if request.get("stream"):
-            return await self._dispatcher.stream(route, request)
-        return await self._dispatcher.complete(route, request)
+        call = Call(rid or request_id(), caller, request)
+        call.route = route = self._router.resolve(request["model"])
+        request = call.request = self.tenants.authorize(caller, route, request)
+        headers: dict[str, str] = {}
+        if self._limits_on:
+            if self.limiter.needs_output_cap(caller):
+                request = call.request = cap_output_tokens(request, self.policy.tenancy.default_max_tokens)
+            call.hold = await self.limiter.reserve(caller, route, request)
+            headers = call.hold.headers if call.hold else {}
+        try:
+            if request.get("stream"):
+                call.stream = True
+                wants_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+                upstream = request if wants_usage else {**request, "stream_options": {"include_usage": True}}
+                call.target, chunks = await self._dispatcher.stream(route, upstream)
+                return Answer(ChunkStream(call, chunks, self._finish, client_wants_usage=wants_usage), headers)
+            call.target, completion = await self._dispatcher.complete(route, request)
+        except UnimwError as error:
+            call.status, call.error = "error", error
+            await self._finish(call)
+            raise
+        call.observe_completion(completion)
+        await self._finish(call)
+        return Answer(completion, headers)
+
+    async def _finish(self, call: Call) -> None:
+        """Settle, record (and later trace) a call: once, however it ended."""
+        if call.finished:
+            return
+        call.finished = True
+        price = self.limiter.price(call.target.name) if call.target else None
+        cost = cost_micros(price, call.usage) if price is not None and call.usage is not None else 0
+        await self.limiter.settle(call.hold, call.usage, cost, answered=call.answered)
+        if self.recorder.enabled:
+            self.recorder.record(self._record(call, cost))
+
+    def _record(self, call: Call, cost: int) -> UsageRecord:
+        usage = call.usage
+        target = call.target
+        return UsageRecord(
+            request_id=call.request_id,
+            tenant=call.caller.tenant,
+            end_user=call.caller.end_user,
+            model=str(call.request.get("model")),
+            provider=target.provider if target else None,
+            upstream_model=target.model if target else None,
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            cost_usd=cost / MICRO if call.answered else 0.0,
+            latency_ms=round((time.perf_counter() - call.started) * 1000, 3),
+            cache_hit=False,
+            status=call.status,
+            stream=call.stream,
+            timestamp=time.time(),
+        )
 
     def models(self, *, tenant: str | None = None) -> JSON:
-        """``GET /models``: every public model and alias."""
-        return {"object": "list", "data": list(self._models)}
+        """``GET /models``: every public model and alias the tenant may use."""
+        caller = Caller(tenant)
+        names = [name for name in self._router.routes if self.tenants.allows(caller, name)]
+        return {"object": "list", "data": [self._model_object(name) for name in names]}
 
     def model(self, name: str, *, tenant: str | None = None) -> JSON:
         """``GET /models/{name}``."""
-        if name not in self._router.routes:
+        if name not in self._router.routes or not self.tenants.allows(Caller(tenant), name):
             raise ModelNotFound(name)
         return self._model_object(name)
 
@@ -93,6 +177,8 @@ class Gateway:
     async def aclose(self) -> None:
         for adapter in self._adapters.values():
             await adapter.aclose()
+        await self.recorder.aclose()
+        await self.limiter.aclose()
 
     async def __aenter__(self) -> Gateway:
         return self

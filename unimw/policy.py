@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from unimw.adapters import ADAPTERS
 
@@ -128,6 +128,132 @@ class Server(_Frozen):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
 
 
+Window = Literal["minute", "hour", "day", "month"]
+
+
+class Limit(_Frozen):
+    """At most ``requests`` / ``tokens`` / ``usd`` per window.
+
+    ``minute`` and ``hour`` slide (any 60 s holds at most the limit);
+    ``day`` and ``month`` are calendar windows in ``tenancy.reset_timezone``.
+    """
+
+    per: Window
+    requests: int | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)
+    usd: float | None = Field(default=None, gt=0)
+    #: ``tenant``: one counter for the tenant; ``end_user``: one per end user of the tenant.
+    scope: Literal["tenant", "end_user"] = "tenant"
+
+    @model_validator(mode="after")
+    def _something_limited(self) -> Limit:
+        if self.requests is None and self.tokens is None and self.usd is None:
+            raise ValueError("a limit needs at least one of requests, tokens or usd")
+        return self
+
+
+class GlobalLimit(Limit):
+    """A limit shared by every tenant, on one public model or one provider."""
+
+    model: str | None = None
+    provider: str | None = None
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> GlobalLimit:
+        if (self.model is None) == (self.provider is None):
+            raise ValueError("a global limit names exactly one of model or provider")
+        return self
+
+
+API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class Tenant(_Frozen):
+    """One customer: how it authenticates, what it may use, how much."""
+
+    api_keys: list[str] = []
+    #: Public models and aliases this tenant may use; all when absent.
+    models: list[str] | None = None
+    #: Cap on output tokens per request (the request's own cap is lowered to it).
+    max_tokens: int | None = Field(default=None, gt=0)
+    limits: list[Limit] = []
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not API_KEY_HASH.match(key):
+                raise ValueError(
+                    "api_keys are stored hashed: write sha256:<64 lowercase hex digits> "
+                    "(python -m unimw.cli hash-key <key> prints it)"
+                )
+        return keys
+
+
+class HeaderSource(_Frozen):
+    header: str
+
+
+class CallableSource(_Frozen):
+    callable: str = Field(pattern=r"^[\w.]+:[\w.]+$")
+
+
+TenantSource = Literal["api_key"] | HeaderSource | CallableSource
+
+
+class Alerts(_Frozen):
+    """Budget thresholds: fractions of a limit that fire an alert once per window."""
+
+    at: list[Annotated[float, Field(gt=0, le=1)]] = [0.8, 1.0]
+    call: str | None = Field(default=None, pattern=r"^[\w.]+:[\w.]+$")
+
+
+class Tenancy(_Frozen):
+    """How callers are identified and how their limits are kept."""
+
+    #: Tried in order; the first that names a tenant wins.
+    resolve: list[TenantSource] = ["api_key"]
+    #: Tenant for callers no source identifies; without it they get 401.
+    default: str | None = None
+    #: Where an end user's id comes from, besides the request's ``user`` field.
+    end_user_header: str | None = "X-End-User"
+    #: Output tokens reserved for a request that sets no cap (and the cap
+    #: it is given when the tenant has token or USD limits).
+    default_max_tokens: int = Field(default=4096, gt=0)
+    reset_timezone: str = "UTC"
+    store: str = "memory://"
+    #: When the store cannot be reached: ``closed`` refuses with 503, ``open`` lets calls through unmetered.
+    on_store_error: Literal["closed", "open"] = "closed"
+    alerts: Alerts = Alerts()
+
+    @field_validator("reset_timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r}") from None
+        return zone
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, url: str) -> str:
+        if not url.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ValueError(f"store must be memory:// or redis://host:port/db, got {url!r}")
+        return url
+
+
+class UsageSinks(_Frozen):
+    """Where a record of every settled call goes."""
+
+    #: ``"module:function"`` called with each :class:`~unimw.usage.UsageRecord`.
+    call: str | None = Field(default=None, pattern=r"^[\w.]+:[\w.]+$")
+    #: A file that gets one JSON line per call.
+    jsonl: str | None = None
+
+
 class Policy(_Frozen):
     """The whole policy file."""
 
@@ -136,6 +262,10 @@ class Policy(_Frozen):
     aliases: dict[str, Alias] = {}
     dispatch: Dispatch = Dispatch()
     server: Server = Server()
+    tenancy: Tenancy = Tenancy()
+    tenants: dict[str, Tenant] = {}
+    limits: list[GlobalLimit] = []
+    usage: UsageSinks = UsageSinks()
 
     def check(self) -> None:
         """Raise :class:`PolicyError` for the first cross-reference problem."""
@@ -150,6 +280,21 @@ class Policy(_Frozen):
                 raise PolicyError(("aliases", name), f"alias {name!r} has the same name as a model")
         for name in self.aliases:
             self.expand(name)
+        public = self.models.keys() | self.aliases.keys()
+        for tenant_name, tenant in self.tenants.items():
+            for i, allowed in enumerate(tenant.models or ()):
+                if allowed not in public:
+                    raise PolicyError(
+                        ("tenants", tenant_name, "models", i),
+                        f"tenant {tenant_name!r} may use {allowed!r}, which is neither a model nor an alias",
+                    )
+        if self.tenancy.default is not None and self.tenancy.default not in self.tenants:
+            raise PolicyError(("tenancy", "default"), f"default tenant {self.tenancy.default!r} is not in tenants")
+        for i, limit in enumerate(self.limits):
+            if limit.model is not None and limit.model not in self.models:
+                raise PolicyError(("limits", i, "model"), f"limit on {limit.model!r}, which is not a model")
+            if limit.provider is not None and limit.provider not in self.providers:
+                raise PolicyError(("limits", i, "provider"), f"limit on {limit.provider!r}, which is not a provider")
 
     def expand(self, name: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, float]]:
         """The concrete models behind ``name``, in order, with weights.

@@ -1,0 +1,286 @@
+"""Rate limits and budgets: reserve the worst case before a call, settle the truth after.
+
+Every limit that applies to a call (the tenant's, its end user's, and the
+global ones on the target models and providers) becomes counters in one
+store, reserved together or not at all. A reservation holds the call's
+worst case: one request, its estimated input plus its output cap in tokens,
+and their price at the dearest target of its route. Settling replaces those
+amounts by what the call actually used, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from opentelemetry import trace
+
+from unimw.errors import BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError
+from unimw.policy import Limit, Policy, Price
+from unimw.routing import Route
+from unimw.stores.base import Counter, LimitStore, StoreUnavailable
+from unimw.tenants import Caller, load_callable, output_cap
+from unimw.usage import DEFAULT_PRICES, FREE, MICRO, Usage, cost_micros, estimate_prompt_tokens
+from unimw.wire import JSON
+
+logger = logging.getLogger("unimw.limits")
+
+SLIDING = {"minute": 60.0, "hour": 3600.0}
+QUANTITIES = ("requests", "tokens", "usd")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAlert:
+    """A limit crossed a threshold for the first time in its window."""
+
+    tenant: str | None
+    counter: str
+    quantity: str
+    threshold: float
+    used: float
+    limit: float
+
+
+@dataclass(slots=True)
+class Hold:
+    """One call's reservation, until it is settled."""
+
+    call_id: str
+    counters: tuple[Counter, ...]
+    quantities: tuple[str, ...]
+    reserved: tuple[int, ...]
+    headers: dict[str, str]
+    tenant: str | None = None
+    metered: bool = True  #: False when the store was down and the policy lets calls through
+    settled: bool = field(default=False)
+
+
+class Limiter:
+    """Reserve and settle on a :class:`~unimw.stores.base.LimitStore` for one policy."""
+
+    def __init__(self, policy: Policy, store: LimitStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._policy = policy
+        self._settings = policy.tenancy
+        self._clock = clock
+        self._zone = ZoneInfo(policy.tenancy.reset_timezone)
+        self._prices = {
+            name: model.price or DEFAULT_PRICES.get(model.model, FREE) for name, model in policy.models.items()
+        }
+        self._alert_call = load_callable(policy.tenancy.alerts.call) if policy.tenancy.alerts.call else None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._policy.limits) or any(t.limits for t in self._policy.tenants.values())
+
+    def price(self, target_name: str) -> Price:
+        return self._prices.get(target_name, FREE)
+
+    def needs_output_cap(self, caller: Caller) -> bool:
+        """Whether the call must carry an output cap for its reservation to be a true worst case."""
+        tenant = self._policy.tenants.get(caller.tenant or "")
+        return tenant is not None and any(lim.tokens or lim.usd for lim in tenant.limits)
+
+    async def reserve(self, caller: Caller, route: Route, request: JSON) -> Hold | None:
+        """Take the call's worst case on every limit that applies, or refuse with 429."""
+        pairs = self._counters(caller, route)
+        if not pairs:
+            return None
+        counters = tuple(c for c, _ in pairs)
+        quantities = tuple(q for _, q in pairs)
+        amounts = tuple(self._worst_case(route, request)[q] for q in quantities)
+        call_id = uuid.uuid4().hex
+        try:
+            reservation = await self.store.reserve(call_id, counters, amounts, self._clock())
+        except StoreUnavailable as exc:
+            return self._store_down(exc, caller, call_id)
+        headers = _rate_headers(counters, quantities, reservation.totals)
+        if not reservation.ok:
+            raise self._refusal(
+                counters[reservation.refused], quantities[reservation.refused], reservation.retry_after, headers
+            )
+        return Hold(call_id, counters, quantities, amounts, headers, caller.tenant)
+
+    async def settle(self, hold: Hold | None, usage: Usage | None, cost: int, *, answered: bool) -> None:
+        """Replace the reservation by what the call used; a second settle of the same hold does nothing.
+
+        ``answered`` is False when the upstream produced nothing: the request
+        still counts, its tokens and cost do not.
+        """
+        if hold is None or hold.settled:
+            return
+        hold.settled = True
+        if not hold.metered:
+            return
+        used = usage or Usage()
+        actual_by_quantity = {
+            "requests": 1,
+            "tokens": used.total_tokens if answered else 0,
+            "usd": cost if answered else 0,
+        }
+        actual = tuple(actual_by_quantity[q] for q in hold.quantities)
+        try:
+            totals = await self.store.settle(hold.call_id, hold.counters, hold.reserved, actual, self._clock())
+        except StoreUnavailable:
+            logger.error("unimw: could not settle call %s: the limit store is unreachable", hold.call_id)
+            return
+        await self._alert(hold, totals)
+
+    def _counters(self, caller: Caller, route: Route) -> list[tuple[Counter, str]]:
+        pairs: list[tuple[Counter, str]] = []
+        tenant = self._policy.tenants.get(caller.tenant or "")
+        for limit in tenant.limits if tenant else ():
+            if limit.scope == "end_user":
+                if caller.end_user is None:
+                    continue
+                subject = f"t:{caller.tenant}:u:{caller.end_user}"
+            else:
+                subject = f"t:{caller.tenant}"
+            pairs += self._limit_counters(subject, limit)
+        names = {t.name for t in route.targets}
+        providers = {t.provider for t in route.targets}
+        for limit in self._policy.limits:
+            if limit.model in names:
+                pairs += self._limit_counters(f"m:{limit.model}", limit)
+            elif limit.provider in providers:
+                pairs += self._limit_counters(f"p:{limit.provider}", limit)
+        return pairs
+
+    def _limit_counters(self, subject: str, limit: Limit) -> list[tuple[Counter, str]]:
+        window, sliding, suffix = self._window(limit.per)
+        out = []
+        for quantity in QUANTITIES:
+            value = getattr(limit, quantity)
+            if value is None:
+                continue
+            units = round(value * MICRO) if quantity == "usd" else int(value)
+            key = f"unimw:lim:{subject}:{limit.per}:{quantity}{suffix}"
+            out.append((Counter(key, units, window, sliding), quantity))
+        return out
+
+    def _window(self, per: str) -> tuple[float, bool, str]:
+        """(seconds, sliding, key suffix): a calendar window is named in the key and expires at its end."""
+        if per in SLIDING:
+            return SLIDING[per], True, ""
+        now = datetime.fromtimestamp(self._clock(), self._zone)
+        if per == "day":
+            start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            end = start + timedelta(days=1)
+            name = start.strftime(":%Y-%m-%d")
+        else:
+            start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            end = (start + timedelta(days=32)).replace(day=1)
+            name = start.strftime(":%Y-%m")
+        return max(1.0, end.timestamp() - now.timestamp()), False, name
+
+    def _worst_case(self, route: Route, request: JSON) -> dict[str, int]:
+        prompt = estimate_prompt_tokens(request)
+        output = (output_cap(request) or self._settings.default_max_tokens) * int(request.get("n") or 1)
+        usage = Usage(prompt, output)
+        usd = max(cost_micros(self.price(t.name), usage) for t in route.targets)
+        return {"requests": 1, "tokens": prompt + output, "usd": usd}
+
+    def _refusal(
+        self, counter: Counter, quantity: str, retry_after: float | None, headers: dict[str, str]
+    ) -> UnimwError:
+        headers = dict(headers)
+        if retry_after is not None:
+            headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+        if quantity == "usd" or not counter.sliding:
+            what = "budget" if quantity == "usd" else f"{quantity} quota"
+            return BudgetExceeded(
+                f"You exceeded your current {what} for this period. It resets when the period ends.",
+                headers=headers,
+            )
+        return RateLimited(
+            f"Rate limit reached for {quantity}: limit {counter.limit} per {int(counter.window)} s. "
+            "Please try again later.",
+            headers=headers,
+        )
+
+    def _store_down(self, exc: StoreUnavailable, caller: Caller, call_id: str) -> Hold:
+        if self._settings.on_store_error == "closed":
+            raise ServiceUnavailable(
+                "The usage store is unreachable, so limits cannot be checked. Please try again later.",
+                code="limits_unavailable",
+            ) from exc
+        logger.warning("unimw: limit store unreachable, letting call through unmetered: %s", exc)
+        trace.get_current_span().set_attribute("unimw.budget.decision", "unmetered")
+        return Hold(call_id, (), (), (), {}, caller.tenant, metered=False)
+
+    async def _alert(self, hold: Hold, totals: Sequence[int]) -> None:
+        thresholds = self._settings.alerts.at
+        for counter, quantity, total in zip(hold.counters, hold.quantities, totals, strict=True):
+            for threshold in thresholds:
+                if total < threshold * counter.limit:
+                    continue
+                if not await self.store.once(f"{counter.key}:alert:{threshold}", counter.window, self._clock()):
+                    continue
+                scale = MICRO if quantity == "usd" else 1
+                alert = BudgetAlert(hold.tenant, counter.key, quantity, threshold, total / scale, counter.limit / scale)
+                self._deliver(alert)
+
+    def _deliver(self, alert: BudgetAlert) -> None:
+        logger.warning(
+            "unimw: %s reached %d%% of its %s limit (%s of %s)",
+            alert.tenant or alert.counter,
+            round(alert.threshold * 100),
+            alert.quantity,
+            alert.used,
+            alert.limit,
+        )
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(
+                "unimw.budget.alert",
+                {"unimw.tenant": alert.tenant or "", "unimw.budget.quantity": alert.quantity,
+                 "unimw.budget.threshold": alert.threshold, "unimw.budget.used": alert.used,
+                 "unimw.budget.limit": alert.limit},
+            )  # fmt: skip
+        if self._alert_call is not None:
+            result = self._alert_call(alert)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+def _rate_headers(counters: Sequence[Counter], quantities: Sequence[str], totals: Sequence[int]) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers, from the shortest window of requests and of tokens."""
+    headers: dict[str, str] = {}
+    best: dict[str, tuple[float, Counter, int]] = {}
+    for counter, quantity, total in zip(counters, quantities, totals, strict=True):
+        if quantity in ("requests", "tokens") and (quantity not in best or counter.window < best[quantity][0]):
+            best[quantity] = (counter.window, counter, total)
+    for quantity, (window, counter, total) in best.items():
+        headers[f"x-ratelimit-limit-{quantity}"] = str(counter.limit)
+        headers[f"x-ratelimit-remaining-{quantity}"] = str(max(0, counter.limit - total))
+        headers[f"x-ratelimit-reset-{quantity}"] = go_duration(window)
+    return headers
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as OpenAI writes resets: ``12ms``, ``1s``, ``6m0s``, ``1h0m0s``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"

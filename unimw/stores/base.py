@@ -1,0 +1,64 @@
+"""The store protocols: what limits (and later caches) need from storage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One limit counter.
+
+    A sliding counter holds every reservation of the last ``window`` seconds
+    (so any ``window`` seconds hold at most ``limit``); a fixed counter is one
+    total for a calendar window whose key names it, and expires ``window``
+    seconds from the reservation.
+    """
+
+    key: str
+    limit: int
+    window: float
+    sliding: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The answer to a reserve: taken, or the first counter that did not fit."""
+
+    ok: bool
+    totals: tuple[int, ...]  #: each counter's total after the reservation (before it, if refused)
+    refused: int = -1  #: index of the counter that did not fit
+    retry_after: float | None = None  #: seconds until it would fit; None if it never will
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached."""
+
+
+class LimitStore(Protocol):
+    """Atomic multi-counter reservations.
+
+    ``reserve`` takes ``amounts[i]`` on ``counters[i]`` for every ``i``, or on
+    none of them; ``settle`` replaces each reserved amount by the actual one.
+    Both are one round trip on a networked store.
+    """
+
+    async def reserve(
+        self, call_id: str, counters: Sequence[Counter], amounts: Sequence[int], now: float
+    ) -> Reservation: ...
+
+    async def settle(
+        self, call_id: str, counters: Sequence[Counter], reserved: Sequence[int], actual: Sequence[int], now: float
+    ) -> tuple[int, ...]:
+        """Apply the actual amounts; returns each counter's total after."""
+        ...
+
+    async def totals(self, counters: Sequence[Counter], now: float) -> tuple[int, ...]: ...
+
+    async def once(self, key: str, ttl: float, now: float) -> bool:
+        """True the first time ``key`` is seen within ``ttl`` seconds (alerts fire once per window)."""
+        ...
+
+    async def aclose(self) -> None: ...

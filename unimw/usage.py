@@ -1,0 +1,87 @@
+"""Usage and cost: token counts from a response, USD from the price table.
+
+USD amounts are kept as integer micro-dollars wherever they are added up,
+so that budgets are exact: float sums drift, integer sums do not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from unimw.policy import Price
+from unimw.wire import JSON, dumps
+
+MICRO = 1_000_000
+
+#: List prices in USD per 1M tokens for common models, by the vendor's model
+#: id, as published by the vendors; a model's ``price`` in policies.yaml
+#: overrides them. Models in neither cost 0.
+DEFAULT_PRICES: dict[str, Price] = {
+    "gpt-4o": Price(input=2.50, cached_input=1.25, output=10.00),
+    "gpt-4o-mini": Price(input=0.15, cached_input=0.075, output=0.60),
+    "gpt-4.1": Price(input=2.00, cached_input=0.50, output=8.00),
+    "gpt-4.1-mini": Price(input=0.40, cached_input=0.10, output=1.60),
+    "gpt-4.1-nano": Price(input=0.10, cached_input=0.025, output=0.40),
+    "o3": Price(input=2.00, cached_input=0.50, output=8.00),
+    "o4-mini": Price(input=1.10, cached_input=0.275, output=4.40),
+    "claude-3-5-haiku-latest": Price(input=0.80, cached_input=0.08, output=4.00),
+    "claude-sonnet-4-0": Price(input=3.00, cached_input=0.30, output=15.00),
+    "claude-opus-4-0": Price(input=15.00, cached_input=1.50, output=75.00),
+    "gemini-2.5-flash": Price(input=0.30, cached_input=0.075, output=2.50),
+    "gemini-2.5-pro": Price(input=1.25, cached_input=0.31, output=10.00),
+}
+
+FREE = Price()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts with OpenAI's meanings: input includes cached, output includes reasoning."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @classmethod
+    def from_openai(cls, usage: Any) -> Usage | None:
+        """From a ``CompletionUsage`` object; None if there is none."""
+        if not isinstance(usage, dict):
+            return None
+        prompt = usage.get("prompt_tokens") or 0
+        completion = usage.get("completion_tokens") or 0
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+        return cls(int(prompt), int(completion), int(cached), int(reasoning))
+
+
+def cost_micros(price: Price, usage: Usage) -> int:
+    """What ``usage`` costs at ``price``, in micro-USD, rounded up."""
+    cached_rate = price.input if price.cached_input is None else price.cached_input
+    uncached = max(0, usage.input_tokens - usage.cached_tokens)
+    # price is USD per 1M tokens, so tokens x price is already micro-USD.
+    micros = uncached * price.input + usage.cached_tokens * cached_rate + usage.output_tokens * price.output
+    return math.ceil(round(micros, 6))  # round first: 1000 x 0.4 is 400.00000000000006 in floats
+
+
+def estimate_prompt_tokens(request: JSON) -> int:
+    """A generous estimate of a request's input tokens, before any vendor counts them.
+
+    About four bytes of JSON a token over messages and tool definitions,
+    which over-counts ordinary text (the JSON punctuation is included).
+    """
+    size = len(dumps(request.get("messages") or ()))
+    if tools := request.get("tools"):
+        size += len(dumps(tools))
+    return size // 4 + 8
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Tokens in generated text, for output we saw but the vendor never counted."""
+    return (len(text.encode()) + 3) // 4
