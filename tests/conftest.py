@@ -71,8 +71,9 @@ async def make_gateway(upstream_url: str) -> AsyncIterator[Callable[..., Gateway
     """Build gateways on the loopback upstream; all are closed after the test."""
     made: list[Gateway] = []
 
-    def make(**overrides: Any) -> Gateway:
-        gateway = Gateway.from_dict(policy_for(upstream_url, **overrides))
+    def make(*, clock: Callable[[], float] | None = None, **overrides: Any) -> Gateway:
+        policy = policy_for(upstream_url, **overrides)
+        gateway = Gateway.from_dict(policy, clock=clock) if clock else Gateway.from_dict(policy)
         made.append(gateway)
         return gateway
 
@@ -91,6 +92,27 @@ async def client(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
     """The official async SDK, calling the gateway in process through its transport."""
     async with httpx.AsyncClient(transport=gateway.transport()) as http:
         yield openai.AsyncOpenAI(base_url="http://unimw/v1", api_key="sk-client", http_client=http, max_retries=0)
+
+
+class Clock:
+    """A clock tests move by hand: seconds since the epoch, starting at ``start``."""
+
+    def __init__(self, start: float = 1_790_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def sdk(gateway: Gateway, api_key: str = "sk-client", **headers: str) -> openai.AsyncOpenAI:
+    """The official async SDK on the gateway's in-process transport."""
+    http = httpx.AsyncClient(transport=gateway.transport())
+    return openai.AsyncOpenAI(
+        base_url="http://unimw/v1", api_key=api_key, http_client=http, max_retries=0, default_headers=headers
+    )
 
 
 async def collect(chunks: AsyncIterator[Any] | Awaitable[Any]) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -23,9 +24,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate a policy file and print what it defines")
     check.add_argument("config", nargs="?", default="policies.yaml")
 
+    usage = commands.add_parser("usage", help="print each tenant's spend and remaining limits from the store")
+    usage.add_argument("--config", default="policies.yaml")
+    usage.add_argument("--tenant", help="only this tenant")
+
+    hash_key = commands.add_parser("hash-key", help="print the sha256: form of an API key, for tenants.*.api_keys")
+    hash_key.add_argument("key")
+
     args = parser.parse_args(argv)
     if args.command == "check":
         return run_check(args.config)
+    if args.command == "usage":
+        return asyncio.run(run_usage(args.config, args.tenant))
+    if args.command == "hash-key":
+        from unimw.tenants import hash_key as hashed
+
+        print(hashed(args.key))
+        return 0
     return run_serve(args.config, args.host, args.port, args.log_level)
 
 
@@ -53,6 +68,36 @@ def describe(policy: Policy, path: str) -> str:
         )
         lines.append(f"  {name} [{alias.strategy}] -> {targets}")
     return "\n".join(lines)
+
+
+async def run_usage(path: str, only: str | None) -> int:
+    from unimw.limits import Limiter
+    from unimw.stores import limit_store
+    from unimw.stores.base import StoreUnavailable
+
+    try:
+        policy = load_policy(path)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if only is not None and only not in policy.tenants:
+        print(f"error: no tenant {only!r} in {path}", file=sys.stderr)
+        return 1
+    limiter = Limiter(policy, limit_store(policy.tenancy.store))
+    try:
+        for tenant in [only] if only else list(policy.tenants):
+            print(tenant)
+            rows = await limiter.report(tenant)
+            for what, used, limit in rows:
+                print(f"  {what:<20} used {used:>14,.6g}  of {limit:>14,.6g}  remaining {max(0.0, limit - used):,.6g}")
+            if not rows:
+                print("  (no limits)")
+    except StoreUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await limiter.aclose()
+    return 0
 
 
 def run_serve(path: str, host: str, port: int, log_level: str) -> int:

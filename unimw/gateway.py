@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -46,11 +46,11 @@ class Gateway:
     upstream connections and stores are closed.
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, *, clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
         self.created = int(time.time())
         self.tenants = Tenants(policy)
-        self.limiter = Limiter(policy, limit_store(policy.tenancy.store))
+        self.limiter = Limiter(policy, limit_store(policy.tenancy.store), clock)
         self.recorder = Recorder(policy.usage)
         self._router = Router(policy)
         self._adapters: dict[str, Adapter] = {
@@ -66,9 +66,12 @@ class Gateway:
         return cls(load_policy(path, env))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Gateway:
-        """A gateway for a policy given as data (already interpolated)."""
-        return cls(build_policy(dict(data)))
+    def from_dict(cls, data: Mapping[str, Any], *, clock: Callable[[], float] = time.time) -> Gateway:
+        """A gateway for a policy given as data (already interpolated).
+
+        ``clock`` (seconds since the epoch) drives limit windows; tests move it.
+        """
+        return cls(build_policy(dict(data)), clock=clock)
 
     async def chat_completions(
         self, body: JSON, *, tenant: str | None = None, end_user: str | None = None

@@ -62,6 +62,15 @@ class StreamReply:
                 await aclose()
             self.close()
 
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body in pieces as they arrive (one per network read), for parsers that frame it themselves."""
+        content = self._response.content
+        try:
+            while chunk := await content.readany():
+                yield chunk
+        except _client_errors() as exc:
+            raise _map_error(exc) from exc
+
     async def lines(self) -> AsyncIterator[bytes]:
         """The body line by line, as it arrives."""
         content = self._response.content

@@ -136,7 +136,20 @@ class Limiter:
             return
         await self._alert(hold, totals)
 
-    def _counters(self, caller: Caller, route: Route) -> list[tuple[Counter, str]]:
+    async def report(self, tenant: str) -> list[tuple[str, float, float]]:
+        """``(limit, used, limit value)`` for each of a tenant's own limits in the current windows."""
+        pairs = self._tenant_counters(Caller(tenant))
+        if not pairs:
+            return []
+        totals = await self.store.totals([c for c, _ in pairs], self._clock())
+        rows = []
+        for (counter, quantity), total in zip(pairs, totals, strict=True):
+            scale = MICRO if quantity == "usd" else 1
+            per = counter.key.split(":")[-2 if counter.sliding else -3]
+            rows.append((f"{quantity} per {per}", total / scale, counter.limit / scale))
+        return rows
+
+    def _tenant_counters(self, caller: Caller) -> list[tuple[Counter, str]]:
         pairs: list[tuple[Counter, str]] = []
         tenant = self._policy.tenants.get(caller.tenant or "")
         for limit in tenant.limits if tenant else ():
@@ -147,6 +160,10 @@ class Limiter:
             else:
                 subject = f"t:{caller.tenant}"
             pairs += self._limit_counters(subject, limit)
+        return pairs
+
+    def _counters(self, caller: Caller, route: Route) -> list[tuple[Counter, str]]:
+        pairs = self._tenant_counters(caller)
         names = {t.name for t in route.targets}
         providers = {t.provider for t in route.targets}
         for limit in self._policy.limits:

@@ -140,6 +140,9 @@ def answer(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
         content = json.dumps({"answer": "Paris", "confidence": 0.9})
     else:
         content = f"Hello from {body['model']}! The capital of France is Paris."
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    if cap is not None and len(content) > cap * 4:
+        return {"role": "assistant", "content": content[: cap * 4], "refusal": None, "annotations": []}, "length"
     return {"role": "assistant", "content": content, "refusal": None, "annotations": []}, "stop"
 
 

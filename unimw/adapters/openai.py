@@ -1,9 +1,21 @@
 """OpenAI Chat Completions, and every server that speaks it.
 
-OpenAI itself, Azure OpenAI's v1 endpoint, vLLM, Ollama, llama.cpp, Groq,
-DeepSeek, Mistral, OpenRouter and the rest are all ``kind: openai`` rows in
+OpenAI itself, Azure OpenAI, vLLM, Ollama, llama.cpp, Groq, DeepSeek,
+Mistral, OpenRouter and the rest are all ``kind: openai`` rows in
 policies.yaml. The request is forwarded as the caller sent it, unknown fields
 included, with only the model id replaced.
+
+Azure OpenAI is the ``azure`` option: the key goes in the ``api-key`` header
+instead of ``Authorization: Bearer``. With ``api_version`` it is the classic
+deployments API, ``{base_url}/deployments/{deployment}/chat/completions?api-version=...``,
+where the deployment is ``deployment`` if given, else each model's ``model``
+id (a ``base_url`` that already ends in ``/deployments/<name>`` is used as
+is). Without it, ``base_url`` is the v1 endpoint, which is plain OpenAI::
+
+    azure:    {kind: openai, base_url: "https://<resource>.openai.azure.com/openai",
+               api_key: "${AZURE_OPENAI_API_KEY}", options: {azure: {api_version: "2024-10-21"}}}
+    azure-v1: {kind: openai, base_url: "https://<resource>.openai.azure.com/openai/v1",
+               api_key: "${AZURE_OPENAI_API_KEY}", options: {azure: true}}
 """
 
 from __future__ import annotations
@@ -11,12 +23,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from unimw.adapters.base import Target, merge_params, redact
 from unimw.errors import UpstreamError, UpstreamUnavailable
 from unimw.http import UpstreamClient
 from unimw.policy import Provider
-from unimw.wire import JSON, dumps, loads, now, sse_data
+from unimw.wire import JSON, dumps, loads, now, sse_events
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -24,6 +37,27 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 def to_request(chat: JSON, target: Target) -> JSON:
     """The body to send upstream: the caller's, with the vendor's model id."""
     return merge_params(chat, target)
+
+
+def chat_url(base_url: str, azure: Mapping[str, Any] | None, model: str) -> str:
+    """Where chat requests for ``model`` go; see the module docstring for Azure."""
+    if azure is None or "api_version" not in azure:
+        return base_url + "/chat/completions"
+    if "/deployments/" not in base_url:
+        base_url += "/deployments/" + quote(str(azure.get("deployment") or model), safe="")
+    return f"{base_url}/chat/completions?api-version={quote(str(azure['api_version']), safe='')}"
+
+
+def azure_options(options: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The provider's ``azure`` option as a mapping (``true`` means ``{}``), or ``None`` when not Azure."""
+    azure = options.get("azure")
+    if azure is None or azure is False:
+        return None
+    if azure is True:
+        return {}
+    if not isinstance(azure, Mapping) or not set(azure) <= {"api_version", "deployment"}:
+        raise ValueError("the azure option must be true or a mapping with api_version and/or deployment")
+    return azure
 
 
 def from_response(body: JSON) -> JSON:
@@ -120,11 +154,17 @@ class OpenAIAdapter:
     supports_tools: ClassVar[bool] = True
 
     def __init__(self, provider: Provider) -> None:
-        base_url = provider.base_url or DEFAULT_BASE_URL
-        self._url = base_url + "/chat/completions"
+        self._base_url = provider.base_url or DEFAULT_BASE_URL
+        self._azure = azure_options(provider.options)
+        azure = self._azure or {}
+        per_model = "api_version" in azure and not azure.get("deployment") and "/deployments/" not in self._base_url
+        #: ``None`` when the URL names each model's own deployment.
+        self._url = None if per_model else chat_url(self._base_url, self._azure, "")
         headers = {"content-type": "application/json", **provider.headers}
         self._api_key = provider.api_key.get_secret_value() if provider.api_key else None
-        if self._api_key:
+        if self._api_key and self._azure is not None:
+            headers["api-key"] = self._api_key
+        elif self._api_key:
             headers["authorization"] = "Bearer " + self._api_key
         self._client = UpstreamClient(
             timeout=provider.timeout, connect_timeout=provider.connect_timeout, headers=headers
@@ -134,20 +174,24 @@ class OpenAIAdapter:
 
     async def complete(self, request: JSON, target: Target) -> JSON:
         body = to_request(request, target)
-        reply = await self._client.post(self._url, dumps(body), self._headers)
+        reply = await self._client.post(self._url or self._chat_url(target), dumps(body), self._headers)
         if reply.status >= 400:
             raise self._error(reply.status, reply.body, reply.headers)
         return from_response(_parse(reply.body))
 
     async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
         body = to_request(request, target)
-        reply = await self._client.open_stream(self._url, dumps(body), self._stream_headers)
+        url = self._url or self._chat_url(target)
+        reply = await self._client.open_stream(url, dumps(body), self._stream_headers)
         if reply.status >= 400:
             try:
                 raise self._error(reply.status, await reply.read(), reply.headers)
             finally:
                 reply.close()
-        return reply.guard(from_events(sse_data(reply.lines())))
+        return reply.guard(from_events(sse_events(reply.chunks())))
+
+    def _chat_url(self, target: Target) -> str:
+        return chat_url(self._base_url, self._azure, target.model)
 
     def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         error = to_error(status, body, headers)

@@ -1,0 +1,21 @@
+"""Callables a test policy names by "module:function"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unimw.limits import BudgetAlert
+
+alerts: list[BudgetAlert] = []
+
+
+def tenant_from_scope(scope: dict[str, Any]) -> str | None:
+    """The host app's own auth, as a tenant source: here, an organisation header."""
+    for name, value in scope.get("headers", []):
+        if name == b"x-user-org":
+            return value.decode()
+    return None
+
+
+def record_alert(alert: BudgetAlert) -> None:
+    alerts.append(alert)
