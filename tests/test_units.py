@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from types import ModuleType
 from collections.abc import AsyncIterator
+from types import ModuleType
 
 import pytest
 
