@@ -31,6 +31,7 @@ the caller's translated fields win, objects are merged key by key.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -169,8 +170,9 @@ def to_request(
     if chat.get("stream"):
         body["stream"] = True
     _merge(body, target.params)
+    grow = "max_tokens" not in body  # thinking counts against max_tokens: its budget goes on top of a default
     body.setdefault("max_tokens", default_max_tokens)
-    _thinking(body, chat.get("reasoning_effort"), model, dropped)
+    _thinking(body, chat.get("reasoning_effort"), model, dropped, grow=grow)
     _sampling(body, model.sampling(version), model, dropped)
     if dropped:
         note_dropped(*dropped)
@@ -344,7 +346,9 @@ def translate_tools(chat: JSON, model: Traits, dropped: list[str]) -> JSON:
     if choice == "required":
         out["tool_choice"] = {"type": "any"}
     elif isinstance(choice, dict):
-        out["tool_choice"] = {"type": "tool", "name": (choice.get("function") or {}).get("name")}
+        if not isinstance(name := (choice.get("function") or {}).get("name"), str):
+            raise InvalidRequest("Only function tool choices are supported by this model.", param="tool_choice")
+        out["tool_choice"] = {"type": "tool", "name": name}
     elif choice == "auto":
         out["tool_choice"] = {"type": "auto"}
     if chat.get("parallel_tool_calls") is False:
@@ -417,12 +421,12 @@ def _merge(body: JSON, params: Mapping[str, Any]) -> None:
     """Add the model's policy ``params`` under ``body``: body values win, objects merge."""
     for key, value in params.items():
         if key not in body:
-            body[key] = value
+            body[key] = copy.deepcopy(value)  # the body is changed later; the policy must not be
         elif isinstance(body[key], dict) and isinstance(value, dict):
-            body[key] = {**value, **body[key]}
+            body[key] = {**copy.deepcopy(value), **body[key]}
 
 
-def _thinking(body: JSON, effort: str | None, model: Traits, dropped: list[str]) -> None:
+def _thinking(body: JSON, effort: str | None, model: Traits, dropped: list[str], *, grow: bool) -> None:
     if effort is None or effort == "none":
         return
     forced = body.get("tool_choice", {}).get("type") in ("any", "tool")
@@ -434,11 +438,13 @@ def _thinking(body: JSON, effort: str | None, model: Traits, dropped: list[str])
         if not forced and _thinking_fits(body):
             body["thinking"] = {"type": "adaptive"}
         return
-    budget = min(_BUDGETS[effort], body["max_tokens"] - 1)
+    budget = _BUDGETS[effort] if grow else min(_BUDGETS[effort], body["max_tokens"] - 1)
     if forced or budget < 1024 or not _thinking_fits(body):
         dropped.append("reasoning_effort")
     else:
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if grow:
+            body["max_tokens"] += budget
 
 
 def _thinking_fits(body: JSON) -> bool:
@@ -561,7 +567,7 @@ class _Stream:
     blocks: dict[int, _Block] = field(default_factory=dict)
     tool_calls: int = 0
     signed: int = 0
-    started: bool = False
+    announced: bool = False
     stopped: bool = False
 
     def chunk(self, delta: JSON | None = None, finish_reason: str | None = None) -> JSON:
@@ -571,8 +577,7 @@ class _Stream:
         message = event.get("message") or {}
         self.id, self.model = message.get("id") or "", message.get("model") or ""
         self.usage.update(message.get("usage") or {})
-        self.started = True
-        return [self.chunk({"role": "assistant", "content": ""})]
+        return []
 
     def on_content_block_start(self, event: JSON) -> list[JSON]:
         block, index = event.get("content_block") or {}, event.get("index", -1)
@@ -618,6 +623,8 @@ class _Stream:
             return []
         if block.kind == "json" and not block.sent:
             return [self.chunk({"content": "{}"})]
+        if block.kind == "tool" and not block.sent:  # a tool without arguments still gets a JSON object
+            return [self.chunk({"tool_calls": [{"index": block.tool_index, "function": {"arguments": "{}"}}]})]
         if block.kind == "thinking":  # the signed block, for a client to send back in a tool loop
             signed: JSON = {"index": self.signed, "type": "thinking"}
             if block.data:
@@ -662,7 +669,14 @@ async def from_events(
         handler = getattr(stream, f"on_{kind}", None)
         if handler is None:  # ping, and event types added after this was written
             continue
-        for item in handler(event):
+        items = handler(event)
+        if items and not stream.announced:
+            # The role chunk waits for the first output, so that an error event right after
+            # message_start (an overload, typically) comes before the first chunk and can
+            # still be retried or fall back.
+            stream.announced = True
+            yield stream.chunk({"role": "assistant", "content": ""})
+        for item in items:
             yield item
         if stream.stopped:
             if include_usage:
