@@ -65,8 +65,9 @@ class GatewayApp:
         if path == self._chat:
             _allow(method, "POST", path)
             body = loads_request(await read_body(scope, receive, self._max_body))
-            caller = await gateway.tenants.identify(_headers(scope), scope, body if isinstance(body, dict) else None)
-            answer = await gateway.handle_chat(body, caller, rid)
+            headers = _headers(scope)
+            caller = await gateway.tenants.identify(headers, scope, body if isinstance(body, dict) else None)
+            answer = await gateway.handle_chat(body, caller, rid, headers)
             if isinstance(answer.body, dict):
                 await _send_json(send, 200, answer.body, rid, answer.headers)
             else:

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unimw.adapters.base import Target
+from unimw.cache import Lookup
 from unimw.errors import UnimwError
 from unimw.limits import Hold
 from unimw.routing import Route
+from unimw.streams import Assembler
 from unimw.tenants import Caller
 from unimw.usage import Usage, estimate_prompt_tokens, estimate_text_tokens
 from unimw.wire import JSON
@@ -40,6 +42,8 @@ class Call:
     #: True once the upstream produced output the caller is charged for.
     answered: bool = False
     status: str = "ok"
+    #: Past the limits (refused calls are traced but not recorded as usage).
+    admitted: bool = False
     error: BaseException | None = None
     started: float = field(default_factory=time.perf_counter)
     first_chunk_at: float | None = None
@@ -48,9 +52,14 @@ class Call:
     response_model: str | None = None
     span: Any = None
     finished: bool = False
+    cache: Lookup | None = None
+    cache_hit: bool = False
+    #: The whole answer, when there is one to store (a stream's is assembled).
+    completion: JSON | None = None
 
     def observe_completion(self, completion: JSON) -> None:
         self.answered = True
+        self.completion = completion
         self.usage = Usage.from_openai(completion.get("usage")) or self.estimate("")
         self.response_id = completion.get("id")
         self.response_model = completion.get("model")
@@ -73,8 +82,17 @@ class ChunkStream:
     which is what a cut-short stream is charged for.
     """
 
-    def __init__(self, call: Call, chunks: AsyncIterator[JSON], finish: Finish, *, client_wants_usage: bool) -> None:
+    def __init__(
+        self,
+        call: Call,
+        chunks: AsyncIterator[JSON],
+        finish: Finish,
+        *,
+        client_wants_usage: bool,
+        assemble: bool = False,
+    ) -> None:
         self.call = call
+        self._assembler = Assembler() if assemble else None
         self._chunks = chunks
         self._finish = finish
         self._client_wants_usage = client_wants_usage
@@ -105,6 +123,8 @@ class ChunkStream:
     def _observe(self, chunk: JSON) -> bool:
         """Note what ``chunk`` says; False if it is not for the client."""
         call = self.call
+        if self._assembler is not None:
+            self._assembler.add(chunk)
         if call.first_chunk_at is None:
             call.first_chunk_at = time.perf_counter()
             call.response_id = chunk.get("id")
@@ -133,9 +153,12 @@ class ChunkStream:
         call = self.call
         call.status = status
         call.error = error
-        call.answered = True  # the first chunk reached the caller: the prompt was used
+        if not call.cache_hit:
+            call.answered = True  # the first chunk reached the caller: the prompt was used
         if call.usage is None or status != "ok":
             call.usage = call.usage or call.estimate("".join(self._produced))
+        if status == "ok" and self._assembler is not None and self._assembler.complete:
+            call.completion = self._assembler.completion()
         aclose = getattr(self._chunks, "aclose", None)
         try:
             if aclose is not None and status != "ok":

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from unimw.adapters import adapter_class
 from unimw.adapters.base import Adapter
+from unimw.cache import ResponseCache, strip_control
 from unimw.calls import Call, ChunkStream
 from unimw.dispatch import Dispatcher
 from unimw.errors import AuthenticationFailed, ModelNotFound, UnimwError
@@ -19,7 +20,8 @@ from unimw.loader import build_policy, load_policy
 from unimw.policy import Policy
 from unimw.records import Recorder, UsageRecord
 from unimw.routing import Router
-from unimw.stores import limit_store
+from unimw.stores import cache_store, limit_store
+from unimw.streams import aiter_of, replay
 from unimw.tenants import Caller, Tenants, cap_output_tokens
 from unimw.usage import MICRO, cost_micros
 from unimw.validation import validate_chat
@@ -59,6 +61,10 @@ class Gateway:
         retries = {name: p.retries for name, p in policy.providers.items() if p.retries is not None}
         self._dispatcher = Dispatcher(self._router, self._adapters, policy.dispatch, retries=retries)
         self._limits_on = self.limiter.enabled
+        settings = policy.cache
+        store = cache_store(settings.store, max_entries=settings.max_entries, max_bytes=settings.max_bytes, clock=clock)
+        self.cache = ResponseCache(policy, self._router, store)
+        self._cache_on = any(self.cache.applies(route) for route in self._router.routes.values())
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Gateway:
@@ -89,33 +95,73 @@ class Gateway:
         answer = await self.handle_chat(body, Caller(tenant, end_user))
         return answer.body
 
-    async def handle_chat(self, body: Any, caller: Caller, rid: str | None = None) -> Answer:
-        """The chat pipeline; doors call this with the caller they identified."""
+    async def handle_chat(
+        self, body: Any, caller: Caller, rid: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> Answer:
+        """The chat pipeline; doors call this with the caller they identified and the request headers."""
         request = validate_chat(body)
         call = Call(rid or request_id(), caller, request)
         call.route = route = self._router.resolve(request["model"])
-        request = call.request = self.tenants.authorize(caller, route, request)
-        headers: dict[str, str] = {}
-        if self._limits_on:
-            if self.limiter.needs_output_cap(caller):
-                request = call.request = cap_output_tokens(request, self.policy.tenancy.default_max_tokens)
-            call.hold = await self.limiter.reserve(caller, route, request)
-            headers = call.hold.headers if call.hold else {}
+        call.request = self.tenants.authorize(caller, route, request)
+        call.stream = bool(request.get("stream"))
+        answer = Answer(call.request, {})
+        if self._cache_on and self.cache.applies(route):
+            call.cache = await self.cache.lookup(route, call.request, caller.tenant, headers or {})
+            call.request = strip_control(call.request)
+            answer.headers["x-unimw-cache"] = call.cache.status
+            if call.cache.completion is not None and not self.cache.charges_hits:
+                return await self._serve_hit(call, call.cache.completion, answer)
         try:
-            if request.get("stream"):
-                call.stream = True
-                wants_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-                upstream = request if wants_usage else {**request, "stream_options": {"include_usage": True}}
-                call.target, chunks = await self._dispatcher.stream(route, upstream)
-                return Answer(ChunkStream(call, chunks, self._finish, client_wants_usage=wants_usage), headers)
-            call.target, completion = await self._dispatcher.complete(route, request)
+            if self._limits_on:
+                await self._reserve(call, answer)
+            call.admitted = True
+            if call.cache is not None and call.cache.completion is not None:
+                return await self._serve_hit(call, call.cache.completion, answer)
+            return await self._dispatch(call, answer)
         except UnimwError as error:
             call.status, call.error = "error", error
             await self._finish(call)
             raise
+
+    async def _reserve(self, call: Call, answer: Answer) -> None:
+        assert call.route is not None
+        if self.limiter.needs_output_cap(call.caller):
+            call.request = cap_output_tokens(call.request, self.policy.tenancy.default_max_tokens)
+        call.hold = await self.limiter.reserve(call.caller, call.route, call.request)
+        if call.hold is not None:
+            answer.headers.update(call.hold.headers)
+
+    async def _dispatch(self, call: Call, answer: Answer) -> Answer:
+        assert call.route is not None
+        request = call.request
+        if call.stream:
+            wants_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+            upstream = request if wants_usage else {**request, "stream_options": {"include_usage": True}}
+            call.target, chunks = await self._dispatcher.stream(call.route, upstream)
+            answer.body = ChunkStream(
+                call, chunks, self._finish, client_wants_usage=wants_usage, assemble=call.cache is not None
+            )
+            return answer
+        call.target, completion = await self._dispatcher.complete(call.route, request)
         call.observe_completion(completion)
         await self._finish(call)
-        return Answer(completion, headers)
+        answer.body = completion
+        return answer
+
+    async def _serve_hit(self, call: Call, completion: JSON, answer: Answer) -> Answer:
+        """A cached answer, as the caller asked for it: whole, or replayed as a stream."""
+        call.cache_hit = call.admitted = True
+        call.target = self._router.target(call.cache.target) if call.cache is not None else None
+        call.observe_completion(completion)
+        call.answered = self.cache.charges_hits
+        if call.stream:
+            wants_usage = bool((call.request.get("stream_options") or {}).get("include_usage"))
+            chunks = aiter_of(replay(completion, include_usage=True))
+            answer.body = ChunkStream(call, chunks, self._finish, client_wants_usage=wants_usage)
+            return answer
+        await self._finish(call)
+        answer.body = completion
+        return answer
 
     async def _finish(self, call: Call) -> None:
         """Settle, record (and later trace) a call: once, however it ended."""
@@ -124,8 +170,14 @@ class Gateway:
         call.finished = True
         price = self.limiter.price(call.target.name) if call.target else None
         cost = cost_micros(price, call.usage) if price is not None and call.usage is not None else 0
+        if call.cache_hit and not self.cache.charges_hits:
+            cost = 0
         await self.limiter.settle(call.hold, call.usage, cost, answered=call.answered)
-        if self.recorder.enabled:
+        if call.cache is not None and not call.cache_hit:
+            ok = call.status == "ok" and call.answered
+            target = call.target.name if call.target else None
+            await self.cache.finish(call.cache, call.completion if ok else None, target, call.error)
+        if self.recorder.enabled and (call.admitted or call.cache_hit):
             self.recorder.record(self._record(call, cost))
 
     def _record(self, call: Call, cost: int) -> UsageRecord:
@@ -144,7 +196,7 @@ class Gateway:
             reasoning_tokens=usage.reasoning_tokens if usage else 0,
             cost_usd=cost / MICRO if call.answered else 0.0,
             latency_ms=round((time.perf_counter() - call.started) * 1000, 3),
-            cache_hit=False,
+            cache_hit=call.cache_hit,
             status=call.status,
             stream=call.stream,
             timestamp=time.time(),
@@ -182,6 +234,7 @@ class Gateway:
             await adapter.aclose()
         await self.recorder.aclose()
         await self.limiter.aclose()
+        await self.cache.aclose()
 
     async def __aenter__(self) -> Gateway:
         return self

@@ -11,7 +11,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from unimw.adapters import ADAPTERS
 
@@ -41,6 +50,15 @@ def parse_duration(value: Any) -> Any:
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+def _store_url(url: str) -> str:
+    if not url.startswith(("memory://", "redis://", "rediss://", "unix://")):
+        raise ValueError(f"store must be memory:// or redis://host:port/db, got {url!r}")
+    return url
+
+
+StoreURL = Annotated[str, AfterValidator(_store_url)]
 
 
 class _Frozen(BaseModel):
@@ -221,7 +239,7 @@ class Tenancy(_Frozen):
     #: it is given when the tenant has token or USD limits).
     default_max_tokens: int = Field(default=4096, gt=0)
     reset_timezone: str = "UTC"
-    store: str = "memory://"
+    store: StoreURL = "memory://"
     #: When the store cannot be reached: ``closed`` refuses with 503, ``open`` lets calls through unmetered.
     on_store_error: Literal["closed", "open"] = "closed"
     alerts: Alerts = Alerts()
@@ -237,12 +255,33 @@ class Tenancy(_Frozen):
             raise ValueError(f"unknown time zone {zone!r}") from None
         return zone
 
-    @field_validator("store")
-    @classmethod
-    def _store_url(cls, url: str) -> str:
-        if not url.startswith(("memory://", "redis://", "rediss://", "unix://")):
-            raise ValueError(f"store must be memory:// or redis://host:port/db, got {url!r}")
-        return url
+
+class CacheRule(_Frozen):
+    """Cache settings for one model or alias; unset fields follow the cache section."""
+
+    enabled: bool | None = None
+    ttl: Seconds | None = None
+    scope: Literal["tenant", "global"] | None = None
+    when: Literal["always", "temperature_zero"] | None = None
+
+
+class Cache(_Frozen):
+    """The response cache: exact-match, per tenant unless a model says global."""
+
+    enabled: bool = False
+    store: StoreURL = "memory://"
+    ttl: Seconds = 3600.0
+    max_entries: int = Field(default=10_000, gt=0)
+    max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    #: ``tenant``: one tenant never sees another's entries; ``global``: shared.
+    scope: Literal["tenant", "global"] = "tenant"
+    #: Which requests are cached: all, or only those asking for ``temperature: 0``.
+    when: Literal["always", "temperature_zero"] = "always"
+    #: A hit is ``free`` (no tokens, no cost) or charged ``full`` as the original call was.
+    charge: Literal["free", "full"] = "free"
+    #: How long identical concurrent requests wait for the one call in flight.
+    wait: Seconds = 30.0
+    models: dict[str, CacheRule] = {}
 
 
 class UsageSinks(_Frozen):
@@ -266,6 +305,7 @@ class Policy(_Frozen):
     tenants: dict[str, Tenant] = {}
     limits: list[GlobalLimit] = []
     usage: UsageSinks = UsageSinks()
+    cache: Cache = Cache()
 
     def check(self) -> None:
         """Raise :class:`PolicyError` for the first cross-reference problem."""
@@ -290,6 +330,11 @@ class Policy(_Frozen):
                     )
         if self.tenancy.default is not None and self.tenancy.default not in self.tenants:
             raise PolicyError(("tenancy", "default"), f"default tenant {self.tenancy.default!r} is not in tenants")
+        for name in self.cache.models:
+            if name not in public:
+                raise PolicyError(
+                    ("cache", "models", name), f"cache rule for {name!r}, which is neither a model nor an alias"
+                )
         for i, limit in enumerate(self.limits):
             if limit.model is not None and limit.model not in self.models:
                 raise PolicyError(("limits", i, "model"), f"limit on {limit.model!r}, which is not a model")

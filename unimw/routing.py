@@ -61,6 +61,11 @@ class Router:
                 tuple(weight for _, weight in expanded),
             )
 
+    def target(self, name: str | None) -> Target | None:
+        """The concrete target of a model name (None for None)."""
+        route = self.routes.get(name) if name is not None else None
+        return route.targets[0] if route is not None and not route.is_alias else None
+
     def resolve(self, name: str) -> Route:
         try:
             return self.routes[name]

@@ -9,7 +9,7 @@ answer 429, then normally. Faults:
 
 =========  ==============================================================
 ``429``    429 + ``Retry-After: 0`` (``429:2`` for 2 s), rate-limit error
-``500``    500 server_error
+``500``    500 server_error (``500:S`` after S seconds)
 ``503``    503 overloaded
 ``400``    400 invalid_request_error on ``messages``
 ``401``    401 that echoes the API key it was sent (to test redaction)
@@ -17,6 +17,8 @@ answer 429, then normally. Faults:
 ``hang``   answers nothing for 30 s
 ``drop``   the connection breaks after part of the body (mid-stream)
 ``slow``   like ``ok`` but 0.2 s between stream chunks
+``delay:S`` like ``ok`` after S seconds
+``filtered`` a completion stopped by the content filter
 =========  ==============================================================
 """
 
@@ -74,6 +76,7 @@ class OpenAIUpstream:
                 headers={"retry-after": arg or "0"},
             )
         if name == "500":
+            await asyncio.sleep(float(arg or 0))
             return _error(
                 500, "The server had an error while processing your request. Sorry about that!", "server_error", None
             )
@@ -95,6 +98,25 @@ class OpenAIUpstream:
             return Response(b'{"id": "chatcmpl-1", "choices": [', media_type="application/json")
         if name == "hang":
             await asyncio.sleep(30)
+        if name == "delay":
+            await asyncio.sleep(float(arg))
+        if name == "filtered":
+            return JSONResponse(
+                {
+                    "id": "chatcmpl-f",
+                    "object": "chat.completion",
+                    "created": CREATED,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "content_filter",
+                            "logprobs": None,
+                            "message": {"role": "assistant", "content": None, "refusal": None},
+                        }
+                    ],
+                }
+            )
         message, finish = answer(body)
         if body.get("stream"):
             delay = 0.2 if name == "slow" else 0.0

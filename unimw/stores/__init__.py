@@ -6,7 +6,9 @@ shares it between every replica of the app.
 
 from __future__ import annotations
 
-from unimw.stores.base import LimitStore
+from collections.abc import Callable
+
+from unimw.stores.base import CacheStore, LimitStore
 
 
 def limit_store(url: str) -> LimitStore:
@@ -18,3 +20,14 @@ def limit_store(url: str) -> LimitStore:
     from unimw.stores.redis import RedisLimitStore
 
     return RedisLimitStore(url)
+
+
+def cache_store(url: str, *, max_entries: int, max_bytes: int, clock: Callable[[], float]) -> CacheStore:
+    """The response cache store for a ``memory://`` or ``redis://`` URL (Redis bounds itself)."""
+    if url.startswith("memory://"):
+        from unimw.stores.memory import MemoryCacheStore
+
+        return MemoryCacheStore(max_entries=max_entries, max_bytes=max_bytes, clock=clock)
+    from unimw.stores.redis import RedisCacheStore
+
+    return RedisCacheStore(url)

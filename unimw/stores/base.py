@@ -33,6 +33,16 @@ class Reservation:
     retry_after: float | None = None  #: seconds until it would fit; None if it never will
 
 
+class CacheStore(Protocol):
+    """Bytes by key, each with its own time to live."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class StoreUnavailable(Exception):
     """The store could not be reached."""
 

@@ -7,8 +7,10 @@ counter, so a reservation is atomic with respect to every other coroutine.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from cachetools import TLRUCache
 
 from unimw.stores.base import Counter, Reservation
 
@@ -120,6 +122,36 @@ class MemoryLimitStore:
             return False
         self._once[key] = now + ttl
         return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+class MemoryCacheStore:
+    """An LRU of byte strings, bounded by entry count and by total bytes, each entry with its own TTL."""
+
+    def __init__(self, *, max_entries: int, max_bytes: int, clock: Callable[[], float]) -> None:
+        self._max_entries = max_entries
+        self._entries: TLRUCache[str, tuple[bytes, float]] = TLRUCache(
+            maxsize=max_bytes, ttu=lambda _key, value, now: now + value[1], timer=clock, getsizeof=lambda v: len(v[0])
+        )
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        return entry[0] if entry is not None else None
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        if len(value) > self._entries.maxsize:
+            return  # larger than the whole cache: not worth evicting everything for
+        self._entries.pop(key, None)
+        while len(self._entries) >= self._max_entries:
+            self._entries.popitem()
+        self._entries[key] = (value, ttl)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(entries, bytes) held now."""
+        return len(self._entries), int(self._entries.currsize)
 
     async def aclose(self) -> None:
         return None

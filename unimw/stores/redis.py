@@ -135,23 +135,14 @@ class RedisLimitStore:
         return (await self.reserve("", counters, [0] * len(counters), now)).totals
 
     async def once(self, key: str, ttl: float, now: float) -> bool:
-        return bool(await self._guard(self._redis.set(key, 1, nx=True, px=max(1, int(ttl * 1000)))))
+        return bool(await _guard(self._redis.set(key, 1, nx=True, px=max(1, int(ttl * 1000)))))
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
-        reply: list[Any] = await self._guard(script(keys=keys, args=args))
+        reply: list[Any] = await _guard(script(keys=keys, args=args))
         return reply
-
-    @staticmethod
-    async def _guard(awaitable: Any) -> Any:
-        from redis.exceptions import ConnectionError, TimeoutError
-
-        try:
-            return await awaitable
-        except (ConnectionError, TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc
 
 
 def _keys(counters: Sequence[Counter]) -> list[str]:
@@ -159,3 +150,31 @@ def _keys(counters: Sequence[Counter]) -> list[str]:
     for counter in counters:
         keys += [counter.key, counter.key + ":a"]
     return keys
+
+
+class RedisCacheStore:
+    """:class:`~unimw.stores.base.CacheStore` on Redis: each entry a key with its TTL set in Redis."""
+
+    def __init__(self, url: str) -> None:
+        from redis.asyncio import Redis
+
+        self._redis: Redis = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await _guard(self._redis.get(key))
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        await _guard(self._redis.set(key, value, px=max(1, int(ttl * 1000))))
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+async def _guard(awaitable: Any) -> Any:
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    try:
+        return await awaitable
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc

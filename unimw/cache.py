@@ -1,0 +1,224 @@
+"""The response cache: exact-match, tenant-scoped, streaming-aware, single-flight.
+
+The key is a hash of everything in the request that can change the answer
+(the caller's fields, minus those that cannot: ``stream``, ``user``,
+``metadata``, ...) with the model name replaced by the route it resolves
+to (its targets, their vendor ids and params), plus the scope: the tenant,
+or ``global`` where the policy says so. JSON key order and whitespace do not
+matter, since the parsed request is what is hashed. Entries are stored as
+``chat.completion`` objects, so a streamed request can be served from a
+plain one and the other way round.
+
+Identical requests that miss at the same time make one upstream call: the
+first is the leader, the others wait for its answer (up to ``cache.wait``).
+A leader that fails hands its error to those waiting; a leader that never
+finishes (its client left mid-stream) lets them go on alone. Nothing that
+failed, was cut short, or was refused is stored.
+
+Per request: ``Cache-Control: no-cache`` skips the lookup but stores the
+answer, ``no-store`` does neither; the body field ``unimw_cache`` (an
+``extra_body`` in the openai SDK) takes ``{"ttl": "10m"}`` and
+``{"mode": "no-cache" | "no-store"}`` the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from unimw.errors import InvalidRequest, UpstreamError
+from unimw.policy import Cache, Policy, parse_duration
+from unimw.routing import Route, Router
+from unimw.stores.base import CacheStore, StoreUnavailable
+from unimw.wire import JSON, dumps, loads
+
+logger = logging.getLogger("unimw.cache")
+
+CONTROL_FIELD = "unimw_cache"
+
+#: Request fields that do not change the answer, so do not split the cache.
+NOT_IN_KEY = frozenset(
+    {
+        "model",  # replaced by the route's fingerprint
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        CONTROL_FIELD,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """The cache settings in force for one public name."""
+
+    enabled: bool
+    ttl: float
+    scope: str
+    when: str
+
+
+@dataclass(slots=True)
+class Lookup:
+    """What the cache said about one request, and what it owes it afterwards."""
+
+    status: str  #: ``hit``, ``miss`` or ``bypass``
+    key: str | None = None
+    ttl: float = 0.0
+    store: bool = False  #: whether the answer may be stored
+    completion: JSON | None = None  #: the cached answer, on a hit
+    target: str | None = None  #: the model that gave the cached answer
+    flight: asyncio.Future[tuple[JSON, str | None] | None] | None = None  #: set when this call leads a flight
+
+
+class ResponseCache:
+    """Lookups and stores on a :class:`~unimw.stores.base.CacheStore` for one policy."""
+
+    def __init__(self, policy: Policy, router: Router, store: CacheStore) -> None:
+        self.store = store
+        self._settings = policy.cache
+        self._rules = {name: _rule(policy.cache, name) for name in router.routes}
+        self._fingerprints = {name: _fingerprint(route) for name, route in router.routes.items()}
+        self._flights: dict[str, asyncio.Future[tuple[JSON, str | None] | None]] = {}
+
+    @property
+    def charges_hits(self) -> bool:
+        return self._settings.charge == "full"
+
+    def applies(self, route: Route) -> bool:
+        return self._rules[route.name].enabled
+
+    async def lookup(self, route: Route, request: JSON, tenant: str | None, headers: Mapping[str, str]) -> Lookup:
+        """Find ``request``'s answer, join the identical call in flight, or lead a new one."""
+        rule = self._rules[route.name]
+        mode, ttl = _directives(request, headers, rule.ttl)
+        if mode == "no-store" or (rule.when == "temperature_zero" and request.get("temperature") != 0):
+            return Lookup("bypass")
+        key = self._key(route, request, tenant if rule.scope == "tenant" else None)
+        if mode == "no-cache":
+            return Lookup("bypass", key, ttl, store=True)
+        try:
+            if (stored := await self.store.get(key)) is not None:
+                target, completion = loads(stored)
+                return Lookup("hit", key, ttl, completion=completion, target=target)
+        except StoreUnavailable as exc:
+            logger.warning("unimw: cache store unreachable, answering uncached: %s", exc)
+            return Lookup("bypass")
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = self._flights[key] = asyncio.get_running_loop().create_future()
+            return Lookup("miss", key, ttl, store=True, flight=flight)
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(flight), self._settings.wait)
+        except TimeoutError:
+            answer = None
+        if answer is None:  # the leader gave up or took too long: go alone
+            return Lookup("miss", key, ttl, store=True)
+        return Lookup("hit", key, ttl, completion=answer[0], target=answer[1])
+
+    async def finish(
+        self, lookup: Lookup, completion: JSON | None, target: str | None, error: BaseException | None
+    ) -> None:
+        """Store a good answer (and the model that gave it) and release the calls waiting on this one."""
+        good = completion is not None and cacheable(completion)
+        if lookup.store and lookup.key is not None and good:
+            try:
+                await self.store.set(lookup.key, dumps([target, completion]), lookup.ttl)
+            except StoreUnavailable as exc:
+                logger.warning("unimw: cache store unreachable, answer not stored: %s", exc)
+        flight = lookup.flight
+        if flight is None or lookup.key is None:
+            return
+        self._flights.pop(lookup.key, None)
+        if flight.done():
+            return
+        if isinstance(error, UpstreamError):
+            # The upstream's answer is everyone's; the leader's own refusals (its budget) are not.
+            flight.set_exception(error)
+            flight.exception()  # mark it retrieved: nobody may be waiting
+        else:
+            flight.set_result((completion, target) if completion is not None and good else None)
+
+    def _key(self, route: Route, request: JSON, scope: str | None) -> str:
+        canonical = {k: v for k, v in request.items() if k not in NOT_IN_KEY}
+        payload = orjson.dumps(
+            [scope or "global", self._fingerprints[route.name], canonical], option=orjson.OPT_SORT_KEYS
+        )
+        return "unimw:cache:" + hashlib.sha256(payload).hexdigest()
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+def cacheable(completion: JSON) -> bool:
+    """Answers worth keeping: finished, and neither refused nor filtered."""
+    choices = completion.get("choices") or ()
+    return bool(choices) and all(
+        c.get("finish_reason") not in (None, "content_filter") and not (c.get("message") or {}).get("refusal")
+        for c in choices
+    )
+
+
+def strip_control(request: JSON) -> JSON:
+    """The request without unimw's own per-request field, which no upstream should see."""
+    if CONTROL_FIELD not in request:
+        return request
+    return {k: v for k, v in request.items() if k != CONTROL_FIELD}
+
+
+def _directives(request: JSON, headers: Mapping[str, str], ttl: float) -> tuple[str | None, float]:
+    """(mode, ttl) from ``Cache-Control`` and the ``unimw_cache`` body field."""
+    mode = None
+    cache_control = headers.get("cache-control", "").lower()
+    if "no-store" in cache_control:
+        mode = "no-store"
+    elif "no-cache" in cache_control:
+        mode = "no-cache"
+    control = request.get(CONTROL_FIELD)
+    if control is None:
+        return mode, ttl
+    if not isinstance(control, dict):
+        raise InvalidRequest(f"'{CONTROL_FIELD}' must be an object.", param=CONTROL_FIELD)
+    if (requested := control.get("mode")) is not None:
+        if requested not in ("no-cache", "no-store"):
+            raise InvalidRequest(
+                f"Invalid value for '{CONTROL_FIELD}.mode': use 'no-cache' or 'no-store'.",
+                param=f"{CONTROL_FIELD}.mode",
+            )
+        mode = "no-store" if "no-store" in (mode, requested) else "no-cache"
+    if (value := control.get("ttl")) is not None:
+        try:
+            ttl = float(parse_duration(value))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(
+                f"Invalid value for '{CONTROL_FIELD}.ttl': {value!r}.", param=f"{CONTROL_FIELD}.ttl"
+            ) from exc
+    return mode, ttl
+
+
+def _rule(settings: Cache, name: str) -> Rule:
+    override = settings.models.get(name)
+
+    def pick(field: str) -> Any:
+        value = getattr(override, field) if override is not None else None
+        return getattr(settings, field) if value is None else value
+
+    enabled = settings.enabled if override is None or override.enabled is None else override.enabled
+    return Rule(enabled, pick("ttl"), pick("scope"), pick("when"))
+
+
+def _fingerprint(route: Route) -> list[Any]:
+    """What the name stands for right now: a changed mapping must not serve old entries."""
+    return [route.name, route.strategy, [[t.provider, t.model, dict(t.params)] for t in route.targets]]
