@@ -10,6 +10,8 @@ import openai
 import pytest
 
 from tests.servers import serve
+from tests.upstreams.anthropic_app import AnthropicUpstream
+from tests.upstreams.gemini_app import GeminiUpstream
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
 
@@ -32,6 +34,38 @@ def _openai_server() -> Iterator[tuple[OpenAIUpstream, str]]:
 def upstream(_openai_server: tuple[OpenAIUpstream, str]) -> Iterator[OpenAIUpstream]:
     """The loopback OpenAI-wire upstream, with counters and fault plans reset for each test."""
     server, _ = _openai_server
+    server.reset()
+    yield server
+    server.reset()
+
+
+@pytest.fixture(scope="session")
+def _anthropic_server() -> Iterator[tuple[AnthropicUpstream, str]]:
+    upstream = AnthropicUpstream()
+    with serve(upstream.app) as url:
+        yield upstream, url
+
+
+@pytest.fixture
+def claude(_anthropic_server: tuple[AnthropicUpstream, str]) -> Iterator[AnthropicUpstream]:
+    """The loopback Messages API, with counters and fault plans reset for each test."""
+    server, _ = _anthropic_server
+    server.reset()
+    yield server
+    server.reset()
+
+
+@pytest.fixture(scope="session")
+def _gemini_server() -> Iterator[tuple[GeminiUpstream, str]]:
+    upstream = GeminiUpstream()
+    with serve(upstream.app) as url:
+        yield upstream, url
+
+
+@pytest.fixture
+def gemini(_gemini_server: tuple[GeminiUpstream, str]) -> Iterator[GeminiUpstream]:
+    """The loopback Gemini upstream, reset for each test."""
+    server, _ = _gemini_server
     server.reset()
     yield server
     server.reset()

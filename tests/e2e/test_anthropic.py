@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -11,7 +11,6 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.servers import serve
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from unimw import Gateway
 
@@ -72,22 +71,6 @@ def policy(url: str) -> dict[str, Any]:
         },
         "dispatch": {"retries": 1, "backoff": "10ms", "cooldown": 0},
     }
-
-
-@pytest.fixture(scope="session")
-def _anthropic_server() -> Iterator[tuple[AnthropicUpstream, str]]:
-    upstream = AnthropicUpstream()
-    with serve(upstream.app) as url:
-        yield upstream, url
-
-
-@pytest.fixture
-def claude(_anthropic_server: tuple[AnthropicUpstream, str]) -> Iterator[AnthropicUpstream]:
-    """The loopback Messages API, with counters and fault plans reset for each test."""
-    server, _ = _anthropic_server
-    server.reset()
-    yield server
-    server.reset()
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -15,7 +15,6 @@ from openai.types.chat import (
 )
 from pydantic import BaseModel
 
-from tests.servers import serve
 from tests.upstreams.gemini_app import GeminiUpstream, signature
 from unimw import Gateway
 
@@ -47,22 +46,6 @@ TOOLS: list[ChatCompletionFunctionToolParam] = [
 FLASH = "gemini-3-flash-preview"
 
 MakeClient = Callable[..., openai.AsyncOpenAI]
-
-
-@pytest.fixture(scope="session")
-def _gemini_server() -> Iterator[tuple[GeminiUpstream, str]]:
-    upstream = GeminiUpstream()
-    with serve(upstream.app) as url:
-        yield upstream, url
-
-
-@pytest.fixture
-def gemini(_gemini_server: tuple[GeminiUpstream, str]) -> Iterator[GeminiUpstream]:
-    """The loopback Gemini upstream, reset for each test."""
-    server, _ = _gemini_server
-    server.reset()
-    yield server
-    server.reset()
 
 
 @pytest.fixture
