@@ -158,3 +158,43 @@ def test_compatible_servers_missing_fields_are_filled_in() -> None:
     )
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["refusal"] is None and body["choices"][0]["logprobs"] is None
+
+
+@pytest.mark.anyio
+async def test_the_mock_streams_tool_calls_and_usage() -> None:
+    from unimw import Gateway
+    from unimw.streams import assemble
+
+    async with Gateway.from_dict(
+        {"providers": {"m": {"kind": "mock"}}, "models": {"mock-echo": {"provider": "m", "model": "mock-echo"}}}
+    ) as gateway:
+        request = {
+            "model": "mock-echo",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "lookup",
+                        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+                    },
+                }
+            ],
+            "tool_choice": "required",
+        }
+        whole = await gateway.chat_completions(request)
+        chunks = [
+            c
+            async for c in await gateway.chat_completions(
+                {**request, "stream": True, "stream_options": {"include_usage": True}}
+            )
+        ]  # type: ignore[union-attr]
+    assert isinstance(whole, dict)
+    assert whole["choices"][0]["message"]["tool_calls"][0]["function"] == {
+        "name": "lookup",
+        "arguments": '{"q":"mock"}',
+    }
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    rebuilt = assemble(chunks)
+    assert rebuilt["choices"][0]["message"]["tool_calls"] == whole["choices"][0]["message"]["tool_calls"]
+    assert rebuilt["choices"][0]["finish_reason"] == "tool_calls"
