@@ -29,7 +29,7 @@ from unimw.adapters.base import Target, merge_params, redact
 from unimw.errors import UpstreamError, UpstreamUnavailable
 from unimw.http import UpstreamClient
 from unimw.policy import Provider
-from unimw.wire import JSON, dumps, loads, now, sse_events
+from unimw.wire import JSON, aclose, dumps, loads, now, sse_events
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -63,7 +63,8 @@ def azure_options(options: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def from_response(body: JSON) -> JSON:
     """A ``chat.completion``; compatible servers sometimes omit required keys."""
     body.setdefault("object", "chat.completion")
-    body.setdefault("created", now())
+    if "created" not in body:  # now() only when needed: this runs on every call
+        body["created"] = now()
     for choice in body.get("choices") or ():
         message = choice.get("message")
         if isinstance(message, dict):
@@ -78,13 +79,16 @@ async def from_events(events: AsyncIterable[tuple[str | None, bytes]]) -> AsyncI
     A stream that ends without ``[DONE]`` was cut short: that is an error,
     not a quiet end, so the caller is not told a partial answer is whole.
     """
-    async for _event, data in events:
-        if data == b"[DONE]":
-            return
-        obj = _parse(data)
-        if "error" in obj:
-            raise _error_from_body(500, obj, {})
-        yield obj
+    try:
+        async for _event, data in events:
+            if data == b"[DONE]":
+                return
+            obj = _parse(data)
+            if "error" in obj:
+                raise _error_from_body(500, obj, {})
+            yield obj
+    finally:
+        await aclose(events)  # returning at [DONE] leaves the SSE reader suspended
     raise UpstreamUnavailable("The upstream closed the stream before it was complete.")
 
 
