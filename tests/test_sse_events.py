@@ -1,4 +1,4 @@
-"""``sse_events`` (SSE from network reads of any size) finds exactly what ``sse_data`` finds line by line."""
+"""``sse_events`` (SSE from network reads of any size) finds exactly what a plain line-by-line reader finds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from unimw.wire import MAX_SSE_EVENT, sse_data, sse_events
+from unimw.wire import MAX_SSE_EVENT, sse_events
 
 pytestmark = pytest.mark.anyio
 
@@ -25,6 +25,24 @@ BODIES = {
 async def _pieces(body: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
     for start, end in zip([0, *cuts], [*cuts, len(body)], strict=True):
         yield body[start:end]
+
+
+async def sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[tuple[str | None, bytes]]:
+    """The reference: the SSE rules applied one line at a time, as the spec states them."""
+    event: str | None = None
+    data: list[bytes] = []
+    async for raw in lines:
+        line = raw.rstrip(b"\r\n")
+        if not line:
+            if data:
+                yield event, b"\n".join(data)
+            event, data = None, []
+        elif line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode()
+    if data:
+        yield event, b"\n".join(data)
 
 
 async def _lines(body: bytes) -> AsyncIterator[bytes]:

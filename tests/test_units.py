@@ -15,7 +15,7 @@ from unimw.errors import ModelNotFound, UpstreamError
 from unimw.loader import parse_policy
 from unimw.policy import parse_duration
 from unimw.routing import Router
-from unimw.wire import sse_data
+from unimw.wire import sse_events
 
 
 def test_public_api_is_complete_and_sorted() -> None:
@@ -32,7 +32,7 @@ async def _lines(*lines: bytes) -> AsyncIterator[bytes]:
 
 
 @pytest.mark.anyio
-async def test_sse_data_reads_named_multiline_and_comment_events() -> None:
+async def test_sse_events_reads_named_multiline_and_comment_events() -> None:
     lines = _lines(
         b": keep-alive\n",
         b"event: message_start\n",
@@ -43,7 +43,7 @@ async def test_sse_data_reads_named_multiline_and_comment_events() -> None:
         b"\r\n",
         b"data: tail-without-blank-line\n",
     )
-    events = [event async for event in sse_data(lines)]
+    events = [event async for event in sse_events(lines)]
     assert events == [("message_start", b'{"a":\n1}'), (None, b"[DONE]"), (None, b"tail-without-blank-line")]
 
 

@@ -30,33 +30,6 @@ def sse_event(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def sse_data(lines: AsyncIterable[bytes]) -> AsyncIterator[tuple[str | None, bytes]]:
-    """Yield ``(event, data)`` for each SSE event read from ``lines``.
-
-    Handles multi-line ``data:`` fields, ``event:`` names and comments, so
-    the same reader serves OpenAI (data only), Anthropic (named events) and
-    Gemini (data only) streams.
-    """
-    event: str | None = None
-    data: list[bytes] = []
-    try:
-        async for raw in lines:
-            line = raw.rstrip(b"\r\n")
-            if not line:
-                if data:
-                    yield event, b"\n".join(data)
-                event, data = None, []
-            elif line.startswith(b"data:"):
-                data.append(line[6:] if line[5:6] == b" " else line[5:])
-            elif line.startswith(b"event:"):
-                event = line[6:].strip().decode()
-            # ``id:``, ``retry:`` and ``:comment`` lines carry nothing we use.
-    finally:
-        await aclose(lines)
-    if data:
-        yield event, b"\n".join(data)
-
-
 async def aclose(iterable: AsyncIterable[Any]) -> None:
     """Close ``iterable`` now if it is an async generator (or anything with ``aclose``).
 
@@ -77,8 +50,9 @@ MAX_SSE_EVENT = 16 * 1024 * 1024
 async def sse_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[str | None, bytes]]:
     """Yield ``(event, data)`` for each SSE event in a body read in pieces of any size.
 
-    The same events :func:`sse_data` finds in the body's lines, for one
-    ``await`` per network read instead of one per line: a fast upstream's
+    Handles multi-line ``data:`` fields, ``event:`` names and comments, so
+    one reader serves OpenAI and Gemini (data only) and Anthropic (named
+    events). One ``await`` per network read rather than one per line: a fast upstream's
     stream often arrives whole in one read, and per-line reads then cost
     about as much as the rest of the gateway's work on each chunk.
     """

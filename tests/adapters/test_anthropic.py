@@ -30,7 +30,7 @@ from unimw.adapters.anthropic import (
 )
 from unimw.adapters.base import Target
 from unimw.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
-from unimw.wire import JSON, sse_data
+from unimw.wire import JSON, sse_events
 
 pytestmark = pytest.mark.anyio
 
@@ -67,7 +67,7 @@ async def _lines(name: str) -> AsyncIterator[bytes]:
 
 
 async def chunks_of(name: str, **options: Any) -> list[JSON]:
-    return [c async for c in from_events(sse_data(_lines(name)), **options)]
+    return [c async for c in from_events(sse_events(_lines(name)), **options)]
 
 
 def translate(chat: JSON, model: str = SONNET_45, version: str = "2026-10-21", **params: Any) -> JSON:
@@ -88,7 +88,7 @@ def test_message_fixtures_are_sdk_messages(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("stream_*.sse")))
 async def test_stream_fixtures_are_sdk_events(name: str) -> None:
     adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(anthropic.types.RawMessageStreamEvent)
-    async for event, data in sse_data(_lines(name)):
+    async for event, data in sse_events(_lines(name)):
         obj = json.loads(data)
         assert obj["type"] == event
         if event == "error":
@@ -698,7 +698,7 @@ async def test_refusal_stream() -> None:
 async def test_error_event_raises_after_the_chunks_before_it() -> None:
     seen: list[JSON] = []
     with pytest.raises(UpstreamError) as caught:
-        async for item in from_events(sse_data(_lines("stream_error.sse"))):
+        async for item in from_events(sse_events(_lines("stream_error.sse"))):
             seen.append(item)
     assert [c["choices"][0]["delta"].get("content") for c in seen] == ["", "Hello"]
     error = caught.value
@@ -707,7 +707,7 @@ async def test_error_event_raises_after_the_chunks_before_it() -> None:
 
 async def test_error_event_before_any_output_comes_before_the_first_chunk() -> None:
     async def events() -> AsyncIterator[tuple[str | None, bytes]]:
-        async for name, data in sse_data(_lines("stream_error.sse")):
+        async for name, data in sse_events(_lines("stream_error.sse")):
             if name == "message_start":
                 yield name, data
         yield "error", b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'

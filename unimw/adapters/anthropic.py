@@ -35,14 +35,12 @@ import copy
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
-from unimw.adapters.base import Target, note_dropped, redact
-from unimw.adapters.openai import retry_after
+from unimw.adapters.base import HTTPAdapter, Target, note_dropped, parse_object, redact, retry_after
 from unimw.errors import InvalidRequest, UpstreamError, UpstreamUnavailable, is_retryable_status
-from unimw.http import UpstreamClient
 from unimw.policy import Provider
-from unimw.wire import JSON, chunk, dumps, loads, now, sse_data, usage, usage_chunk
+from unimw.wire import JSON, chunk, dumps, loads, now, sse_events, usage, usage_chunk
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_VERSION = "2026-10-21"
@@ -660,7 +658,7 @@ async def from_events(
     """
     stream = _Stream()
     async for name, data in events:
-        event = _parse(data)
+        event = parse_object(data)
         kind = event.get("type") or name
         if kind == "error":
             error = _error_from_body(200, event, {})
@@ -725,24 +723,11 @@ def _object(value: Any) -> JSON:
     return value if isinstance(value, dict) else {}
 
 
-def _parse(data: bytes) -> JSON:
-    try:
-        obj = loads(data)
-    except ValueError as exc:
-        raise UpstreamError("The upstream sent malformed JSON.", status=502, code="bad_upstream_response") from exc
-    if not isinstance(obj, dict):
-        raise UpstreamError("The upstream sent an unexpected JSON value.", status=502, code="bad_upstream_response")
-    return obj
-
-
 # -- adapter ---------------------------------------------------------------------------------------
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(HTTPAdapter):
     """Messages API calls to one Anthropic provider."""
-
-    supports_streaming: ClassVar[bool] = True
-    supports_tools: ClassVar[bool] = True
 
     def __init__(self, provider: Provider) -> None:
         # ``…/v1`` is accepted as well, as OpenAI-style base URLs end in it.
@@ -750,41 +735,16 @@ class AnthropicAdapter:
         self._url = base_url + "/v1/messages"
         self._version = str(provider.options.get("anthropic_version", DEFAULT_VERSION))
         self._max_tokens = int(provider.options.get("default_max_tokens", DEFAULT_MAX_TOKENS))
-        headers = {"content-type": "application/json", "anthropic-version": self._version, **provider.headers}
-        self._api_key = provider.api_key.get_secret_value() if provider.api_key else None
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
-        self._client = UpstreamClient(
-            timeout=provider.timeout, connect_timeout=provider.connect_timeout, headers=headers
-        )
-        self._stream_headers = {"accept": "text/event-stream"}
-        self._headers: dict[str, str] = {}
+        super().__init__(provider, to_error, lambda key: {"x-api-key": key, "anthropic-version": self._version})
 
     def _body(self, request: JSON, target: Target) -> JSON:
         return to_request(request, target, version=self._version, default_max_tokens=self._max_tokens)
 
     async def complete(self, request: JSON, target: Target) -> JSON:
-        body = self._body(request, target)
-        reply = await self._client.post(self._url, dumps(body), self._headers)
-        if reply.status >= 400:
-            raise self._error(reply.status, reply.body, reply.headers)
-        return from_response(_parse(reply.body))
+        return from_response(await self.post(self._url, self._body(request, target)))
 
     async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
-        body = {**self._body(request, target), "stream": True}
-        reply = await self._client.open_stream(self._url, dumps(body), self._stream_headers)
-        if reply.status >= 400:
-            try:
-                raise self._error(reply.status, await reply.read(), reply.headers)
-            finally:
-                reply.close()
+        reply = await self.open_stream(self._url, {**self._body(request, target), "stream": True})
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        return reply.guard(from_events(sse_data(reply.lines()), include_usage=include_usage, secret=self._api_key))
-
-    def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
-        error = to_error(status, body, headers)
-        error.message = redact(error.message, self._api_key)
-        return error
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+        events = sse_events(reply.chunks())
+        return reply.guard(from_events(events, include_usage=include_usage, secret=self._api_key))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol
 
 from opentelemetry import trace
 
+from unimw.errors import UpstreamError
+from unimw.http import StreamReply, UpstreamClient
 from unimw.policy import Provider
-from unimw.wire import JSON
+from unimw.wire import JSON, dumps, loads, now
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +69,87 @@ def merge_params(request: JSON, target: Target) -> JSON:
     if target.params:
         return {**target.params, **request, "model": target.model}
     return {**request, "model": target.model}
+
+
+def parse_object(data: bytes) -> JSON:
+    """A vendor's JSON object; anything else is a 502 for the caller, not a crash."""
+    try:
+        obj = loads(data)
+    except ValueError as exc:
+        raise UpstreamError("The upstream sent malformed JSON.", status=502, code="bad_upstream_response") from exc
+    if not isinstance(obj, dict):
+        raise UpstreamError("The upstream sent an unexpected JSON value.", status=502, code="bad_upstream_response")
+    return obj
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    if value := headers.get("retry-after-ms"):
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    if value := headers.get("retry-after"):
+        try:
+            return float(value)
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - now())
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+ToError = Callable[[int, bytes, Mapping[str, str]], UpstreamError]
+
+_SSE_ACCEPT = {"accept": "text/event-stream"}
+
+
+class HTTPAdapter:
+    """The HTTP exchange every vendor adapter makes, written once.
+
+    One pooled client per provider with the vendor's auth headers; an error
+    status becomes the vendor module's ``to_error`` with the provider's key
+    blanked out of the message. Subclasses build URLs and bodies and
+    translate what comes back.
+    """
+
+    supports_streaming: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True
+
+    def __init__(self, provider: Provider, to_error: ToError, auth: Callable[[str], Mapping[str, str]]) -> None:
+        self._to_error = to_error
+        self._api_key = provider.api_key.get_secret_value() if provider.api_key else None
+        headers = {"content-type": "application/json", **provider.headers}
+        if self._api_key:
+            headers.update(auth(self._api_key))
+        self._client = UpstreamClient(
+            timeout=provider.timeout, connect_timeout=provider.connect_timeout, headers=headers
+        )
+
+    async def post(self, url: str, body: JSON) -> JSON:
+        """POST ``body``; the answer's JSON object, or the vendor's error raised."""
+        reply = await self._client.post(url, dumps(body), {})
+        if reply.status >= 400:
+            raise self.error(reply.status, reply.body, reply.headers)
+        return parse_object(reply.body)
+
+    async def open_stream(self, url: str, body: JSON) -> StreamReply:
+        """POST ``body`` for an event stream; the reply once the upstream accepted it."""
+        reply = await self._client.open_stream(url, dumps(body), _SSE_ACCEPT)
+        if reply.status >= 400:
+            try:
+                raise self.error(reply.status, await reply.read(), reply.headers)
+            finally:
+                reply.close()
+        return reply
+
+    def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        return self.redacted(self._to_error(status, body, headers))
+
+    def redacted(self, error: UpstreamError) -> UpstreamError:
+        error.message = redact(error.message, self._api_key)
+        return error
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

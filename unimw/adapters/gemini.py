@@ -92,13 +92,11 @@ import hashlib
 import mimetypes
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import quote
 
-from unimw.adapters.base import Target, note_dropped, redact
-from unimw.adapters.openai import retry_after
+from unimw.adapters.base import HTTPAdapter, Target, note_dropped, parse_object, redact, retry_after
 from unimw.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
-from unimw.http import UpstreamClient
 from unimw.policy import Provider
 from unimw.wire import JSON, chunk, completion_id, dumps, loads, now, sse_events, usage, usage_chunk
 
@@ -758,7 +756,7 @@ async def from_events(
     finished: set[int] = set()
     meta: JSON | None = None
     async for _event, data in events:
-        body = _parse(data)
+        body = parse_object(data)
         if isinstance(body.get("error"), dict):
             code = body["error"].get("code")
             raise _redacted(_error_from_body(code if isinstance(code, int) else 500, body, {}), secret)
@@ -863,51 +861,23 @@ def _redacted(error: UpstreamError, secret: str | None) -> UpstreamError:
     return error
 
 
-def _parse(data: bytes) -> JSON:
-    try:
-        obj = loads(data)
-    except ValueError as exc:
-        raise UpstreamError("The upstream sent malformed JSON.", status=502, code="bad_upstream_response") from exc
-    if not isinstance(obj, dict):
-        raise UpstreamError("The upstream sent an unexpected JSON value.", status=502, code="bad_upstream_response")
-    return obj
-
-
-class GeminiAdapter:
+class GeminiAdapter(HTTPAdapter):
     """``generateContent`` over HTTP to one Gemini API provider."""
-
-    supports_streaming: ClassVar[bool] = True
-    supports_tools: ClassVar[bool] = True
 
     def __init__(self, provider: Provider) -> None:
         self._base_url = provider.base_url or DEFAULT_BASE_URL
-        headers = {"content-type": "application/json", **provider.headers}
-        self._api_key = provider.api_key.get_secret_value() if provider.api_key else None
-        if self._api_key:
-            headers["x-goog-api-key"] = self._api_key
-        self._client = UpstreamClient(
-            timeout=provider.timeout, connect_timeout=provider.connect_timeout, headers=headers
-        )
+        super().__init__(provider, to_error, lambda key: {"x-goog-api-key": key})
         levels = provider.options.get("thinking_levels") or {}
         self._levels = {**THINKING_LEVELS, **{prefix: tuple(lv) for prefix, lv in levels.items()}}
         self._include_thoughts = bool(provider.options.get("include_thoughts", False))
 
     async def complete(self, request: JSON, target: Target) -> JSON:
-        body = self._body(request, target)
-        reply = await self._client.post(self._url(target.model, "generateContent"), dumps(body), {})
-        if reply.status >= 400:
-            raise _redacted(to_error(reply.status, reply.body, reply.headers), self._api_key)
-        return from_response(_parse(reply.body), target.model)
+        body = await self.post(self._url(target.model, "generateContent"), self._body(request, target))
+        return from_response(body, target.model)
 
     async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
-        body = self._body(request, target)
         url = self._url(target.model, "streamGenerateContent?alt=sse")
-        reply = await self._client.open_stream(url, dumps(body), {"accept": "text/event-stream"})
-        if reply.status >= 400:
-            try:
-                raise _redacted(to_error(reply.status, await reply.read(), reply.headers), self._api_key)
-            finally:
-                reply.close()
+        reply = await self.open_stream(url, self._body(request, target))
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         events = sse_events(reply.chunks())
         return reply.guard(from_events(events, model=target.model, include_usage=include_usage, secret=self._api_key))
@@ -918,6 +888,3 @@ class GeminiAdapter:
     def _url(self, model: str, method: str) -> str:
         path = model if model.startswith(("models/", "tunedModels/")) else "models/" + model
         return f"{self._base_url}/{quote(path)}:{method}"
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

@@ -21,15 +21,13 @@ is). Without it, ``base_url`` is the v1 endpoint, which is plain OpenAI::
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import quote
 
-from unimw.adapters.base import Target, merge_params, redact
+from unimw.adapters.base import HTTPAdapter, Target, merge_params, parse_object, retry_after
 from unimw.errors import UpstreamError, UpstreamUnavailable
-from unimw.http import UpstreamClient
 from unimw.policy import Provider
-from unimw.wire import JSON, aclose, dumps, loads, now, sse_events
+from unimw.wire import JSON, aclose, loads, now, sse_events
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -83,7 +81,7 @@ async def from_events(events: AsyncIterable[tuple[str | None, bytes]]) -> AsyncI
         async for _event, data in events:
             if data == b"[DONE]":
                 return
-            obj = _parse(data)
+            obj = parse_object(data)
             if "error" in obj:
                 raise _error_from_body(500, obj, {})
             yield obj
@@ -117,45 +115,14 @@ def _error_from_body(status: int, body: JSON, headers: Mapping[str, str]) -> Ups
     )
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
-    if value := headers.get("retry-after-ms"):
-        try:
-            return float(value) / 1000
-        except ValueError:
-            pass
-    if value := headers.get("retry-after"):
-        try:
-            return float(value)
-        except ValueError:
-            try:
-                return max(0.0, parsedate_to_datetime(value).timestamp() - now())
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
 def _str_or(value: Any, default: str | None) -> str | None:
     if value is None:
         return default
     return str(value)
 
 
-def _parse(data: bytes) -> JSON:
-    try:
-        obj = loads(data)
-    except ValueError as exc:
-        raise UpstreamError("The upstream sent malformed JSON.", status=502, code="bad_upstream_response") from exc
-    if not isinstance(obj, dict):
-        raise UpstreamError("The upstream sent an unexpected JSON value.", status=502, code="bad_upstream_response")
-    return obj
-
-
-class OpenAIAdapter:
+class OpenAIAdapter(HTTPAdapter):
     """Chat Completions over HTTP to one OpenAI-compatible provider."""
-
-    supports_streaming: ClassVar[bool] = True
-    supports_tools: ClassVar[bool] = True
 
     def __init__(self, provider: Provider) -> None:
         self._base_url = provider.base_url or DEFAULT_BASE_URL
@@ -164,43 +131,22 @@ class OpenAIAdapter:
         per_model = "api_version" in azure and not azure.get("deployment") and "/deployments/" not in self._base_url
         #: ``None`` when the URL names each model's own deployment.
         self._url = None if per_model else chat_url(self._base_url, self._azure, "")
-        headers = {"content-type": "application/json", **provider.headers}
-        self._api_key = provider.api_key.get_secret_value() if provider.api_key else None
-        if self._api_key and self._azure is not None:
-            headers["api-key"] = self._api_key
-        elif self._api_key:
-            headers["authorization"] = "Bearer " + self._api_key
-        self._client = UpstreamClient(
-            timeout=provider.timeout, connect_timeout=provider.connect_timeout, headers=headers
-        )
-        self._stream_headers = {"accept": "text/event-stream"}
-        self._headers: dict[str, str] = {}
+        super().__init__(provider, to_error, _azure_auth if self._azure is not None else _bearer)
 
     async def complete(self, request: JSON, target: Target) -> JSON:
-        body = to_request(request, target)
-        reply = await self._client.post(self._url or self._chat_url(target), dumps(body), self._headers)
-        if reply.status >= 400:
-            raise self._error(reply.status, reply.body, reply.headers)
-        return from_response(_parse(reply.body))
+        return from_response(await self.post(self._url or self._chat_url(target), to_request(request, target)))
 
     async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
-        body = to_request(request, target)
-        url = self._url or self._chat_url(target)
-        reply = await self._client.open_stream(url, dumps(body), self._stream_headers)
-        if reply.status >= 400:
-            try:
-                raise self._error(reply.status, await reply.read(), reply.headers)
-            finally:
-                reply.close()
+        reply = await self.open_stream(self._url or self._chat_url(target), to_request(request, target))
         return reply.guard(from_events(sse_events(reply.chunks())))
 
     def _chat_url(self, target: Target) -> str:
         return chat_url(self._base_url, self._azure, target.model)
 
-    def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
-        error = to_error(status, body, headers)
-        error.message = redact(error.message, self._api_key)
-        return error
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
+def _bearer(key: str) -> dict[str, str]:
+    return {"authorization": "Bearer " + key}
+
+
+def _azure_auth(key: str) -> dict[str, str]:
+    return {"api-key": key}
