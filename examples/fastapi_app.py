@@ -47,3 +47,13 @@ async def get_note(note_id: int) -> Note:
 
 # The one line that puts an OpenAI-compatible API into this app:
 app.add_middleware(UnimwMiddleware, config=POLICY)
+
+# Tracing, if asked: UNIMW_OTEL=console prints each request's span with its LLM calls' spans under it;
+# UNIMW_OTEL=otlp sends them where the standard OTEL_EXPORTER_OTLP_* variables say (pip install 'unimw[otel]').
+if exporter := os.environ.get("UNIMW_OTEL"):
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    from unimw.cli import configure_otel
+
+    configure_otel(exporter)
+    app.add_middleware(OpenTelemetryMiddleware, exclude_spans=["receive", "send"])

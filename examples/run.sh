@@ -8,7 +8,9 @@ PORT="${PORT:-8000}"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[examples]'
+extras=examples
+[ -n "${UNIMW_OTEL:-}" ] && extras=examples,otel   # UNIMW_OTEL=console|otlp: traces too (see README, Tracing)
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
 
 .venv/bin/python -m uvicorn examples.fastapi_app:app --host 127.0.0.1 --port "$PORT" --log-level warning &
 server=$!

@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from tests.otel import Telemetry
 from tests.servers import serve
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.gemini_app import GeminiUpstream
@@ -105,9 +106,14 @@ async def make_gateway(upstream_url: str) -> AsyncIterator[Callable[..., Gateway
     """Build gateways on the loopback upstream; all are closed after the test."""
     made: list[Gateway] = []
 
-    def make(*, clock: Callable[[], float] | None = None, **overrides: Any) -> Gateway:
+    def make(
+        *, clock: Callable[[], float] | None = None, telemetry: Telemetry | None = None, **overrides: Any
+    ) -> Gateway:
         policy = policy_for(upstream_url, **overrides)
-        gateway = Gateway.from_dict(policy, clock=clock) if clock else Gateway.from_dict(policy)
+        providers = telemetry.providers if telemetry is not None else {}
+        gateway = (
+            Gateway.from_dict(policy, clock=clock, **providers) if clock else Gateway.from_dict(policy, **providers)
+        )
         made.append(gateway)
         return gateway
 
@@ -151,3 +157,9 @@ def sdk(gateway: Gateway, api_key: str = "sk-client", **headers: str) -> openai.
 
 async def collect(chunks: AsyncIterator[Any] | Awaitable[Any]) -> list[Any]:
     return [chunk async for chunk in chunks]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def telemetry() -> Telemetry:
+    """In-memory SDK tracer and meter providers: pass ``telemetry.providers`` to the Gateway."""
+    return Telemetry()

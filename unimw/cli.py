@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from unimw.loader import ConfigError, load_policy
 from unimw.policy import Policy
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,6 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--otel",
+        choices=("console", "otlp"),
+        help="export spans and metrics to the console, or by OTLP/HTTP as the standard OTEL_* variables say",
+    )
 
     check = commands.add_parser("check", help="validate a policy file and print what it defines")
     check.add_argument("config", nargs="?", default="policies.yaml")
@@ -41,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(hashed(args.key))
         return 0
-    return run_serve(args.config, args.host, args.port, args.log_level)
+    return run_serve(args.config, args.host, args.port, args.log_level, args.otel)
 
 
 def run_check(path: str) -> int:
@@ -100,7 +110,7 @@ async def run_usage(path: str, only: str | None) -> int:
     return 0
 
 
-def run_serve(path: str, host: str, port: int, log_level: str) -> int:
+def run_serve(path: str, host: str, port: int, log_level: str, otel: str | None = None) -> int:
     try:
         import uvicorn
     except ImportError:
@@ -109,12 +119,101 @@ def run_serve(path: str, host: str, port: int, log_level: str) -> int:
     from unimw.server import build_app
 
     try:
+        shutdown = configure_otel(otel) if otel else None
+    except ImportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
         app = build_app(path)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if shutdown is not None:
+        app = flushing(instrument(app), shutdown)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
     return 0
+
+
+def configure_otel(exporter: str) -> Callable[[], None]:
+    """Install global SDK tracer and meter providers exporting to ``console`` or ``otlp``; return their shutdown.
+
+    OTLP goes over HTTP/protobuf, configured by the standard variables
+    (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_HEADERS``, ...);
+    ``OTEL_SERVICE_NAME`` names the service (``unimw`` by default).
+    """
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import (
+            ConsoleMetricExporter,
+            MetricExporter,
+            PeriodicExportingMetricReader,
+        )
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+    except ImportError:
+        raise ImportError("--otel needs the OpenTelemetry SDK: pip install 'unimw[otel]'") from None
+    processor: SpanProcessor
+    metric_exporter: MetricExporter
+    if exporter == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise ImportError(
+                "--otel otlp needs the OTLP exporter (opentelemetry-exporter-otlp-proto-http): "
+                "pip install 'unimw[otel]'"
+            ) from None
+        processor, metric_exporter = BatchSpanProcessor(OTLPSpanExporter()), OTLPMetricExporter()
+    elif exporter == "console":
+        processor, metric_exporter = SimpleSpanProcessor(ConsoleSpanExporter()), ConsoleMetricExporter()
+    else:
+        raise ValueError(f"unknown exporter {exporter!r}: use console or otlp")
+    named = "OTEL_SERVICE_NAME" in os.environ or "service.name" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    resource = Resource.create({} if named else {"service.name": "unimw"})
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(processor)
+    meter_provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(metric_exporter)])
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+
+    def shutdown() -> None:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+    return shutdown
+
+
+def flushing(app: ASGIApp, shutdown: Callable[[], None]) -> ASGIApp:
+    """``app``, calling ``shutdown`` (which exports what is still batched) when the server's lifespan ends.
+
+    Not after ``uvicorn.run`` returns: on SIGTERM uvicorn re-raises the signal
+    once it has stopped, which ends the process before any code after it runs.
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            return await app(scope, receive, send)
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                shutdown()
+            await send(message)
+
+        await app(scope, receive, sending)
+
+    return wrapped
+
+
+def instrument(app: ASGIApp) -> ASGIApp:
+    """``app`` with an HTTP server span per request (continuing an incoming ``traceparent``), when the
+    ASGI instrumentation is installed; the gateway's spans are its children."""
+    try:
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    except ImportError:
+        return app
+    return OpenTelemetryMiddleware(app, exclude_spans=["receive", "send"])
 
 
 if __name__ == "__main__":

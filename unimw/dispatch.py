@@ -10,6 +10,9 @@
   reached the caller, a failure is the caller's to see.
 * Errors that another attempt cannot fix (400, 401, 404, ...) are raised
   at once.
+
+Each attempt runs through an :class:`Observer` (tracing puts a span around
+it), numbered from 1 across all the targets of the call.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from unimw.adapters.base import Adapter, Target
 from unimw.errors import UpstreamError, UpstreamTimeout
@@ -27,6 +30,17 @@ from unimw.routing import Route, Router
 from unimw.wire import JSON
 
 T = TypeVar("T")
+
+
+class Observer(Protocol):
+    """Runs one upstream attempt, watching it: ``run(target)`` is the attempt itself."""
+
+    async def attempt(self, target: Target, number: int, run: Callable[[Target], Awaitable[T]]) -> T: ...
+
+
+class _Unobserved:
+    async def attempt(self, target: Target, number: int, run: Callable[[Target], Awaitable[T]]) -> T:
+        return await run(target)
 
 
 class Dispatcher:
@@ -41,6 +55,7 @@ class Dispatcher:
         retries: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observer: Observer | None = None,
     ) -> None:
         self._router = router
         self._adapters = adapters
@@ -49,6 +64,7 @@ class Dispatcher:
         self._clock = clock
         self._sleep = sleep
         self._cool_until: dict[str, float] = {}
+        self._observer: Observer = observer or _Unobserved()
 
     async def complete(self, route: Route, request: JSON) -> tuple[Target, JSON]:
         """The completion of the first target that answered, and that target."""
@@ -78,12 +94,14 @@ class Dispatcher:
     async def _first_success(self, route: Route, attempt: Callable[[Target], Awaitable[T]]) -> tuple[Target, T]:
         targets = self._available(self._router.order(route))
         last_error: UpstreamError | None = None
+        number = 0
         for position, target in enumerate(targets):
             has_next = position + 1 < len(targets)
             retries = self._retries.get(target.provider, self._settings.retries)
             for tries in range(retries + 1):
+                number += 1
                 try:
-                    result = await attempt(target)
+                    result = await self._observer.attempt(target, number, attempt)
                 except UpstreamError as error:
                     if not error.retryable:
                         raise

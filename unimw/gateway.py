@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -23,11 +24,14 @@ from unimw.routing import Router
 from unimw.stores import cache_store, limit_store
 from unimw.streams import aiter_of, replay
 from unimw.tenants import Caller, Tenants, cap_output_tokens
+from unimw.tracing import Tracing
 from unimw.usage import MICRO, cost_micros
 from unimw.validation import validate_chat
 from unimw.wire import JSON, model_object, request_id
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
     from starlette.types import ASGIApp
 
     from unimw.transport import GatewayTransport
@@ -45,10 +49,19 @@ class Gateway:
     """OpenAI-compatible endpoints over the providers of one policy.
 
     Use it as an async context manager (or call :meth:`aclose`) so that its
-    upstream connections and stores are closed.
+    upstream connections and stores are closed. Spans and metrics go to the
+    global OpenTelemetry providers unless ``tracer_provider`` / ``meter_provider``
+    are given (see :mod:`unimw.tracing`).
     """
 
-    def __init__(self, policy: Policy, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        clock: Callable[[], float] = time.time,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
         self.policy = policy
         self.created = int(time.time())
         self.tenants = Tenants(policy)
@@ -58,8 +71,13 @@ class Gateway:
         self._adapters: dict[str, Adapter] = {
             name: adapter_class(provider.kind)(provider) for name, provider in policy.providers.items()
         }
+        self.tracing = Tracing(
+            policy, self._router.routes, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
         retries = {name: p.retries for name, p in policy.providers.items() if p.retries is not None}
-        self._dispatcher = Dispatcher(self._router, self._adapters, policy.dispatch, retries=retries)
+        self._dispatcher = Dispatcher(
+            self._router, self._adapters, policy.dispatch, retries=retries, observer=self.tracing
+        )
         self._limits_on = self.limiter.enabled
         settings = policy.cache
         store = cache_store(settings.store, max_entries=settings.max_entries, max_bytes=settings.max_bytes, clock=clock)
@@ -67,17 +85,33 @@ class Gateway:
         self._cache_on = any(self.cache.applies(route) for route in self._router.routes.values())
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Gateway:
+    def from_yaml(
+        cls,
+        path: str | os.PathLike[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> Gateway:
         """A gateway for the policy file at ``path``."""
-        return cls(load_policy(path, env))
+        return cls(load_policy(path, env), tracer_provider=tracer_provider, meter_provider=meter_provider)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, clock: Callable[[], float] = time.time) -> Gateway:
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        clock: Callable[[], float] = time.time,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> Gateway:
         """A gateway for a policy given as data (already interpolated).
 
         ``clock`` (seconds since the epoch) drives limit windows; tests move it.
         """
-        return cls(build_policy(dict(data)), clock=clock)
+        return cls(
+            build_policy(dict(data)), clock=clock, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
 
     async def chat_completions(
         self, body: JSON, *, tenant: str | None = None, end_user: str | None = None
@@ -98,20 +132,33 @@ class Gateway:
     async def handle_chat(
         self, body: Any, caller: Caller, rid: str | None = None, headers: Mapping[str, str] | None = None
     ) -> Answer:
-        """The chat pipeline; doors call this with the caller they identified and the request headers."""
-        request = validate_chat(body)
-        call = Call(rid or request_id(), caller, request)
-        call.route = route = self._router.resolve(request["model"])
-        call.request = self.tenants.authorize(caller, route, request)
-        call.stream = bool(request.get("stream"))
-        answer = Answer(call.request, {})
-        if self._cache_on and self.cache.applies(route):
-            call.cache = await self.cache.lookup(route, call.request, caller.tenant, headers or {})
-            call.request = strip_control(call.request)
-            answer.headers["x-unimw-cache"] = call.cache.status
-            if call.cache.completion is not None and not self.cache.charges_hits:
-                return await self._serve_hit(call, call.cache.completion, answer)
+        """The chat pipeline; doors call this with the caller they identified and the request headers.
+
+        The call's span is the current span while the pipeline runs; a
+        stream's stays open after this returns, until the stream is finished.
+        """
+        call = Call(rid or request_id(), caller, validate_chat(body))
+        token = self.tracing.start(call)
         try:
+            return await self._chat(call, headers or {})
+        finally:
+            self.tracing.detach(token)
+
+    async def _chat(self, call: Call, headers: Mapping[str, str]) -> Answer:
+        request, caller = call.request, call.caller
+        try:
+            call.route = route = self._router.resolve(request["model"])
+            call.request = self.tenants.authorize(caller, route, request)
+            call.stream = bool(request.get("stream"))
+            answer = Answer(call.request, {})
+            if self._cache_on and self.cache.applies(route):
+                call.cache = await self.cache.lookup(route, call.request, caller.tenant, headers)
+                if call.cache.status != "bypass":
+                    self.tracing.cache_lookup(call, hit=call.cache.completion is not None)
+                call.request = strip_control(call.request)
+                answer.headers["x-unimw-cache"] = call.cache.status
+                if call.cache.completion is not None and not self.cache.charges_hits:
+                    return await self._serve_hit(call, call.cache.completion, answer)
             if self._limits_on:
                 await self._reserve(call, answer)
             call.admitted = True
@@ -121,6 +168,11 @@ class Gateway:
         except UnimwError as error:
             call.status, call.error = "error", error
             await self._finish(call)
+            raise
+        except BaseException as error:  # the client left (cancelled), or a bug: settled and traced all the same
+            call.status = "cancelled" if isinstance(error, asyncio.CancelledError) else "error"
+            call.error = error
+            await asyncio.shield(self._finish(call))
             raise
 
     async def _reserve(self, call: Call, answer: Answer) -> None:
@@ -138,9 +190,8 @@ class Gateway:
             wants_usage = bool((request.get("stream_options") or {}).get("include_usage"))
             upstream = request if wants_usage else {**request, "stream_options": {"include_usage": True}}
             call.target, chunks = await self._dispatcher.stream(call.route, upstream)
-            answer.body = ChunkStream(
-                call, chunks, self._finish, client_wants_usage=wants_usage, assemble=call.cache is not None
-            )
+            assemble = call.cache is not None or self.tracing.captures_output
+            answer.body = ChunkStream(call, chunks, self._finish, client_wants_usage=wants_usage, assemble=assemble)
             return answer
         call.target, completion = await self._dispatcher.complete(call.route, request)
         call.observe_completion(completion)
@@ -164,7 +215,7 @@ class Gateway:
         return answer
 
     async def _finish(self, call: Call) -> None:
-        """Settle, record (and later trace) a call: once, however it ended."""
+        """Settle, record and trace a call: once, however it ended."""
         if call.finished:
             return
         call.finished = True
@@ -179,6 +230,7 @@ class Gateway:
             await self.cache.finish(call.cache, call.completion if ok else None, target, call.error)
         if self.recorder.enabled and (call.admitted or call.cache_hit):
             self.recorder.record(self._record(call, cost))
+        self.tracing.finish(call, cost)
 
     def _record(self, call: Call, cost: int) -> UsageRecord:
         usage = call.usage

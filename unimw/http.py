@@ -16,12 +16,29 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from opentelemetry import context
+
 from unimw.errors import UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
     import aiohttp
 
 T = TypeVar("T")
+
+#: True in the OpenTelemetry context while an attempt to a provider that gets the
+#: trace runs (:mod:`unimw.tracing` sets it): requests then carry ``traceparent``.
+PROPAGATE_TRACE = context.create_key("unimw.propagate_trace")
+
+
+def with_trace(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers``, plus the current trace context (W3C ``traceparent``) when it is to go upstream."""
+    if not context.get_value(PROPAGATE_TRACE):
+        return headers
+    from opentelemetry import propagate  # loads the configured propagators: only when first needed
+
+    carrier = dict(headers)
+    propagate.inject(carrier)
+    return carrier
 
 
 @dataclass(slots=True)
@@ -71,15 +88,6 @@ class StreamReply:
         except _client_errors() as exc:
             raise _map_error(exc) from exc
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        """The body line by line, as it arrives."""
-        content = self._response.content
-        try:
-            while line := await content.readline():
-                yield line
-        except _client_errors() as exc:
-            raise _map_error(exc) from exc
-
 
 class UpstreamClient:
     """A pooled HTTP client for one provider."""
@@ -108,7 +116,7 @@ class UpstreamClient:
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply:
         try:
-            async with self._client().post(url, data=body, headers=headers) as response:
+            async with self._client().post(url, data=body, headers=with_trace(headers)) as response:
                 return Reply(response.status, response.headers, await response.read())
         except _client_errors() as exc:
             raise _map_error(exc) from exc
@@ -116,7 +124,7 @@ class UpstreamClient:
     async def open_stream(self, url: str, body: bytes, headers: Mapping[str, str]) -> StreamReply:
         """Send the request and return once the status line and headers are in."""
         try:
-            response = await self._client().post(url, data=body, headers=headers)
+            response = await self._client().post(url, data=body, headers=with_trace(headers))
         except _client_errors() as exc:
             raise _map_error(exc) from exc
         return StreamReply(response.status, response.headers, response)

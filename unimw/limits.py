@@ -29,6 +29,7 @@ from unimw.policy import Limit, Policy, Price
 from unimw.routing import Route
 from unimw.stores.base import Counter, LimitStore, StoreUnavailable
 from unimw.tenants import Caller, load_callable, output_cap
+from unimw.tracing import BUDGET_ALERT, BUDGET_LIMIT, BUDGET_QUANTITY, BUDGET_THRESHOLD, BUDGET_USED, TENANT
 from unimw.usage import DEFAULT_PRICES, FREE, MICRO, Usage, cost_micros, estimate_prompt_tokens
 from unimw.wire import JSON
 
@@ -232,7 +233,6 @@ class Limiter:
                 code="limits_unavailable",
             ) from exc
         logger.warning("unimw: limit store unreachable, letting call through unmetered: %s", exc)
-        trace.get_current_span().set_attribute("unimw.budget.decision", "unmetered")
         return Hold(call_id, (), (), (), {}, caller.tenant, metered=False)
 
     async def _alert(self, hold: Hold, totals: Sequence[int]) -> None:
@@ -259,10 +259,9 @@ class Limiter:
         span = trace.get_current_span()
         if span.is_recording():
             span.add_event(
-                "unimw.budget.alert",
-                {"unimw.tenant": alert.tenant or "", "unimw.budget.quantity": alert.quantity,
-                 "unimw.budget.threshold": alert.threshold, "unimw.budget.used": alert.used,
-                 "unimw.budget.limit": alert.limit},
+                BUDGET_ALERT,
+                {TENANT: alert.tenant or "", BUDGET_QUANTITY: alert.quantity, BUDGET_THRESHOLD: alert.threshold,
+                 BUDGET_USED: alert.used, BUDGET_LIMIT: alert.limit},
             )  # fmt: skip
         if self._alert_call is not None:
             result = self._alert_call(alert)

@@ -77,6 +77,9 @@ class Provider(_Frozen):
     retries: int | None = Field(default=None, ge=0, le=10)
     #: Adapter-specific settings (e.g. ``latency`` for ``mock``).
     options: dict[str, Any] = {}
+    #: Send the call's W3C ``traceparent`` to this provider. Unset: ``tracing.propagate`` decides, and
+    #: when that is unset too, only self-hosted providers get it (see :mod:`unimw.tracing`).
+    propagate_trace: bool | None = None
 
     @field_validator("kind")
     @classmethod
@@ -293,6 +296,17 @@ class UsageSinks(_Frozen):
     jsonl: str | None = None
 
 
+class TracingSettings(_Frozen):
+    """OpenTelemetry: what spans may carry, and whether the trace goes upstream."""
+
+    #: Prompts and completions on the gateway span (``gen_ai.input.messages``, ...). Off by default;
+    #: ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``, when set, decides instead.
+    capture_content: bool = False
+    #: W3C ``traceparent`` for the providers that do not set ``propagate_trace``: true for all of
+    #: them, false for none. Unset: only self-hosted ones get it, not third-party vendors.
+    propagate: bool | None = None
+
+
 class Policy(_Frozen):
     """The whole policy file."""
 
@@ -306,6 +320,7 @@ class Policy(_Frozen):
     limits: list[GlobalLimit] = []
     usage: UsageSinks = UsageSinks()
     cache: Cache = Cache()
+    tracing: TracingSettings = TracingSettings()
 
     def check(self) -> None:
         """Raise :class:`PolicyError` for the first cross-reference problem."""

@@ -1,0 +1,151 @@
+"""Prompts and completions in the GenAI conventions' message form, for opt-in content capture.
+
+``gen_ai.input.messages`` and ``gen_ai.output.messages`` are JSON arrays of
+``{"role", "parts": [...]}`` (output messages add ``finish_reason``), with
+parts ``text``, ``tool_call``, ``tool_call_response``, ``uri``, ``blob`` and
+``file`` (schemas ``gen-ai-input-messages.json`` / ``gen-ai-output-messages.json``).
+Chat Completions carries system and developer messages inside the history,
+so, as the conventions ask, they are input messages with role ``system``
+rather than ``gen_ai.system_instructions`` (for APIs that take instructions
+apart from the history). Only the request body and the answer are read here,
+never headers: nothing secret can get in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from unimw.wire import JSON, dumps, loads
+
+#: The standard switch for content capture (opentelemetry-util-genai's name and values).
+CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+#: OpenAI finish reasons → the conventions' (``stop``, ``length``, ``content_filter``, ``tool_call``, ``error``).
+FINISH_REASONS = {"tool_calls": "tool_call", "function_call": "tool_call"}
+_ROLES = {"developer": "system", "function": "tool"}
+_MODES = {
+    "true": (True, False),
+    "span_only": (True, False),
+    "event_only": (False, True),
+    "span_and_event": (True, True),
+    "false": (False, False),
+    "no_content": (False, False),
+}
+
+
+def content_modes(policy_flag: bool, environ: Mapping[str, str]) -> tuple[bool, bool]:
+    """Where prompts and completions go: ``(on the span, in an event)``.
+
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``, when set, decides:
+    ``true`` (the legacy form) or ``SPAN_ONLY`` → span, ``EVENT_ONLY`` → event,
+    ``SPAN_AND_EVENT`` → both, ``false`` or ``NO_CONTENT`` → neither. Unset (or
+    unrecognised), the policy's ``tracing.capture_content`` turns on the span.
+    """
+    return _MODES.get(environ.get(CAPTURE_CONTENT_ENV, "").strip().lower(), (policy_flag, False))
+
+
+def input_messages(request: JSON) -> str:
+    """The request's messages as ``gen_ai.input.messages``."""
+    return _json([_input_message(m) for m in request.get("messages") or () if isinstance(m, dict)])
+
+
+def tool_definitions(request: JSON) -> str | None:
+    """The request's tools as ``gen_ai.tool.definitions``; None when it offers none."""
+    tools = request.get("tools")
+    if not tools or not isinstance(tools, list):
+        return None
+    return _json([_tool_definition(t) for t in tools if isinstance(t, dict)])
+
+
+def output_messages(completion: JSON) -> str:
+    """The choices of a ``chat.completion`` as ``gen_ai.output.messages``."""
+    out = []
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        reason = str(choice.get("finish_reason") or "error")
+        out.append(
+            {
+                "role": "assistant",
+                "parts": [*_parts(message.get("content")), *_tool_calls(message.get("tool_calls"))],
+                "finish_reason": FINISH_REASONS.get(reason, reason),
+            }
+        )
+    return _json(out)
+
+
+def _input_message(message: JSON) -> JSON:
+    role = str(message.get("role"))
+    role = _ROLES.get(role, role)
+    if role == "tool":
+        content = message.get("content")
+        response = content if isinstance(content, str) else "".join(p.get("content", "") for p in _parts(content))
+        parts: list[JSON] = [{"type": "tool_call_response", "id": message.get("tool_call_id"), "response": response}]
+    else:
+        parts = [*_parts(message.get("content")), *_tool_calls(message.get("tool_calls"))]
+    out: JSON = {"role": role, "parts": parts}
+    if isinstance(name := message.get("name"), str):
+        out["name"] = name
+    return out
+
+
+def _parts(content: Any) -> list[JSON]:
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    if not isinstance(content, list):
+        return []
+    return [_part(p) for p in content if isinstance(p, dict)]
+
+
+def _part(part: JSON) -> JSON:
+    kind = part.get("type")
+    if kind == "text":
+        return {"type": "text", "content": part.get("text")}
+    if kind == "image_url":
+        url = str((part.get("image_url") or {}).get("url") or "")
+        if url.startswith("data:") and ";base64," in url:
+            mime, _, data = url[5:].partition(";base64,")
+            return {"type": "blob", "modality": "image", "mime_type": mime, "content": data}
+        return {"type": "uri", "modality": "image", "uri": url}
+    if kind == "input_audio":
+        audio = part.get("input_audio") or {}
+        return {
+            "type": "blob",
+            "modality": "audio",
+            "mime_type": f"audio/{audio.get('format')}",
+            "content": audio.get("data"),
+        }
+    if kind == "file" and (file_id := (part.get("file") or {}).get("file_id")):
+        return {"type": "file", "file_id": file_id}
+    return dict(part)  # the schema's generic part: {"type": ..., ...}
+
+
+def _tool_calls(calls: Any) -> Iterable[JSON]:
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") or {} if isinstance(call, dict) else {}
+        yield {
+            "type": "tool_call",
+            "id": call.get("id"),
+            "name": function.get("name"),
+            "arguments": _arguments(function.get("arguments")),
+        }
+
+
+def _arguments(arguments: Any) -> Any:
+    """Tool arguments as a value (the conventions' form), when OpenAI's JSON string parses."""
+    if isinstance(arguments, str):
+        try:
+            return loads(arguments)
+        except ValueError:
+            return arguments
+    return arguments
+
+
+def _tool_definition(tool: JSON) -> JSON:
+    function = tool.get("function")
+    if tool.get("type") == "function" and isinstance(function, dict):
+        return {"type": "function", **function}
+    return dict(tool)
+
+
+def _json(value: Any) -> str:
+    return dumps(value).decode()

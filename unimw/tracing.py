@@ -1,0 +1,532 @@
+"""OpenTelemetry: a span for every call and every upstream attempt, and the GenAI metrics.
+
+The spans of one call, named and shaped by the GenAI semantic conventions::
+
+    <the host app's current span: its HTTP server span, when mounted>
+    └─ chat {requested model}   CLIENT  the gateway call (Gateway.handle_chat → Gateway._finish)
+       ├─ chat {upstream model} CLIENT  attempt 1  (error.type and status when it failed)
+       └─ chat {upstream model} CLIENT  attempt 2  (a retry, or the next target of an alias)
+
+The gateway span ends when the call is finished: after the answer for a plain
+call; when the stream ends, fails or is closed for a stream. An attempt span
+covers one upstream request: the whole exchange for a plain call, the opening
+of the stream up to its first chunk for a stream. It is the current span while
+the adapter runs, so :func:`unimw.adapters.base.note_dropped` lands on it.
+
+Every attribute and metric name is in this module: the conventions' own are
+imported from ``opentelemetry-semantic-conventions`` (never typed out), and
+unimw's are in the table below. With no SDK configured the spans do not record
+and nothing is built for them: a call costs one no-op span and a few lookups.
+
+Secrets never reach telemetry: request headers are never read here, provider
+keys are in nothing recorded here, and error messages come from the adapters
+with the provider's key already blanked out. Prompts and completions are
+recorded only when asked (:func:`unimw.content.content_modes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import ipaddress
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+from opentelemetry import context, metrics, trace
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_INPUT_MESSAGES,
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_OUTPUT_MESSAGES,
+    GEN_AI_OUTPUT_TYPE,
+    GEN_AI_PROVIDER_NAME,
+    GEN_AI_REQUEST_CHOICE_COUNT,
+    GEN_AI_REQUEST_FREQUENCY_PENALTY,
+    GEN_AI_REQUEST_MAX_TOKENS,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_REQUEST_PRESENCE_PENALTY,
+    GEN_AI_REQUEST_SEED,
+    GEN_AI_REQUEST_STOP_SEQUENCES,
+    GEN_AI_REQUEST_STREAM,
+    GEN_AI_REQUEST_TEMPERATURE,
+    GEN_AI_REQUEST_TOP_K,
+    GEN_AI_REQUEST_TOP_P,
+    GEN_AI_RESPONSE_FINISH_REASONS,
+    GEN_AI_RESPONSE_ID,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK,
+    GEN_AI_TOKEN_TYPE,
+    GEN_AI_TOOL_DEFINITIONS,
+    GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+    GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS,
+    GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+    GenAiOperationNameValues,
+    GenAiOutputTypeValues,
+    GenAiProviderNameValues,
+    GenAiTokenTypeValues,
+)
+from opentelemetry.semconv._incubating.metrics.gen_ai_metrics import (
+    GEN_AI_CLIENT_OPERATION_DURATION,
+    GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK,
+    GEN_AI_CLIENT_TOKEN_USAGE,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from unimw.adapters import ADAPTERS
+from unimw.content import content_modes, input_messages, output_messages, tool_definitions
+from unimw.errors import BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError, UpstreamError
+from unimw.http import PROPAGATE_TRACE
+from unimw.usage import MICRO
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import Span, TracerProvider
+    from opentelemetry.util.types import AttributeValue
+
+    from unimw.adapters.base import Target
+    from unimw.calls import Call
+    from unimw.policy import Policy, Provider
+    from unimw.routing import Route
+
+    Attributes = dict[str, AttributeValue]
+
+T = TypeVar("T")
+
+# ── unimw's own names: the one table ──────────────────────────────────────────
+# Span attributes
+REQUEST_ID: Final = "unimw.request.id"  #: the x-request-id of the call
+TENANT: Final = "unimw.tenant"  #: tenant name from the policy (also on the unimw metrics)
+END_USER: Final = "unimw.end_user"  #: the request's ``user`` / end-user id, as the app gave it
+ALIAS: Final = "unimw.alias"  #: the public name called, when it is an alias
+ROUTE_STRATEGY: Final = "unimw.route.strategy"  #: ``single``, ``fallback`` or ``weighted``
+TARGET: Final = "unimw.target"  #: the public model that answered (or was tried, on an attempt span)
+PROVIDER: Final = "unimw.provider"  #: that model's provider, by its name in the policy
+ATTEMPT: Final = "unimw.attempt"  #: attempt number within the call, from 1
+STATUS: Final = "unimw.status"  #: how the call ended: ``ok``, ``error`` or ``cancelled``
+CACHE_HIT: Final = "unimw.cache.hit"  #: answered from the response cache (also on unimw.cache.requests)
+CACHE_STATUS: Final = "unimw.cache.status"  #: ``hit``, ``miss`` or ``bypass``, when the cache applies
+COST_USD: Final = "unimw.cost.usd"  #: what the tenant is charged for the call
+BUDGET_DECISION: Final = "unimw.budget.decision"  #: ``reserved``, ``refused``, ``unmetered`` or ``none``
+#: Request fields an adapter left out for its target (written by ``adapters.base.note_dropped``).
+DROPPED_PARAMS: Final = "unimw.request.dropped_params"
+# Span events (on the gateway span) and their attributes
+BUDGET_ALERT: Final = "unimw.budget.alert"
+BUDGET_QUANTITY: Final = "unimw.budget.quantity"
+BUDGET_THRESHOLD: Final = "unimw.budget.threshold"
+BUDGET_USED: Final = "unimw.budget.used"
+BUDGET_LIMIT: Final = "unimw.budget.limit"
+#: The conventions' event for content (``EVENT_ONLY`` / ``SPAN_AND_EVENT``), not in the package yet.
+OPERATION_DETAILS: Final = "gen_ai.client.inference.operation.details"
+# Metrics
+CACHE_REQUESTS: Final = "unimw.cache.requests"  #: counter, {request}: by unimw.cache.hit, model, tenant
+BUDGET_REFUSALS: Final = "unimw.budget.refusals"  #: counter, {request}: by tenant, model, error.type
+COST: Final = "unimw.cost"  #: counter, USD: by tenant, model, gen_ai.provider.name, unimw.provider
+
+CHAT: Final = GenAiOperationNameValues.CHAT.value
+INPUT: Final = GenAiTokenTypeValues.INPUT.value
+OUTPUT: Final = GenAiTokenTypeValues.COMPLETION.value
+#: ``gen_ai.provider.name`` by adapter kind; a kind not listed is named by itself.
+PROVIDER_NAMES: Final[Mapping[str, str]] = {
+    "openai": GenAiProviderNameValues.OPENAI.value,
+    "anthropic": GenAiProviderNameValues.ANTHROPIC.value,
+    "gemini": GenAiProviderNameValues.GCP_GEMINI.value,
+    "mock": "unimw.mock",
+}
+OTHER: Final = "_OTHER"  #: the conventions' value for a name that is not one of a known set
+SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.41.0"  #: the last release defining gen_ai.*
+
+#: Advised bucket boundaries (gen-ai-metrics.md).
+DURATION_BUCKETS: Final = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))  # 1, 4, 16, ... 67108864
+
+_NUMBER_PARAMS: Final = (
+    ("temperature", GEN_AI_REQUEST_TEMPERATURE),
+    ("top_p", GEN_AI_REQUEST_TOP_P),
+    ("top_k", GEN_AI_REQUEST_TOP_K),
+    ("frequency_penalty", GEN_AI_REQUEST_FREQUENCY_PENALTY),
+    ("presence_penalty", GEN_AI_REQUEST_PRESENCE_PENALTY),
+    ("seed", GEN_AI_REQUEST_SEED),
+)
+_OUTPUT_TYPES: Final = {
+    "text": GenAiOutputTypeValues.TEXT.value,
+    "json_object": GenAiOutputTypeValues.JSON.value,
+    "json_schema": GenAiOutputTypeValues.JSON.value,
+}
+_REFUSALS: Final = (RateLimited, BudgetExceeded, ServiceUnavailable)
+_PRIVATE_SUFFIXES: Final = (".local", ".localhost", ".internal", ".lan", ".home.arpa", ".svc")
+
+
+def self_hosted(url: str | None) -> bool:
+    """Whether ``url`` is on the operator's own network rather than a vendor's.
+
+    Loopback, private and link-local addresses, ``localhost``, single-label
+    hosts (``http://vllm:8000``, a compose service) and ``.local``, ``.internal``,
+    ``.svc``, ``.lan`` names count; anything else is a third party.
+    """
+    host = urlsplit(url).hostname if url else None
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost" or "." not in host or host.endswith(_PRIVATE_SUFFIXES)
+    return address.is_private or address.is_loopback or address.is_link_local
+
+
+def error_type(error: BaseException | None) -> str:
+    """``error.type``: the OpenAI error code, the upstream's HTTP status, or the exception's class."""
+    if isinstance(error, UpstreamError):
+        return error.code or str(error.status_code)
+    if isinstance(error, UnimwError):
+        return error.code or error.type
+    if error is None:
+        return OTHER
+    cls = type(error)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _description(error: BaseException | None) -> str:
+    # Only our own messages (already redacted by the adapters): another exception's text could hold anything.
+    return error.message if isinstance(error, UnimwError) else error_type(error)
+
+
+@dataclass(frozen=True, slots=True)
+class _Upstream:
+    """What spans say about one provider of the policy."""
+
+    name: str  #: gen_ai.provider.name
+    address: str | None
+    port: int | None
+    propagate: bool  #: whether requests to it carry traceparent
+
+
+def _upstream(provider: Provider, propagate_all: bool | None) -> _Upstream:
+    url = provider.base_url or _default_base_url(provider.kind)
+    address = port = None
+    if url:
+        parts = urlsplit(url)
+        address = parts.hostname
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            port = None
+    if provider.propagate_trace is not None:
+        propagate = provider.propagate_trace
+    elif propagate_all is not None:
+        propagate = propagate_all
+    else:
+        propagate = self_hosted(provider.base_url)
+    return _Upstream(PROVIDER_NAMES.get(provider.kind, provider.kind), address, port, propagate)
+
+
+def _default_base_url(kind: str) -> str | None:
+    """The adapter module's ``DEFAULT_BASE_URL`` (the vendor's endpoint), if it has one."""
+    module = importlib.import_module(ADAPTERS[kind].partition(":")[0])
+    url = getattr(module, "DEFAULT_BASE_URL", None)
+    return url if isinstance(url, str) else None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class Tracing:
+    """Spans and metrics for one gateway, on the host's providers unless given others.
+
+    Built by the :class:`~unimw.gateway.Gateway`; the pipeline calls
+    :meth:`start` and :meth:`finish` around each call and reports each
+    response-cache lookup to :meth:`cache_lookup`; the dispatcher calls
+    :meth:`attempt` around each upstream request.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        routes: Mapping[str, Route],
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
+        self._tracer = trace.get_tracer("unimw", tracer_provider=tracer_provider, schema_url=SCHEMA_URL)
+        meter = metrics.get_meter("unimw", meter_provider=meter_provider, schema_url=SCHEMA_URL)
+        settings = policy.tracing
+        self.content_on_span, self.content_in_event = content_modes(settings.capture_content, environ)
+        self._upstreams = {name: _upstream(p, settings.propagate) for name, p in policy.providers.items()}
+        #: Per public name: the attributes a gateway span starts with (those samplers may look at).
+        self._routes = {name: self._route_attributes(route) for name, route in routes.items()}
+        self._duration = meter.create_histogram(
+            GEN_AI_CLIENT_OPERATION_DURATION,
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._first_chunk = meter.create_histogram(
+            GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK,
+            unit="s",
+            description="Time to receive the first chunk of a streamed response.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._tokens = meter.create_histogram(
+            GEN_AI_CLIENT_TOKEN_USAGE,
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self._cache_requests = meter.create_counter(
+            CACHE_REQUESTS, unit="{request}", description="Response cache lookups, by hit."
+        )
+        self._refusals = meter.create_counter(
+            BUDGET_REFUSALS, unit="{request}", description="Calls refused by a rate limit or budget."
+        )
+        self._cost = meter.create_counter(COST, unit="USD", description="What tenants were charged for calls.")
+
+    def propagates(self, provider: str) -> bool:
+        """Whether requests to ``provider`` (its name in the policy) carry the trace context."""
+        return self._upstreams[provider].propagate
+
+    @property
+    def captures_output(self) -> bool:
+        """Whether finished calls need their whole answer (a stream's assembled) for the content."""
+        return self.content_on_span or self.content_in_event
+
+    # ── the gateway span ─────────────────────────────────────────────────────
+
+    def start(self, call: Call) -> object:
+        """Open the call's span as a child of the current one and make it current; detach with the token."""
+        model = call.request.get("model")
+        attributes = self._routes.get(model) if isinstance(model, str) else None
+        if attributes is None:  # an unknown name (refused later): no span name from arbitrary input
+            span = self._tracer.start_span(CHAT, kind=SpanKind.CLIENT, attributes={GEN_AI_OPERATION_NAME: CHAT})
+        else:
+            span = self._tracer.start_span(f"{CHAT} {model}", kind=SpanKind.CLIENT, attributes=attributes)
+        call.span = span
+        if span.is_recording():
+            span.set_attributes(self._request_attributes(call))
+        elif not span.get_span_context().is_valid:
+            return None  # no OpenTelemetry at all: nothing to make current
+        return context.attach(trace.set_span_in_context(span))
+
+    def detach(self, token: object) -> None:
+        """Make the span that was current before :meth:`start` current again (the call's span stays open)."""
+        if token is not None:
+            context.detach(token)  # type: ignore[arg-type]
+
+    def finish(self, call: Call, cost: int) -> None:
+        """Record the call's outcome on its span and in the metrics, and end the span. ``cost`` is in micro-USD."""
+        span: Span | None = call.span
+        if span is None:
+            return
+        upstream = self._upstreams.get(call.target.provider) if call.target is not None else None
+        failure = error_type(call.error) if call.status == "error" else None
+        decision = _budget_decision(call)
+        cost_usd = cost / MICRO if call.answered else 0.0
+        self._record(call, upstream, failure, decision, cost_usd)
+        if span.is_recording():
+            span.set_attributes(self._outcome(call, upstream, failure, decision, cost_usd))
+            if failure is not None:
+                span.set_status(Status(StatusCode.ERROR, _description(call.error)))
+            if self.content_on_span or self.content_in_event:
+                self._content(span, call)
+        span.end()
+
+    def cache_lookup(self, call: Call, hit: bool) -> None:
+        """Count one response-cache lookup in ``unimw.cache.requests``."""
+        attributes: Attributes = {CACHE_HIT: hit, GEN_AI_REQUEST_MODEL: self._model(call)}
+        if call.caller.tenant is not None:
+            attributes[TENANT] = call.caller.tenant
+        self._cache_requests.add(1, attributes)
+
+    # ── attempt spans ────────────────────────────────────────────────────────
+
+    async def attempt(self, target: Target, number: int, run: Callable[[Target], Awaitable[T]]) -> T:
+        """Run one upstream attempt in its own span (the dispatcher's :class:`~unimw.dispatch.Observer`)."""
+        upstream = self._upstreams[target.provider]
+        if not trace.get_current_span().is_recording():
+            if not upstream.propagate:
+                return await run(target)
+            token = context.attach(context.set_value(PROPAGATE_TRACE, True))
+            try:
+                return await run(target)
+            finally:
+                context.detach(token)
+        attributes: Attributes = {
+            GEN_AI_OPERATION_NAME: CHAT,
+            GEN_AI_PROVIDER_NAME: upstream.name,
+            GEN_AI_REQUEST_MODEL: target.model,
+            TARGET: target.name,
+            PROVIDER: target.provider,
+            ATTEMPT: number,
+        }
+        if upstream.address is not None and upstream.port is not None:
+            attributes[SERVER_ADDRESS] = upstream.address
+            attributes[SERVER_PORT] = upstream.port
+        span = self._tracer.start_span(f"{CHAT} {target.model}", kind=SpanKind.CLIENT, attributes=attributes)
+        current = trace.set_span_in_context(span)
+        if upstream.propagate:
+            current = context.set_value(PROPAGATE_TRACE, True, current)
+        token = context.attach(current)
+        try:
+            return await run(target)
+        except asyncio.CancelledError:
+            span.set_attribute(STATUS, "cancelled")
+            raise
+        except BaseException as error:
+            span.set_attribute(ERROR_TYPE, error_type(error))
+            span.set_status(Status(StatusCode.ERROR, _description(error)))
+            raise
+        finally:
+            context.detach(token)
+            span.end()
+
+    # ── attributes ───────────────────────────────────────────────────────────
+
+    def _route_attributes(self, route: Route) -> Attributes:
+        attributes: Attributes = {
+            GEN_AI_OPERATION_NAME: CHAT,
+            GEN_AI_REQUEST_MODEL: route.name,
+            ROUTE_STRATEGY: route.strategy,
+        }
+        if route.is_alias:
+            attributes[ALIAS] = route.name
+        upstreams = [self._upstreams[t.provider] for t in route.targets]
+        if len({u.name for u in upstreams}) == 1:
+            attributes[GEN_AI_PROVIDER_NAME] = upstreams[0].name
+        servers = {(u.address, u.port) for u in upstreams}
+        if len(servers) == 1 and upstreams[0].address is not None and upstreams[0].port is not None:
+            attributes[SERVER_ADDRESS] = upstreams[0].address
+            attributes[SERVER_PORT] = upstreams[0].port
+        return attributes
+
+    def _request_attributes(self, call: Call) -> Attributes:
+        request = call.request
+        attributes: Attributes = {REQUEST_ID: call.request_id}
+        if call.caller.tenant is not None:
+            attributes[TENANT] = call.caller.tenant
+        if call.caller.end_user is not None:
+            attributes[END_USER] = call.caller.end_user
+        if "model" in request and isinstance(request["model"], str) and request["model"] not in self._routes:
+            attributes[GEN_AI_REQUEST_MODEL] = request["model"]
+        for field, name in _NUMBER_PARAMS:
+            if _number(value := request.get(field)):
+                attributes[name] = value
+        cap = request.get("max_completion_tokens", request.get("max_tokens"))
+        if _number(cap):
+            attributes[GEN_AI_REQUEST_MAX_TOKENS] = cap
+        stop = request.get("stop")
+        if isinstance(stop, str):
+            attributes[GEN_AI_REQUEST_STOP_SEQUENCES] = (stop,)
+        elif isinstance(stop, list) and stop:
+            attributes[GEN_AI_REQUEST_STOP_SEQUENCES] = tuple(str(s) for s in stop)
+        if _number(n := request.get("n")) and n != 1:
+            attributes[GEN_AI_REQUEST_CHOICE_COUNT] = n
+        if request.get("stream") is True:
+            attributes[GEN_AI_REQUEST_STREAM] = True
+        response_format = request.get("response_format")
+        if isinstance(response_format, dict) and response_format.get("type") in _OUTPUT_TYPES:
+            attributes[GEN_AI_OUTPUT_TYPE] = _OUTPUT_TYPES[response_format["type"]]
+        return attributes
+
+    def _outcome(
+        self, call: Call, upstream: _Upstream | None, failure: str | None, decision: str, cost_usd: float
+    ) -> Attributes:
+        attributes: Attributes = {
+            STATUS: call.status,
+            CACHE_HIT: call.cache_hit,
+            BUDGET_DECISION: decision,
+            COST_USD: cost_usd,
+        }
+        if call.cache is not None:
+            attributes[CACHE_STATUS] = call.cache.status
+        if call.target is not None:
+            attributes[TARGET] = call.target.name
+            attributes[PROVIDER] = call.target.provider
+        if upstream is not None:
+            attributes[GEN_AI_PROVIDER_NAME] = upstream.name
+            if upstream.address is not None and upstream.port is not None:
+                attributes[SERVER_ADDRESS] = upstream.address
+                attributes[SERVER_PORT] = upstream.port
+        if call.response_id:
+            attributes[GEN_AI_RESPONSE_ID] = call.response_id
+        if call.response_model:
+            attributes[GEN_AI_RESPONSE_MODEL] = call.response_model
+        if call.finish_reasons:
+            attributes[GEN_AI_RESPONSE_FINISH_REASONS] = tuple(call.finish_reasons)
+        if (usage := call.usage) is not None:
+            attributes[GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
+            attributes[GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
+            if usage.cached_tokens:
+                attributes[GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cached_tokens
+            if usage.reasoning_tokens:
+                attributes[GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+        if call.stream and call.first_chunk_at is not None:
+            attributes[GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = call.first_chunk_at - call.started
+        if failure is not None:
+            attributes[ERROR_TYPE] = failure
+        return attributes
+
+    def _content(self, span: Span, call: Call) -> None:
+        content: Attributes = {GEN_AI_INPUT_MESSAGES: input_messages(call.request)}
+        if (tools := tool_definitions(call.request)) is not None:
+            content[GEN_AI_TOOL_DEFINITIONS] = tools
+        if call.completion is not None:
+            content[GEN_AI_OUTPUT_MESSAGES] = output_messages(call.completion)
+        if self.content_on_span:
+            span.set_attributes(content)
+        if self.content_in_event:
+            span.add_event(OPERATION_DETAILS, content)
+
+    # ── metrics ──────────────────────────────────────────────────────────────
+
+    def _model(self, call: Call) -> str:
+        """The public name called, for metrics: a name not in the policy is ``_OTHER`` (bounded cardinality)."""
+        model = call.request.get("model")
+        return model if isinstance(model, str) and model in self._routes else OTHER
+
+    def _record(
+        self, call: Call, upstream: _Upstream | None, failure: str | None, decision: str, cost_usd: float
+    ) -> None:
+        model = self._model(call)
+        attributes: Attributes = {GEN_AI_OPERATION_NAME: CHAT, GEN_AI_REQUEST_MODEL: model}
+        if upstream is not None:
+            attributes[GEN_AI_PROVIDER_NAME] = upstream.name
+            if upstream.address is not None and upstream.port is not None:
+                attributes[SERVER_ADDRESS] = upstream.address
+                attributes[SERVER_PORT] = upstream.port
+        elif (route := self._routes.get(model)) is not None:  # no target was called: what the route says
+            attributes.update((k, route[k]) for k in (GEN_AI_PROVIDER_NAME, SERVER_ADDRESS, SERVER_PORT) if k in route)
+        if call.response_model:
+            attributes[GEN_AI_RESPONSE_MODEL] = call.response_model
+        if failure is not None:
+            attributes[ERROR_TYPE] = failure
+        self._duration.record(time.perf_counter() - call.started, attributes)
+        if call.stream and call.first_chunk_at is not None:
+            self._first_chunk.record(call.first_chunk_at - call.started, attributes)
+        if call.usage is not None and not call.cache_hit:
+            self._tokens.record(call.usage.input_tokens, {**attributes, GEN_AI_TOKEN_TYPE: INPUT})
+            self._tokens.record(call.usage.output_tokens, {**attributes, GEN_AI_TOKEN_TYPE: OUTPUT})
+        if cost_usd or decision == "refused":
+            by_tenant: Attributes = {GEN_AI_REQUEST_MODEL: model}
+            if call.caller.tenant is not None:
+                by_tenant[TENANT] = call.caller.tenant
+            if cost_usd and call.target is not None and upstream is not None:
+                self._cost.add(
+                    cost_usd, {**by_tenant, GEN_AI_PROVIDER_NAME: upstream.name, PROVIDER: call.target.provider}
+                )
+            if decision == "refused" and failure is not None:
+                self._refusals.add(1, {**by_tenant, ERROR_TYPE: failure})
+
+
+def _budget_decision(call: Call) -> str:
+    hold = call.hold
+    if hold is not None:
+        return "reserved" if hold.metered else "unmetered"
+    if not call.admitted and isinstance(call.error, _REFUSALS):
+        return "refused"
+    return "none"
