@@ -31,7 +31,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
 
 
 async def test_reserve_is_all_or_nothing(store: LimitStore) -> None:
-    a, b = Counter(unique("a"), 10, 60, True), Counter(unique("b"), 5, 3600, False)
+    a, b = Counter(unique("a"), 10, 60, True), Counter(unique("b"), 5, 3600, False, ends=3700.0)
     assert (await store.reserve("c1", [a, b], [4, 4], 100.0)).ok
     refused = await store.reserve("c2", [a, b], [4, 4], 101.0)
     assert (refused.ok, refused.refused, refused.totals) == (False, 1, (4, 4))
@@ -51,7 +51,7 @@ async def test_sliding_window_frees_exactly_at_the_boundary(store: LimitStore) -
 
 
 async def test_settle_replaces_the_reserved_amount(store: LimitStore) -> None:
-    sliding, fixed = Counter(unique("s"), 100, 60, True), Counter(unique("f"), 100, 60, False)
+    sliding, fixed = Counter(unique("s"), 100, 60, True), Counter(unique("f"), 100, 60, False, ends=60.0)
     await store.reserve("c1", [sliding, fixed], [50, 50], 0.0)
     assert await store.settle("c1", [sliding, fixed], [50, 50], [7, 7], 1.0) == (7, 7)
     assert await store.settle("c1", [sliding, fixed], [7, 7], [7, 7], 1.0) == (7, 7)

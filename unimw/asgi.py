@@ -69,9 +69,9 @@ class GatewayApp:
             caller = await gateway.tenants.identify(headers, scope, body if isinstance(body, dict) else None)
             answer = await gateway.handle_chat(body, caller, rid, headers)
             if isinstance(answer.body, dict):
-                await _send_json(send, 200, answer.body, rid, answer.headers)
+                await _send_json(send, 200, answer.body, rid, answer.response_headers())
             else:
-                await _send_stream(receive, send, answer.body, rid, answer.headers)
+                await _send_stream(receive, send, answer.body, rid, answer.response_headers())
         elif path == self._models:
             _allow(method, "GET", path)
             caller = await gateway.tenants.identify(_headers(scope), scope, None)

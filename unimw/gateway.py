@@ -16,7 +16,7 @@ from unimw.cache import ResponseCache, strip_control
 from unimw.calls import Call, ChunkStream
 from unimw.dispatch import Dispatcher
 from unimw.errors import AuthenticationFailed, ModelNotFound, UnimwError
-from unimw.limits import Limiter
+from unimw.limits import Hold, Limiter
 from unimw.loader import build_policy, load_policy
 from unimw.policy import Policy
 from unimw.records import Recorder, UsageRecord
@@ -43,6 +43,11 @@ class Answer:
 
     body: JSON | ChunkStream
     headers: dict[str, str]
+    hold: Hold | None = None  #: the call's reservation, whose rate-limit headers go out too
+
+    def response_headers(self) -> dict[str, str]:
+        """Every extra header for the HTTP response (built on demand: in-process callers need none)."""
+        return {**self.headers, **self.hold.headers} if self.hold is not None else self.headers
 
 
 class Gateway:
@@ -179,9 +184,7 @@ class Gateway:
         assert call.route is not None
         if self.limiter.needs_output_cap(call.caller):
             call.request = cap_output_tokens(call.request, self.policy.tenancy.default_max_tokens)
-        call.hold = await self.limiter.reserve(call.caller, call.route, call.request)
-        if call.hold is not None:
-            answer.headers.update(call.hold.headers)
+        answer.hold = call.hold = await self.limiter.reserve(call.caller, call.route, call.request)
 
     async def _dispatch(self, call: Call, answer: Answer) -> Answer:
         assert call.route is not None

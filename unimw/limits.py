@@ -14,14 +14,15 @@ import asyncio
 import inspect
 import logging
 import math
+import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from cachetools import LRUCache
 from opentelemetry import trace
 
 from unimw.errors import BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError
@@ -59,10 +60,15 @@ class Hold:
     counters: tuple[Counter, ...]
     quantities: tuple[str, ...]
     reserved: tuple[int, ...]
-    headers: dict[str, str]
+    totals: tuple[int, ...] = ()  #: each counter's total just after the reservation
     tenant: str | None = None
     metered: bool = True  #: False when the store was down and the policy lets calls through
     settled: bool = field(default=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*`` headers for the response (built only for doors that send them)."""
+        return _rate_headers(self.counters, self.quantities, self.totals)
 
 
 class Limiter:
@@ -79,6 +85,14 @@ class Limiter:
         }
         self._alert_call = load_callable(policy.tenancy.alerts.call) if policy.tenancy.alerts.call else None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The counters of each (tenant, end user, route), until a calendar window
+        # ends: keys and calendar arithmetic are worked out once per window, not per call.
+        self._applicable_known: LRUCache[
+            tuple[str | None, str | None, str], tuple[float, tuple[Counter, ...], tuple[str, ...]]
+        ] = LRUCache(maxsize=65536)
+        self._capped = {
+            name for name, tenant in policy.tenants.items() if any(lim.tokens or lim.usd for lim in tenant.limits)
+        }
 
     @property
     def enabled(self) -> bool:
@@ -89,28 +103,38 @@ class Limiter:
 
     def needs_output_cap(self, caller: Caller) -> bool:
         """Whether the call must carry an output cap for its reservation to be a true worst case."""
-        tenant = self._policy.tenants.get(caller.tenant or "")
-        return tenant is not None and any(lim.tokens or lim.usd for lim in tenant.limits)
+        return caller.tenant in self._capped
+
+    def _applicable(self, caller: Caller, route: Route) -> tuple[tuple[Counter, ...], tuple[str, ...]]:
+        """The counters (and what each counts) for this caller and route, remembered until a window ends."""
+        now = self._clock()
+        key = (caller.tenant, caller.end_user, route.name)
+        known = self._applicable_known.get(key)
+        if known is not None and now < known[0]:
+            return known[1], known[2]
+        pairs = self._counters(caller, route)
+        counters = tuple(c for c, _ in pairs)
+        ends = min((c.ends for c in counters if not c.sliding), default=math.inf)
+        self._applicable_known[key] = (ends, counters, tuple(q for _, q in pairs))
+        return counters, tuple(q for _, q in pairs)
 
     async def reserve(self, caller: Caller, route: Route, request: JSON) -> Hold | None:
         """Take the call's worst case on every limit that applies, or refuse with 429."""
-        pairs = self._counters(caller, route)
-        if not pairs:
+        counters, quantities = self._applicable(caller, route)
+        if not counters:
             return None
-        counters = tuple(c for c, _ in pairs)
-        quantities = tuple(q for _, q in pairs)
-        amounts = tuple(self._worst_case(route, request)[q] for q in quantities)
-        call_id = uuid.uuid4().hex
+        worst = self._worst_case(route, request)
+        amounts = tuple(worst[q] for q in quantities)
+        call_id = os.urandom(16).hex()
         try:
             reservation = await self.store.reserve(call_id, counters, amounts, self._clock())
         except StoreUnavailable as exc:
             return self._store_down(exc, caller, call_id)
-        headers = _rate_headers(counters, quantities, reservation.totals)
+        hold = Hold(call_id, counters, quantities, amounts, reservation.totals, caller.tenant)
         if not reservation.ok:
-            raise self._refusal(
-                counters[reservation.refused], quantities[reservation.refused], reservation.retry_after, headers
-            )
-        return Hold(call_id, counters, quantities, amounts, headers, caller.tenant)
+            refused = reservation.refused
+            raise self._refusal(counters[refused], quantities[refused], reservation.retry_after, hold.headers)
+        return hold
 
     async def settle(self, hold: Hold | None, usage: Usage | None, cost: int, *, answered: bool) -> None:
         """Replace the reservation by what the call used; a second settle of the same hold does nothing.
@@ -175,7 +199,7 @@ class Limiter:
         return pairs
 
     def _limit_counters(self, subject: str, limit: Limit) -> list[tuple[Counter, str]]:
-        window, sliding, suffix = self._window(limit.per)
+        window, ends, suffix = self._window(limit.per, self._clock())
         out = []
         for quantity in QUANTITIES:
             value = getattr(limit, quantity)
@@ -183,23 +207,24 @@ class Limiter:
                 continue
             units = round(value * MICRO) if quantity == "usd" else int(value)
             key = f"unimw:lim:{subject}:{limit.per}:{quantity}{suffix}"
-            out.append((Counter(key, units, window, sliding), quantity))
+            out.append((Counter(key, units, window, sliding=limit.per in SLIDING, ends=ends), quantity))
         return out
 
-    def _window(self, per: str) -> tuple[float, bool, str]:
-        """(seconds, sliding, key suffix): a calendar window is named in the key and expires at its end."""
+    def _window(self, per: str, now: float) -> tuple[float, float, str]:
+        """(seconds, end, key suffix): a calendar window is named in the key and ends at ``end``."""
         if per in SLIDING:
-            return SLIDING[per], True, ""
-        now = datetime.fromtimestamp(self._clock(), self._zone)
+            return SLIDING[per], 0.0, ""
+        local = datetime.fromtimestamp(now, self._zone)
         if per == "day":
-            start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            start = local.replace(hour=0, minute=0, second=0, microsecond=0)
             end = start + timedelta(days=1)
             name = start.strftime(":%Y-%m-%d")
         else:
-            start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
             end = (start + timedelta(days=32)).replace(day=1)
             name = start.strftime(":%Y-%m")
-        return max(1.0, end.timestamp() - now.timestamp()), False, name
+        # Aware datetimes add wall-clock time in the zone: a day with a DST change is 23 or 25 hours long.
+        return end.timestamp() - start.timestamp(), end.timestamp(), name
 
     def _worst_case(self, route: Route, request: JSON) -> dict[str, int]:
         prompt = estimate_prompt_tokens(request)
@@ -233,7 +258,7 @@ class Limiter:
                 code="limits_unavailable",
             ) from exc
         logger.warning("unimw: limit store unreachable, letting call through unmetered: %s", exc)
-        return Hold(call_id, (), (), (), {}, caller.tenant, metered=False)
+        return Hold(call_id, (), (), (), (), caller.tenant, metered=False)
 
     async def _alert(self, hold: Hold, totals: Sequence[int]) -> None:
         thresholds = self._settings.alerts.at

@@ -13,14 +13,15 @@ class Counter:
 
     A sliding counter holds every reservation of the last ``window`` seconds
     (so any ``window`` seconds hold at most ``limit``); a fixed counter is one
-    total for a calendar window whose key names it, and expires ``window``
-    seconds from the reservation.
+    total for a calendar window whose key names it, and expires when the
+    window ``ends`` (seconds since the epoch).
     """
 
     key: str
     limit: int
     window: float
     sliding: bool
+    ends: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

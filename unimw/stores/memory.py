@@ -81,7 +81,7 @@ class MemoryLimitStore:
                 fixed = self._fixed.get(counter.key)
                 if fixed is None:
                     self._drop_expired(now)  # new calendar windows are rare: a good time to sweep
-                    fixed = self._fixed[counter.key] = _Fixed(0, now + counter.window)
+                    fixed = self._fixed[counter.key] = _Fixed(0, counter.ends)
                 fixed.total += amount
         return Reservation(True, tuple(t + a for t, a in zip(totals, amounts, strict=True)))
 
@@ -101,6 +101,7 @@ class MemoryLimitStore:
     async def settle(
         self, call_id: str, counters: Sequence[Counter], reserved: Sequence[int], actual: Sequence[int], now: float
     ) -> tuple[int, ...]:
+        totals = []
         for counter, before, after in zip(counters, reserved, actual, strict=True):
             if counter.sliding:
                 log = self._sliding.get(counter.key)
@@ -108,11 +109,13 @@ class MemoryLimitStore:
                     at, _ = log.entries[call_id]
                     log.entries[call_id] = (at, after)
                     log.total += after - before
+                totals.append(log.total if log is not None else 0)
             else:
                 fixed = self._fixed.get(counter.key)
                 if fixed is not None and fixed.expires > now:
                     fixed.total += after - before
-        return tuple(self._total(c, now) for c in counters)
+                totals.append(fixed.total if fixed is not None and fixed.expires > now else 0)
+        return tuple(totals)
 
     async def totals(self, counters: Sequence[Counter], now: float) -> tuple[int, ...]:
         return tuple(self._total(c, now) for c in counters)

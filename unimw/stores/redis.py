@@ -116,7 +116,8 @@ class RedisLimitStore:
     ) -> Reservation:
         args: list[Any] = [int(now * 1000), call_id]
         for counter, amount in zip(counters, amounts, strict=True):
-            args += [counter.limit, int(counter.window * 1000), int(counter.sliding), amount]
+            ttl = counter.window if counter.sliding else max(1.0, counter.ends - now)
+            args += [counter.limit, int(ttl * 1000), int(counter.sliding), amount]
         reply = await self._call(self._reserve, _keys(counters), args)
         ok, refused, retry_ms, *totals = (int(x) for x in reply)
         retry_after = None if retry_ms < 0 else retry_ms / 1000
