@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -90,6 +91,9 @@ class Limiter:
         self._applicable_known: LRUCache[
             tuple[str | None, str | None, str], tuple[float, tuple[Counter, ...], tuple[str, ...]]
         ] = LRUCache(maxsize=65536)
+        # Reservation ids: unique across replicas (a random prefix) without a syscall per call.
+        self._id_prefix = os.urandom(8).hex() + "-"
+        self._ids = itertools.count()
         self._capped = {
             name for name, tenant in policy.tenants.items() if any(lim.tokens or lim.usd for lim in tenant.limits)
         }
@@ -125,7 +129,7 @@ class Limiter:
             return None
         worst = self._worst_case(route, request)
         amounts = tuple(worst[q] for q in quantities)
-        call_id = os.urandom(16).hex()
+        call_id = f"{self._id_prefix}{next(self._ids)}"
         try:
             reservation = await self.store.reserve(call_id, counters, amounts, self._clock())
         except StoreUnavailable as exc:
@@ -262,7 +266,10 @@ class Limiter:
 
     async def _alert(self, hold: Hold, totals: Sequence[int]) -> None:
         thresholds = self._settings.alerts.at
+        lowest = min(thresholds, default=math.inf)
         for counter, quantity, total in zip(hold.counters, hold.quantities, totals, strict=True):
+            if total < lowest * counter.limit:
+                continue  # the common case: nowhere near any threshold
             for threshold in thresholds:
                 if total < threshold * counter.limit:
                     continue

@@ -33,7 +33,6 @@ import collections.abc
 import json
 import types
 import typing
-from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from typing import Any, NotRequired, Required
 
@@ -44,6 +43,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from typing_extensions import is_typeddict
+
+from tests.upstreams import ScriptedUpstream
 
 VERSIONS = ("2023-06-01", "2026-10-21")
 #: Declared by the 2023-06-01 API but no longer by the SDK's types.
@@ -142,31 +143,17 @@ def _check_scalar(value: Any, hint: Any, path: str) -> list[str]:
     return [] if ok else [f"{path}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__}"]
 
 
-class AnthropicUpstream:
+class AnthropicUpstream(ScriptedUpstream):
     """The app plus what tests look at: call counts, requests and headers received."""
 
     def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self._plans: defaultdict[str, deque[str]] = defaultdict(deque)
+        super().__init__()
         self.app = Starlette(routes=[Route("/v1/messages", self.messages, methods=["POST"])])
-
-    def plan(self, model: str, *faults: str) -> None:
-        self._plans[model].extend(faults)
-
-    def reset(self) -> None:
-        self.calls.clear()
-        self.requests.clear()
-        self.headers.clear()
-        self._plans.clear()
 
     async def messages(self, request: Request) -> Response:
         body = await request.json()
         model = str(body.get("model"))
-        self.calls[model] += 1
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
+        fault, arg = self.received(model, body, request)
         key, version = request.headers.get("x-api-key"), request.headers.get("anthropic-version", "")
         if not key:
             return error(401, "authentication_error", "x-api-key header is required")
@@ -174,8 +161,6 @@ class AnthropicUpstream:
             return error(400, "invalid_request_error", f"anthropic-version: invalid version {version!r}")
         if problems := sdk_errors(body, version) + rule_errors(body):
             return error(400, "invalid_request_error", "; ".join(problems))
-        plan = self._plans[model]
-        fault, _, arg = (plan.popleft() if plan else "ok").partition(":")
         if fault == "529":
             return error(529, "overloaded_error", "Overloaded")
         if fault == "429":

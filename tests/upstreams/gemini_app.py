@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,6 +38,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.upstreams import ScriptedUpstream
 
 DUMMY_SIGNATURE = "skip_thought_signature_validator"
 
@@ -48,38 +49,19 @@ def signature(model: str, name: str) -> str:
     return base64.b64encode(f"sig/{model}/{name}".encode()).decode()
 
 
-class GeminiUpstream:
+class GeminiUpstream(ScriptedUpstream):
     """The app plus what tests look at: calls, request bodies, headers and URLs received."""
 
     def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.urls: list[str] = []
-        self._plans: defaultdict[str, deque[str]] = defaultdict(deque)
+        super().__init__()
         self.app = Starlette(routes=[Route("/v1beta/models/{call}", self.generate, methods=["POST"])])
-
-    def plan(self, model: str, *faults: str) -> None:
-        self._plans[model].extend(faults)
-
-    def reset(self) -> None:
-        self.calls.clear()
-        self.requests.clear()
-        self.headers.clear()
-        self.urls.clear()
-        self._plans.clear()
 
     async def generate(self, request: Request) -> Response:
         model, _, method = request.path_params["call"].rpartition(":")
         if method not in ("generateContent", "streamGenerateContent"):
             return _error(404, f"Method {method} not found.", "NOT_FOUND")
         body = await request.json()
-        self.calls[model] += 1
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
-        self.urls.append(str(request.url.path) + ("?" + request.url.query if request.url.query else ""))
-        plan = self._plans[model]
-        name, _, arg = (plan.popleft() if plan else "ok").partition(":")
+        name, arg = self.received(model, body, request)
         if fault := _fault(name, arg, model, request.headers.get("x-goog-api-key", "")):
             return fault
         if missing := _missing_signature(body, model):

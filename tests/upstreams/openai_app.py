@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,38 +34,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.upstreams import ScriptedUpstream
+
 CREATED = 1741570283
 FINGERPRINT = "fp_fc9f1d7035"
 
 
-class OpenAIUpstream:
+class OpenAIUpstream(ScriptedUpstream):
     """The app plus what tests look at: call counts and the requests received."""
 
     def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self._plans: defaultdict[str, deque[str]] = defaultdict(deque)
+        super().__init__()
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
-
-    def plan(self, model: str, *faults: str) -> None:
-        self._plans[model].extend(faults)
-
-    def reset(self) -> None:
-        self.calls.clear()
-        self.requests.clear()
-        self.headers.clear()
-        self._plans.clear()
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
         model = body["model"]
-        self.calls[model] += 1
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
-        plan = self._plans[model]
-        fault = plan.popleft() if plan else "ok"
-        name, _, arg = fault.partition(":")
+        name, arg = self.received(model, body, request)
         if name == "429":
             return _error(
                 429,

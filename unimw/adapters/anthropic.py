@@ -37,7 +37,15 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from unimw.adapters.base import HTTPAdapter, Target, note_dropped, parse_object, redact, retry_after
+from unimw.adapters.base import (
+    HTTPAdapter,
+    Target,
+    error_body,
+    note_dropped,
+    parse_object,
+    redact,
+    retry_after,
+)
 from unimw.errors import InvalidRequest, UpstreamError, UpstreamUnavailable, is_retryable_status
 from unimw.policy import Provider
 from unimw.wire import JSON, chunk, dumps, loads, now, sse_events, usage, usage_chunk
@@ -688,11 +696,7 @@ async def from_events(
 
 def to_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
     """The upstream's error, as it would reach an OpenAI client."""
-    try:
-        parsed = loads(body)
-    except ValueError:
-        parsed = None
-    return _error_from_body(status, parsed if isinstance(parsed, dict) else {}, headers)
+    return _error_from_body(status, error_body(body), headers)
 
 
 def _error_from_body(status: int, body: JSON, headers: Mapping[str, str]) -> UpstreamError:

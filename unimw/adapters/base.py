@@ -82,6 +82,15 @@ def parse_object(data: bytes) -> JSON:
     return obj
 
 
+def error_body(body: bytes) -> JSON:
+    """An error response's JSON object, or ``{}`` when it is not one (an HTML page from a proxy, say)."""
+    try:
+        parsed = loads(body)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
     if value := headers.get("retry-after-ms"):

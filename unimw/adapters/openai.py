@@ -24,10 +24,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from unimw.adapters.base import HTTPAdapter, Target, merge_params, parse_object, retry_after
+from unimw.adapters.base import HTTPAdapter, Target, error_body, merge_params, parse_object, retry_after
 from unimw.errors import UpstreamError, UpstreamUnavailable
 from unimw.policy import Provider
-from unimw.wire import JSON, aclose, loads, now, sse_events
+from unimw.wire import JSON, aclose, now, sse_events
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -92,11 +92,7 @@ async def from_events(events: AsyncIterable[tuple[str | None, bytes]]) -> AsyncI
 
 def to_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
     """The upstream's error, as it would reach an OpenAI client."""
-    try:
-        parsed = loads(body)
-    except ValueError:
-        parsed = None
-    return _error_from_body(status, parsed if isinstance(parsed, dict) else {}, headers)
+    return _error_from_body(status, error_body(body), headers)
 
 
 def _error_from_body(status: int, body: JSON, headers: Mapping[str, str]) -> UpstreamError:

@@ -68,10 +68,11 @@ class MemoryLimitStore:
     async def reserve(
         self, call_id: str, counters: Sequence[Counter], amounts: Sequence[int], now: float
     ) -> Reservation:
-        totals = tuple(self._total(c, now) for c in counters)
-        for i, (counter, total, amount) in enumerate(zip(counters, totals, amounts, strict=True)):
-            if total + amount > counter.limit:
-                return Reservation(False, totals, i, self._retry_after(counter, total + amount, now, amount))
+        totals = tuple([self._total(c, now) for c in counters])
+        for i, counter in enumerate(counters):
+            if totals[i] + amounts[i] > counter.limit:
+                wanted = totals[i] + amounts[i]
+                return Reservation(False, totals, i, self._retry_after(counter, wanted, now, amounts[i]))
         for counter, amount in zip(counters, amounts, strict=True):
             if counter.sliding:
                 log = self._sliding.setdefault(counter.key, _Sliding())
