@@ -599,6 +599,17 @@ async def bench_limits(env: Env) -> list[Item]:
         items.append(Figure(key, label, measured, US, base, "tenant without limits", target))
         if trips is not None:
             items.append(Figure(redis[1][0], redis[1][1], trips, "", target=_at_most(2, "≤ 2")))
+    # The same step with the offline mock provider: no socket, so no network jitter in the difference.
+    offline = {"providers": {"mock": {"kind": "mock"}}, "models": {MODEL: {"provider": "mock", "model": MODEL}}}
+    async with Gateway.from_dict({**offline, "tenants": tenants}) as gateway:
+        plain = clients.gateway_chat(gateway, tenant="unlimited")
+        limited = clients.gateway_chat(gateway, tenant="limited")
+        stats = await contest({"no limits": plain, "limits": limited}, env.opts.plan)
+    env.series("limits (memory, mock provider)", stats)
+    base, measured = (s.median for s in stats.values())
+    label = "budget + rate limit, memory store, mock provider"
+    target = _added_at_most(20, "≤ +20 µs")
+    items.append(Figure("limits.memory_offline.p50_us", label, measured, US, base, "tenant without limits", target))
     return items
 
 

@@ -45,6 +45,11 @@ FIGURES = [
     "import.rss_mb",
     "import.openai_sdk_loaded",
     "memory.rss_growth_mb",
+    "cache.inproc.p50_us",
+    "cache.http.p50_us",
+    "limits.memory.p50_us",
+    "limits.memory_offline.p50_us",
+    "tracing.sdk.p50_us",
 ]
 
 
