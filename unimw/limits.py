@@ -27,10 +27,10 @@ from cachetools import LRUCache
 from opentelemetry import trace
 
 from unimw.errors import BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError
-from unimw.policy import Limit, Policy, Price
+from unimw.policy import Limit, Policy, Price, load_callable
 from unimw.routing import Route
 from unimw.stores.base import Counter, LimitStore, StoreUnavailable
-from unimw.tenants import Caller, load_callable, output_cap
+from unimw.tenants import Caller, output_cap
 from unimw.tracing import BUDGET_ALERT, BUDGET_LIMIT, BUDGET_QUANTITY, BUDGET_THRESHOLD, BUDGET_USED, TENANT
 from unimw.usage import DEFAULT_PRICES, FREE, MICRO, Usage, cost_micros, estimate_prompt_tokens
 from unimw.wire import JSON

@@ -64,7 +64,9 @@ def build_policy(data: Any, *, source: str = "<policy>", lines: Mapping[Path, in
     except ValidationError as exc:
         error = exc.errors()[0]
         path = tuple(error["loc"])
-        where = ".".join(str(p) for p in path) or "policy"
+        # A tagged union repeats its tag in the path (resolve.0.header.header): say it once.
+        parts = [str(p) for i, p in enumerate(path) if i == 0 or p != path[i - 1]]
+        where = ".".join(parts) or "policy"
         extra = "" if exc.error_count() == 1 else f" (and {exc.error_count() - 1} more)"
         raise ConfigError(f"{where}: {_reason(error)}{extra}", source=source, line=_line(lines, path)) from exc
     except PolicyError as exc:

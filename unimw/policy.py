@@ -8,7 +8,9 @@ loader can point at its line.
 
 from __future__ import annotations
 
+import importlib
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,8 +18,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -59,6 +63,30 @@ def _store_url(url: str) -> str:
 
 
 StoreURL = Annotated[str, AfterValidator(_store_url)]
+
+
+def load_callable(path: str) -> Callable[..., Any]:
+    """The function a ``"package.module:function"`` path names."""
+    module, _, name = path.partition(":")
+    target: Any = importlib.import_module(module)
+    for part in name.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{path} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _importable(path: str) -> str:
+    # Checked when the policy is read, so `unimw check` names the line of a typo.
+    try:
+        load_callable(path)
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise ValueError(f"cannot use {path!r}: {exc}") from None
+    return path
+
+
+#: A ``"package.module:function"`` path to a callable that can be imported.
+CallablePath = Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$"), AfterValidator(_importable)]
 
 
 class _Frozen(BaseModel):
@@ -216,17 +244,30 @@ class HeaderSource(_Frozen):
 
 
 class CallableSource(_Frozen):
-    callable: str = Field(pattern=r"^[\w.]+:[\w.]+$")
+    callable: CallablePath
 
 
-TenantSource = Literal["api_key"] | HeaderSource | CallableSource
+def _source_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "header" if "header" in value else "callable"
+    return "api_key"
+
+
+#: ``api_key``, ``{header: X-Tenant-Id}`` or ``{callable: "module:function"}``; told apart by
+#: shape, so an error names the field that is wrong rather than every alternative.
+TenantSource = Annotated[
+    Annotated[Literal["api_key"], Tag("api_key")]
+    | Annotated[HeaderSource, Tag("header")]
+    | Annotated[CallableSource, Tag("callable")],
+    Discriminator(_source_kind),
+]
 
 
 class Alerts(_Frozen):
     """Budget thresholds: fractions of a limit that fire an alert once per window."""
 
     at: list[Annotated[float, Field(gt=0, le=1)]] = [0.8, 1.0]
-    call: str | None = Field(default=None, pattern=r"^[\w.]+:[\w.]+$")
+    call: CallablePath | None = None
 
 
 class Tenancy(_Frozen):
@@ -291,7 +332,7 @@ class UsageSinks(_Frozen):
     """Where a record of every settled call goes."""
 
     #: ``"module:function"`` called with each :class:`~unimw.usage.UsageRecord`.
-    call: str | None = Field(default=None, pattern=r"^[\w.]+:[\w.]+$")
+    call: CallablePath | None = None
     #: A file that gets one JSON line per call.
     jsonl: str | None = None
 

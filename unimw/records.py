@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from unimw.policy import UsageSinks
-from unimw.tenants import load_callable
+from unimw.policy import UsageSinks, load_callable
 from unimw.wire import dumps
 
 logger = logging.getLogger("unimw.records")

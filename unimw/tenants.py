@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from unimw.errors import AuthenticationFailed, ModelNotFound
-from unimw.policy import CallableSource, HeaderSource, Policy, Tenant
+from unimw.policy import CallableSource, HeaderSource, Policy, Tenant, load_callable
 from unimw.routing import Route
 from unimw.wire import JSON
 
@@ -33,16 +32,6 @@ class Caller:
 def hash_key(key: str) -> str:
     """The form an API key is stored in policies.yaml: ``sha256:<hex>``."""
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-
-
-def load_callable(path: str) -> Callable[..., Any]:
-    module, _, name = path.partition(":")
-    target: Any = importlib.import_module(module)
-    for part in name.split("."):
-        target = getattr(target, part)
-    if not callable(target):
-        raise TypeError(f"{path} is not callable")
-    return target  # type: ignore[no-any-return]
 
 
 class Tenants:
