@@ -19,3 +19,12 @@ def tenant_from_scope(scope: dict[str, Any]) -> str | None:
 
 def record_alert(alert: BudgetAlert) -> None:
     alerts.append(alert)
+
+
+async def record_alert_later(alert: BudgetAlert) -> None:
+    """An async alert hook, as a real one posting to a chat or billing system would be."""
+    alerts.append(alert)
+
+
+def broken_sink(record: object) -> None:
+    raise RuntimeError("the billing system is down")
