@@ -60,7 +60,8 @@ class Call:
     def observe_completion(self, completion: JSON) -> None:
         self.answered = True
         self.completion = completion
-        self.usage = Usage.from_openai(completion.get("usage")) or self.estimate("")
+        # A compatible server may leave usage out: then it is estimated from what came back.
+        self.usage = Usage.from_openai(completion.get("usage")) or self.estimate(_output_text(completion))
         self.response_id = completion.get("id")
         self.response_model = completion.get("model")
         self.finish_reasons = [str(c.get("finish_reason")) for c in completion.get("choices") or ()]
@@ -68,6 +69,17 @@ class Call:
     def estimate(self, produced: str) -> Usage:
         """Usage the vendor never reported: the prompt estimate plus the output seen."""
         return Usage(estimate_prompt_tokens(self.request), estimate_text_tokens(produced))
+
+
+def _output_text(completion: JSON) -> str:
+    parts: list[str] = []
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        parts.append(str(message.get("content") or ""))
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            parts.append(str(function.get("name") or "") + str(function.get("arguments") or ""))
+    return "".join(parts)
 
 
 Finish = Callable[[Call], Awaitable[None]]

@@ -340,3 +340,19 @@ async def test_keys_never_appear_in_logs_errors_or_records(
     await gateway.recorder.flush()
     seen = records.read_text() + caplog.text + str(caught.value.body) + repr(gateway.policy)
     assert ACME_KEY not in seen and "sk-primary-secret" not in seen
+
+
+async def test_an_upstream_without_usage_is_charged_an_estimate(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream, tmp_path: Path
+) -> None:
+    records = tmp_path / "usage.jsonl"
+    gateway = make_gateway(
+        **priced(usage={"jsonl": str(records)}, **tenancy(acme={"limits": [{"per": "month", "usd": 10_000}]}))
+    )
+    upstream.plan("up-main", "nousage")
+    await sdk(gateway, ACME_KEY).chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=100)  # type: ignore[arg-type]
+    await gateway.recorder.flush()
+    record = json.loads(records.read_text())
+    # "Hello from up-main! The capital of France is Paris." is 52 bytes: 13 tokens at 4 bytes a token.
+    assert (record["output_tokens"], record["cost_usd"]) == (13, 13.0)
+    assert record["input_tokens"] > 0

@@ -19,6 +19,7 @@ answer 429, then normally. Faults:
 ``slow``   like ``ok`` but 0.2 s between stream chunks
 ``delay:S`` like ``ok`` after S seconds
 ``filtered`` a completion stopped by the content filter
+``nousage`` a completion without ``usage``
 =========  ==============================================================
 """
 
@@ -117,6 +118,8 @@ class OpenAIUpstream(ScriptedUpstream):
             "service_tier": "default",
             "system_fingerprint": FINGERPRINT,
         }
+        if name == "nousage":  # some compatible servers leave usage out
+            del completion["usage"]
         if name == "drop":
             return StreamingResponse(_broken(json.dumps(completion).encode()), media_type="application/json")
         return JSONResponse(completion)
