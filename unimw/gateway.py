@@ -160,10 +160,10 @@ class Gateway:
                 call.cache = await self.cache.lookup(route, call.request, caller.tenant, headers)
                 if call.cache.status != "bypass":
                     self.tracing.cache_lookup(call, hit=call.cache.completion is not None)
-                call.request = strip_control(call.request)
                 answer.headers["x-unimw-cache"] = call.cache.status
                 if call.cache.completion is not None and not self.cache.charges_hits:
                     return await self._serve_hit(call, call.cache.completion, answer)
+            call.request = strip_control(call.request)  # unimw's own field: never for the upstream
             if self._limits_on:
                 await self._reserve(call, answer)
             call.admitted = True

@@ -285,3 +285,10 @@ async def test_the_cache_off_sends_no_header(gateway: Gateway, upstream: OpenAIU
     with pytest.raises(UpstreamError):
         upstream.plan("up-main", "400")
         await gateway.chat_completions({"model": "gpt-main", "messages": HELLO})
+
+
+async def test_the_cache_field_never_reaches_the_upstream_even_with_the_cache_off(
+    gateway: Gateway, upstream: OpenAIUpstream
+) -> None:
+    await create(sdk(gateway), extra_body={"unimw_cache": {"mode": "no-store"}})
+    assert "unimw_cache" not in upstream.requests[0]
