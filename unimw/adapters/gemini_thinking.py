@@ -1,0 +1,129 @@
+"""Gemini's thinking: model versions, ``reasoning_effort`` → ``thinkingConfig``, and thought signatures.
+
+``reasoning_effort`` → ``thinkingLevel`` on Gemini 3+ (the nearest level at
+or above the one asked for that the model accepts; ``none`` → the lowest)
+or ``thinkingBudget`` on 2.5 (none 0, or 128 on Pro; minimal/low 1024;
+medium 8192; high 24576; xhigh 24576, or 32768 on Pro); no effort sends
+nothing, and other models get no mapping (the field is dropped).
+
+Gemini gives function calls no id, so tool-call ids are made from the
+response id, candidate, position, name and arguments: the same response
+always gives the same ids (an id Gemini does give is kept and sent back).
+Gemini 3 thought signatures must come back on the same parts, so a call's
+signature rides in its id as ``<id>~<signature>`` (clients send ids back
+untouched) and is restored on the way out; ``extra_content.google
+.thought_signature``, where Google's own compatible endpoint puts it, is read
+too. A model turn with calls and no signature (history from another model)
+gets Google's documented ``skip_thought_signature_validator``.
+
+Not carried: signatures on text parts (Google does not check them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from unimw.errors import InvalidRequest
+from unimw.wire import JSON, dumps
+
+#: Thinking levels per model-id prefix; the longest matching prefix wins.
+THINKING_LEVELS: Mapping[str, tuple[str, ...]] = {
+    "gemini-3": ("minimal", "low", "medium", "high"),
+    "gemini-3-pro": ("low", "high"),
+    "gemini-3.1-pro": ("low", "high"),
+}
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+_LEVELS = ("minimal", "low", "medium", "high", "xhigh")
+_EFFORT_LEVEL = {
+    "none": "minimal",  # Gemini 3 cannot turn thinking off: the least there is
+    "minimal": "minimal",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "xhigh",
+    "max": "xhigh",
+}
+_EFFORT_BUDGET = {"minimal": 1024, "low": 1024, "medium": 8192, "high": 24576}
+_VERSION = re.compile(r"gemini-(\d+)(?:\.(\d+))?")
+_SYNTHETIC_ID = re.compile(r"call_[0-9a-f]{24}")
+
+
+def model_version(model: str) -> tuple[int, int] | None:
+    """``(major, minor)`` from a ``gemini-X.Y-...`` model id; ``None`` for other ids (aliases, tuned models)."""
+    match = _VERSION.match(model.rpartition("/")[2])
+    return (int(match[1]), int(match[2] or 0)) if match else None
+
+
+def to_thinking(effort: Any, model: str, levels: Mapping[str, Sequence[str]] = THINKING_LEVELS) -> JSON | None:
+    """``thinkingConfig`` for ``reasoning_effort``: ``{}`` when none is asked, ``None`` when the model has no mapping."""
+    if effort is None:
+        return {}  # the model's own default
+    if effort not in _EFFORT_LEVEL:
+        raise InvalidRequest(
+            f"Invalid value for 'reasoning_effort': {effort!r}. Supported values are: "
+            + ", ".join(f"'{e}'" for e in _EFFORT_LEVEL)
+            + ".",
+            param="reasoning_effort",
+            code="invalid_value",
+        )
+    version = model_version(model)
+    if version is not None and version >= (3, 0):
+        return {"thinkingLevel": thinking_level(effort, _levels_for(model, levels))}
+    if version == (2, 5):
+        return {"thinkingBudget": thinking_budget(effort, model)}
+    return None
+
+
+def thinking_level(effort: str, supported: Sequence[str]) -> str:
+    """The level nearest at or above what ``effort`` asks for (the highest if none is)."""
+    wanted = _LEVELS.index(_EFFORT_LEVEL[effort])
+    ranked = sorted((lv for lv in supported if lv in _LEVELS), key=_LEVELS.index) or list(_LEVELS[:4])
+    return next((lv for lv in ranked if _LEVELS.index(lv) >= wanted), ranked[-1]).upper()
+
+
+def thinking_budget(effort: str, model: str) -> int:
+    """Gemini 2.5 thinking tokens for ``effort``; Pro can neither go to 0 nor below 128."""
+    pro = "-pro" in model
+    if effort == "none":
+        return 128 if pro else 0
+    if effort in ("xhigh", "max"):
+        return 32768 if pro else 24576
+    return _EFFORT_BUDGET[effort]
+
+
+def _levels_for(model: str, levels: Mapping[str, Sequence[str]]) -> Sequence[str]:
+    name = model.rpartition("/")[2]
+    prefixes = [p for p in levels if name.startswith(p)]
+    return levels[max(prefixes, key=len)] if prefixes else _LEVELS[:4]
+
+
+# -- thought signatures --------------------------------------------------------
+
+
+def tool_call_id(call: JSON, signature: str | None, response_id: str | None, candidate: int, position: int) -> str:
+    """Gemini's id for the call, or one made from its content; with the thought signature appended."""
+    base = (
+        call.get("id")
+        or "call_"
+        + hashlib.sha256(dumps([response_id, candidate, position, call.get("name"), call.get("args")])).hexdigest()[:24]
+    )
+    return f"{base}~{signature}" if signature else str(base)
+
+
+def split_call_id(call_id: str) -> tuple[str | None, str | None]:
+    """``(Gemini's own call id or None for one we made, thought signature or None)`` from a tool-call id."""
+    base, mark, signature = call_id.rpartition("~")  # "~" is not a base64 character
+    if not mark:
+        base, signature = call_id, ""
+    return (None if not base or _SYNTHETIC_ID.fullmatch(base) else base), (signature or None)
+
+
+def sign_unsigned_calls(content: JSON) -> None:
+    """A model turn with calls but no signature (history from elsewhere) gets Google's documented bypass value."""
+    calls = [p for p in content["parts"] if "functionCall" in p]
+    if content["role"] == "model" and calls and not any("thoughtSignature" in p for p in calls):
+        calls[0]["thoughtSignature"] = SKIP_SIGNATURE
