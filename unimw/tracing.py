@@ -27,9 +27,9 @@ recorded only when asked (:func:`unimw.content.content_modes`).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import ipaddress
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -66,7 +66,6 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
     GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
     GenAiOperationNameValues,
     GenAiOutputTypeValues,
-    GenAiProviderNameValues,
     GenAiTokenTypeValues,
 )
 from opentelemetry.semconv._incubating.metrics.gen_ai_metrics import (
@@ -78,7 +77,7 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from unimw.adapters import ADAPTERS
+from unimw.adapters import adapter_class
 from unimw.content import content_modes, input_messages, output_messages, tool_definitions
 from unimw.errors import BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError, UpstreamError
 from unimw.http import PROPAGATE_TRACE
@@ -131,13 +130,6 @@ COST: Final = "unimw.cost"  #: counter, USD: by tenant, model, gen_ai.provider.n
 CHAT: Final = GenAiOperationNameValues.CHAT.value
 INPUT: Final = GenAiTokenTypeValues.INPUT.value
 OUTPUT: Final = GenAiTokenTypeValues.COMPLETION.value
-#: ``gen_ai.provider.name`` by adapter kind; a kind not listed is named by itself.
-PROVIDER_NAMES: Final[Mapping[str, str]] = {
-    "openai": GenAiProviderNameValues.OPENAI.value,
-    "anthropic": GenAiProviderNameValues.ANTHROPIC.value,
-    "gemini": GenAiProviderNameValues.GCP_GEMINI.value,
-    "mock": "unimw.mock",
-}
 OTHER: Final = "_OTHER"  #: the conventions' value for a name that is not one of a known set
 SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.41.0"  #: the last release defining gen_ai.*
 
@@ -222,13 +214,12 @@ def _upstream(provider: Provider, propagate_all: bool | None) -> _Upstream:
         propagate = propagate_all
     else:
         propagate = self_hosted(provider.base_url)
-    return _Upstream(PROVIDER_NAMES.get(provider.kind, provider.kind), address, port, propagate)
+    return _Upstream(adapter_class(provider.kind).provider_name, address, port, propagate)
 
 
 def _default_base_url(kind: str) -> str | None:
     """The adapter module's ``DEFAULT_BASE_URL`` (the vendor's endpoint), if it has one."""
-    module = importlib.import_module(ADAPTERS[kind].partition(":")[0])
-    url = getattr(module, "DEFAULT_BASE_URL", None)
+    url = getattr(sys.modules[adapter_class(kind).__module__], "DEFAULT_BASE_URL", None)
     return url if isinstance(url, str) else None
 
 

@@ -51,8 +51,7 @@ async def sse_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[str | 
     """Yield ``(event, data)`` for each SSE event in a body read in pieces of any size.
 
     Handles multi-line ``data:`` fields, ``event:`` names and comments, so
-    one reader serves OpenAI and Gemini (data only) and Anthropic (named
-    events). One ``await`` per network read rather than one per line: a fast upstream's
+    one reader serves data-only and named-event streams alike. One ``await`` per network read rather than one per line: a fast upstream's
     stream often arrives whole in one read, and per-line reads then cost
     about as much as the rest of the gateway's work on each chunk.
     """

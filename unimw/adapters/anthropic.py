@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from unimw.adapters.anthropic_messages import tool_id, translate_messages, translate_tools
 from unimw.adapters.anthropic_models import (
@@ -287,6 +287,8 @@ def _object(value: Any) -> JSON:
 
 class AnthropicAdapter(HTTPAdapter):
     """Messages API calls to one Anthropic provider."""
+
+    provider_name: ClassVar[str] = "anthropic"
 
     def __init__(self, provider: Provider) -> None:
         # ``…/v1`` is accepted as well, as OpenAI-style base URLs end in it.

@@ -36,6 +36,8 @@ class Adapter(Protocol):
 
     supports_streaming: ClassVar[bool]
     supports_tools: ClassVar[bool]
+    #: The vendor as ``gen_ai.provider.name`` calls it (a well-known value of the GenAI conventions).
+    provider_name: ClassVar[str]
 
     def __init__(self, provider: Provider) -> None: ...
 

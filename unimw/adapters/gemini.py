@@ -43,7 +43,7 @@ raises :class:`UpstreamUnavailable`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from unimw.adapters.base import HTTPAdapter, Target, note_dropped, parse_object, redact, retry_after
@@ -363,6 +363,8 @@ def _redacted(error: UpstreamError, secret: str | None) -> UpstreamError:
 
 class GeminiAdapter(HTTPAdapter):
     """``generateContent`` over HTTP to one Gemini API provider."""
+
+    provider_name: ClassVar[str] = "gcp.gemini"  # the Gemini API (generativelanguage), not Vertex AI
 
     def __init__(self, provider: Provider) -> None:
         self._base_url = provider.base_url or DEFAULT_BASE_URL

@@ -128,6 +128,7 @@ class MockAdapter:
 
     supports_streaming: ClassVar[bool] = True
     supports_tools: ClassVar[bool] = True
+    provider_name: ClassVar[str] = "unimw.mock"  # no vendor: a name of our own
 
     def __init__(self, provider: Provider) -> None:
         self._latency = float(provider.options.get("latency", 0))

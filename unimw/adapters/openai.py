@@ -21,7 +21,7 @@ is). Without it, ``base_url`` is the v1 endpoint, which is plain OpenAI::
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from unimw.adapters.base import HTTPAdapter, Target, error_body, merge_params, parse_object, retry_after
@@ -119,6 +119,8 @@ def _str_or(value: Any, default: str | None) -> str | None:
 
 class OpenAIAdapter(HTTPAdapter):
     """Chat Completions over HTTP to one OpenAI-compatible provider."""
+
+    provider_name: ClassVar[str] = "openai"
 
     def __init__(self, provider: Provider) -> None:
         self._base_url = provider.base_url or DEFAULT_BASE_URL
