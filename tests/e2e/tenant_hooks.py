@@ -28,3 +28,8 @@ async def record_alert_later(alert: BudgetAlert) -> None:
 
 def broken_sink(record: object) -> None:
     raise RuntimeError("the billing system is down")
+
+
+async def tenant_from_scope_async(scope: dict[str, Any]) -> str | None:
+    """The same, as an async function (an auth lookup that awaits a database, say)."""
+    return tenant_from_scope(scope)

@@ -356,3 +356,13 @@ async def test_an_upstream_without_usage_is_charged_an_estimate(
     # "Hello from up-main! The capital of France is Paris." is 52 bytes: 13 tokens at 4 bytes a token.
     assert (record["output_tokens"], record["cost_usd"]) == (13, 13.0)
     assert record["input_tokens"] > 0
+
+
+async def test_an_async_callable_names_the_tenant(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream
+) -> None:
+    policy = tenancy()
+    policy["tenancy"]["resolve"] = [{"callable": "tests.e2e.tenant_hooks:tenant_from_scope_async"}]
+    gateway = make_gateway(**policy)
+    client = sdk(gateway, "x", **{"X-User-Org": "globex"})
+    assert [m.id for m in (await client.models.list()).data] == ["gpt-backup"]

@@ -1,0 +1,68 @@
+"""Door edge cases that no real server produces on cue: a bug mid-stream, a client leaving mid-body."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from unimw.asgi import _send_stream, read_body
+from unimw.calls import Call, ChunkStream
+from unimw.errors import InvalidRequest
+from unimw.tenants import Caller
+from unimw.wire import chunk, loads
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_an_unexpected_error_mid_stream_ends_with_a_server_error_event() -> None:
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        yield chunk("c1", "m", 0, {"role": "assistant", "content": ""})
+        raise RuntimeError("a bug, not an upstream error")
+
+    finished: list[Call] = []
+
+    async def finish(call: Call) -> None:
+        finished.append(call)
+
+    call = Call("req_1", Caller(None), {"model": "m", "messages": []})
+    stream = ChunkStream(call, chunks(), finish, client_wants_usage=False)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    await _send_stream(receive, send, stream, "req_1", {})
+    bodies = [m["body"] for m in sent if m["type"] == "http.response.body"]
+    assert loads(bodies[-1][len(b"data: ") :])["error"]["type"] == "server_error"
+    assert sent[-1]["more_body"] is False
+    assert finished == [call] and call.status == "error"
+
+
+async def test_a_client_leaving_mid_body_is_a_400() -> None:
+    messages = iter([{"type": "http.request", "body": b'{"model":', "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    with pytest.raises(InvalidRequest, match="disconnected"):
+        await read_body({"headers": []}, receive, 1000)
+
+
+async def test_the_transport_raises_what_an_app_raised_before_answering() -> None:
+    import httpx
+
+    from unimw.transport import GatewayTransport
+
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise LookupError("no response at all")
+
+    async with httpx.AsyncClient(transport=GatewayTransport(broken), base_url="http://app") as http:
+        with pytest.raises(LookupError):
+            await http.get("/")
