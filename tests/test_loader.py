@@ -90,6 +90,16 @@ def test_env_values_are_not_parsed_as_yaml() -> None:
         ("tenants:\n  t:\n    limits:\n      - {per: day}\n", 4, "at least one of requests, tokens or usd"),
         ("tenancy: {reset_timezone: Mars/Olympus}\n", 1, "unknown time zone 'Mars/Olympus'"),
         ("cache: {store: ftp://x}\n", 1, "store must be memory:// or redis://"),
+        (
+            "providers:\n  a:\n    kind: anthropic\n    options: {anthropic_verison: '2023-06-01'}\n",
+            4,
+            "unknown option(s) anthropic_verison for kind 'anthropic'; it takes: anthropic_version, default_max_tokens",
+        ),
+        (
+            "providers:\n  z:\n    kind: openai\n    options: {azure: {api_verison: x}}\n",
+            4,
+            "the azure option must be true or a mapping",
+        ),
     ],
     ids=[
         "bad-yaml",
@@ -113,6 +123,8 @@ def test_env_values_are_not_parsed_as_yaml() -> None:
         "empty-limit",
         "bad-timezone",
         "bad-store-url",
+        "unknown-option",
+        "bad-azure-option",
     ],
 )
 def test_broken_policies_name_line_and_reason(text: str, line: int, reason: str) -> None:

@@ -22,11 +22,12 @@ from pydantic import (
     Field,
     SecretStr,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from unimw.adapters import ADAPTERS
+from unimw.adapters import ADAPTERS, adapter_class
 
 Path = tuple[str | int, ...]
 
@@ -115,6 +116,19 @@ class Provider(_Frozen):
         if kind not in ADAPTERS:
             raise ValueError(f"unknown provider kind {kind!r}; known kinds: {', '.join(sorted(ADAPTERS))}")
         return kind
+
+    @field_validator("options")
+    @classmethod
+    def _options_for_kind(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        kind = info.data.get("kind")
+        if kind is None:
+            return options  # the kind itself was refused
+        adapter = adapter_class(kind)
+        if unknown := sorted(set(options) - adapter.option_names):
+            known = ", ".join(sorted(adapter.option_names)) or "none"
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for kind {kind!r}; it takes: {known}")
+        adapter.check_options(options)
+        return options
 
     @field_validator("base_url")
     @classmethod

@@ -289,6 +289,7 @@ class AnthropicAdapter(HTTPAdapter):
     """Messages API calls to one Anthropic provider."""
 
     provider_name: ClassVar[str] = "anthropic"
+    option_names: ClassVar[frozenset[str]] = frozenset({"anthropic_version", "default_max_tokens"})
 
     def __init__(self, provider: Provider) -> None:
         # ``…/v1`` is accepted as well, as OpenAI-style base URLs end in it.

@@ -38,6 +38,13 @@ class Adapter(Protocol):
     supports_tools: ClassVar[bool]
     #: The vendor as ``gen_ai.provider.name`` calls it (a well-known value of the GenAI conventions).
     provider_name: ClassVar[str]
+    #: The keys ``providers.<name>.options`` may hold for this kind; others are refused with their line.
+    option_names: ClassVar[frozenset[str]]
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` for options this adapter cannot use (called when the policy is read)."""
+        ...
 
     def __init__(self, provider: Provider) -> None: ...
 
@@ -127,6 +134,11 @@ class HTTPAdapter:
 
     supports_streaming: ClassVar[bool] = True
     supports_tools: ClassVar[bool] = True
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        return None
 
     def __init__(self, provider: Provider, to_error: ToError, auth: Callable[[str], Mapping[str, str]]) -> None:
         self._to_error = to_error

@@ -365,6 +365,7 @@ class GeminiAdapter(HTTPAdapter):
     """``generateContent`` over HTTP to one Gemini API provider."""
 
     provider_name: ClassVar[str] = "gcp.gemini"  # the Gemini API (generativelanguage), not Vertex AI
+    option_names: ClassVar[frozenset[str]] = frozenset({"thinking_levels", "include_thoughts"})
 
     def __init__(self, provider: Provider) -> None:
         self._base_url = provider.base_url or DEFAULT_BASE_URL

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 from unimw.adapters.base import Target
@@ -129,6 +129,13 @@ class MockAdapter:
     supports_streaming: ClassVar[bool] = True
     supports_tools: ClassVar[bool] = True
     provider_name: ClassVar[str] = "unimw.mock"  # no vendor: a name of our own
+    option_names: ClassVar[frozenset[str]] = frozenset({"latency", "chunk_delay"})
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        for name in ("latency", "chunk_delay"):
+            if not isinstance(options.get(name, 0), (int, float)):
+                raise ValueError(f"{name} is a number of seconds")
 
     def __init__(self, provider: Provider) -> None:
         self._latency = float(provider.options.get("latency", 0))

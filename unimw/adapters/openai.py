@@ -121,6 +121,11 @@ class OpenAIAdapter(HTTPAdapter):
     """Chat Completions over HTTP to one OpenAI-compatible provider."""
 
     provider_name: ClassVar[str] = "openai"
+    option_names: ClassVar[frozenset[str]] = frozenset({"azure"})
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        azure_options(options)
 
     def __init__(self, provider: Provider) -> None:
         self._base_url = provider.base_url or DEFAULT_BASE_URL
