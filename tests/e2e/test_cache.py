@@ -292,3 +292,25 @@ async def test_the_cache_field_never_reaches_the_upstream_even_with_the_cache_of
 ) -> None:
     await create(sdk(gateway), extra_body={"unimw_cache": {"mode": "no-store"}})
     assert "unimw_cache" not in upstream.requests[0]
+
+
+async def test_charge_full_bills_a_hit_like_the_original_call(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream, tmp_path: Path
+) -> None:
+    records = tmp_path / "usage.jsonl"
+    gateway = make_gateway(
+        **cached(charge="full"),
+        models={"gpt-main": {"provider": "primary", "model": "up-main", "price": {"input": 0, "output": 1_000_000}}},
+        usage={"jsonl": str(records)},
+        tenancy={"resolve": ["api_key"]},
+        tenants={"a": {"api_keys": [hash_key("sk-a")], "limits": [{"per": "month", "usd": 10}]}},
+    )
+    client = sdk(gateway, "sk-a")
+    assert (await create(client, max_tokens=5))[0] == "miss"
+    assert (await create(client, max_tokens=5))[0] == "hit"  # charged 5 USD again: the budget is spent
+    with pytest.raises(openai.RateLimitError):
+        await create(client, max_tokens=5)
+    await gateway.recorder.flush()
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    assert [(r["cache_hit"], r["cost_usd"]) for r in lines] == [(False, 5.0), (True, 5.0)]
+    assert upstream.calls == {"up-main": 1}
