@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from unimw import Gateway
 from unimw.asgi import _send_stream, read_body
 from unimw.calls import Call, ChunkStream
 from unimw.errors import InvalidRequest
@@ -66,3 +67,31 @@ async def test_the_transport_raises_what_an_app_raised_before_answering() -> Non
     async with httpx.AsyncClient(transport=GatewayTransport(broken), base_url="http://app") as http:
         with pytest.raises(LookupError):
             await http.get("/")
+
+
+async def test_a_failure_after_the_status_line_sends_no_second_response(caplog: pytest.LogCaptureFixture) -> None:
+    gateway = Gateway.from_dict(
+        {"providers": {"m": {"kind": "mock"}}, "models": {"m": {"provider": "m", "model": "m"}}}
+    )
+    app = gateway.asgi_app()
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
+    received = iter([{"type": "http.request", "body": body, "more_body": False}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        try:
+            return next(received)
+        except StopIteration:
+            await asyncio.sleep(10)
+            return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and len(sent) > 1:
+            raise RuntimeError("the server broke while sending")
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "root_path": ""}
+    await app(scope, receive, send)
+    await gateway.aclose()
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert "error after the response started" in caplog.text

@@ -51,13 +51,23 @@ class GatewayApp:
         if scope["type"] != "http":
             return
         rid = request_id()
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self._route(scope, receive, send, rid)
-        except UnimwError as error:
-            await _send_json(send, error.status_code, error.to_dict(), rid, error.headers)
-        except Exception:
-            logger.exception("unimw: unexpected error in %s %s", scope["method"], scope["path"])
-            await _send_json(send, 500, _SERVER_ERROR, rid)
+            await self._route(scope, receive, tracked, rid)
+        except Exception as error:
+            if started:  # the status line is out: all that is left is to drop the connection
+                logger.exception("unimw: error after the response started in %s %s", scope["method"], scope["path"])
+            elif isinstance(error, UnimwError):
+                await _send_json(send, error.status_code, error.to_dict(), rid, error.headers)
+            else:
+                logger.exception("unimw: unexpected error in %s %s", scope["method"], scope["path"])
+                await _send_json(send, 500, _SERVER_ERROR, rid)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         method, path = scope["method"], route_path(scope)
