@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -11,10 +11,13 @@ import pytest
 
 from tests.otel import Telemetry
 from tests.servers import serve
+from tests.upstreams import ScriptedUpstream
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.gemini_app import GeminiUpstream
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
+
+S = TypeVar("S", bound=ScriptedUpstream)
 
 MakeGateway = Callable[[dict[str, Any]], Gateway]
 
@@ -24,52 +27,50 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="session")
-def _openai_server() -> Iterator[tuple[OpenAIUpstream, str]]:
-    upstream = OpenAIUpstream()
+def _running(upstream: S) -> Iterator[tuple[S, str]]:
+    """A loopback server for the whole session."""
     with serve(upstream.app) as url:
         yield upstream, url
+
+
+def _fresh(server: S) -> Iterator[S]:
+    """The session's server, with counters and fault plans reset for each test."""
+    server.reset()
+    yield server
+    server.reset()
+
+
+@pytest.fixture(scope="session")
+def _openai_server() -> Iterator[tuple[OpenAIUpstream, str]]:
+    yield from _running(OpenAIUpstream())
 
 
 @pytest.fixture
 def upstream(_openai_server: tuple[OpenAIUpstream, str]) -> Iterator[OpenAIUpstream]:
-    """The loopback OpenAI-wire upstream, with counters and fault plans reset for each test."""
-    server, _ = _openai_server
-    server.reset()
-    yield server
-    server.reset()
+    """The loopback OpenAI-wire upstream."""
+    yield from _fresh(_openai_server[0])
 
 
 @pytest.fixture(scope="session")
 def _anthropic_server() -> Iterator[tuple[AnthropicUpstream, str]]:
-    upstream = AnthropicUpstream()
-    with serve(upstream.app) as url:
-        yield upstream, url
+    yield from _running(AnthropicUpstream())
 
 
 @pytest.fixture
 def claude(_anthropic_server: tuple[AnthropicUpstream, str]) -> Iterator[AnthropicUpstream]:
-    """The loopback Messages API, with counters and fault plans reset for each test."""
-    server, _ = _anthropic_server
-    server.reset()
-    yield server
-    server.reset()
+    """The loopback Messages API."""
+    yield from _fresh(_anthropic_server[0])
 
 
 @pytest.fixture(scope="session")
 def _gemini_server() -> Iterator[tuple[GeminiUpstream, str]]:
-    upstream = GeminiUpstream()
-    with serve(upstream.app) as url:
-        yield upstream, url
+    yield from _running(GeminiUpstream())
 
 
 @pytest.fixture
 def gemini(_gemini_server: tuple[GeminiUpstream, str]) -> Iterator[GeminiUpstream]:
-    """The loopback Gemini upstream, reset for each test."""
-    server, _ = _gemini_server
-    server.reset()
-    yield server
-    server.reset()
+    """The loopback Gemini upstream."""
+    yield from _fresh(_gemini_server[0])
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from unimw.calls import ChunkStream
-from unimw.errors import InvalidRequest, NotFound, PayloadTooLarge, UnimwError
+from unimw.errors import InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnimwError
 from unimw.gateway import Gateway
 from unimw.wire import JSON, SSE_DONE, dumps, loads, request_id, sse_event
 
@@ -174,12 +174,7 @@ def loads_request(body: bytes) -> Any:
 
 def _allow(method: str, allowed: str, path: str) -> None:
     if method != allowed:
-        raise _MethodNotAllowed(f"Method {method} is not allowed for {path}; use {allowed}.")
-
-
-class _MethodNotAllowed(NotFound):
-    status = 405
-    default_code = "method_not_allowed"
+        raise MethodNotAllowed(f"Method {method} is not allowed for {path}; use {allowed}.")
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

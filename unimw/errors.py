@@ -8,6 +8,7 @@
     ├── PermissionDenied          403     invalid_request_error / model_not_allowed
     ├── ModelNotFound             404     invalid_request_error / model_not_found
     ├── NotFound                  404     invalid_request_error / not_found
+    ├── MethodNotAllowed          405     invalid_request_error / method_not_allowed
     ├── PayloadTooLarge           413     invalid_request_error / request_too_large
     ├── RateLimited               429     requests / rate_limit_exceeded
     ├── BudgetExceeded            429     insufficient_quota / insufficient_quota
@@ -99,6 +100,12 @@ class NotFound(UnimwError):
     status = 404
     type = "invalid_request_error"
     default_code = "not_found"
+
+
+class MethodNotAllowed(UnimwError):
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
 
 
 class PayloadTooLarge(UnimwError):

@@ -167,16 +167,21 @@ class Limiter:
 
     async def report(self, tenant: str) -> list[tuple[str, float, float]]:
         """``(limit, used, limit value)`` for each of a tenant's own limits in the current windows."""
-        pairs = self._tenant_counters(Caller(tenant))
-        if not pairs:
+        limits = self._policy.tenants[tenant].limits
+        rows = [
+            (limit.per, counter, quantity)
+            for limit in limits
+            if limit.scope == "tenant"
+            for counter, quantity in self._limit_counters(f"t:{tenant}", limit)
+        ]
+        if not rows:
             return []
-        totals = await self.store.totals([c for c, _ in pairs], self._clock())
-        rows = []
-        for (counter, quantity), total in zip(pairs, totals, strict=True):
+        totals = await self.store.totals([counter for _, counter, _ in rows], self._clock())
+        report = []
+        for (per, counter, quantity), total in zip(rows, totals, strict=True):
             scale = MICRO if quantity == "usd" else 1
-            per = counter.key.split(":")[-2 if counter.sliding else -3]
-            rows.append((f"{quantity} per {per}", total / scale, counter.limit / scale))
-        return rows
+            report.append((f"{quantity} per {per}", total / scale, counter.limit / scale))
+        return report
 
     def _tenant_counters(self, caller: Caller) -> list[tuple[Counter, str]]:
         pairs: list[tuple[Counter, str]] = []

@@ -55,10 +55,6 @@ class Tenants:
             else:
                 self._sources.append(("api_key", None))
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._tenants)
-
     async def identify(self, headers: Mapping[str, str], scope: Mapping[str, Any] | None, body: JSON | None) -> Caller:
         """The caller of an HTTP request; 401 if no source names a known tenant and there is no default."""
         if not self._tenants:

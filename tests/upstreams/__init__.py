@@ -6,6 +6,7 @@ from collections import Counter, defaultdict, deque
 from typing import Any
 
 from starlette.requests import Request
+from starlette.types import ASGIApp
 
 
 class ScriptedUpstream:
@@ -15,6 +16,8 @@ class ScriptedUpstream:
     then normally; :meth:`received` records a call and returns its fault as
     ``(name, argument)``, e.g. ``("429", "2")`` for ``"429:2"``.
     """
+
+    app: ASGIApp  #: the vendor's routes, set by each subclass
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()

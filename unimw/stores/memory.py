@@ -152,10 +152,5 @@ class MemoryCacheStore:
             self._entries.popitem()
         self._entries[key] = (value, ttl)
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """(entries, bytes) held now."""
-        return len(self._entries), int(self._entries.currsize)
-
     async def aclose(self) -> None:
         return None
