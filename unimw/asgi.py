@@ -64,7 +64,7 @@ class GatewayApp:
             if started:  # the status line is out: all that is left is to drop the connection
                 logger.exception("unimw: error after the response started in %s %s", scope["method"], scope["path"])
             elif isinstance(error, UnimwError):
-                await _send_json(send, error.status_code, error.to_dict(), rid, error.headers)
+                await _send_json(send, error.status, error.to_dict(), rid, error.headers)
             else:
                 logger.exception("unimw: unexpected error in %s %s", scope["method"], scope["path"])
                 await _send_json(send, 500, _SERVER_ERROR, rid)

@@ -13,6 +13,12 @@
 
 Each attempt runs through an :class:`Observer` (tracing puts a span around
 it), numbered from 1 across all the targets of the call.
+
+The dispatcher is the only caller of adapters, so it is the boundary where
+their errors are redacted: every :class:`UpstreamError` out of an adapter,
+raised before the first chunk or in the middle of a stream, has the
+provider's secrets blanked out (:mod:`unimw.redaction`) before anything
+else (the attempt's span, the cache, the client) sees it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Protocol, TypeVar
 from unimw.adapters.base import Adapter, Target
 from unimw.errors import UpstreamError, UpstreamTimeout
 from unimw.policy import Dispatch
+from unimw.redaction import Redactor
 from unimw.routing import Route, Router
 from unimw.wire import JSON
 
@@ -52,6 +59,7 @@ class Dispatcher:
         adapters: Mapping[str, Adapter],
         settings: Dispatch,
         *,
+        redactors: Mapping[str, Redactor] | None = None,
         retries: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -59,6 +67,7 @@ class Dispatcher:
     ) -> None:
         self._router = router
         self._adapters = adapters
+        self._redactors = redactors or {}
         self._settings = settings
         self._retries = retries or {}
         self._clock = clock
@@ -70,7 +79,11 @@ class Dispatcher:
         """The completion of the first target that answered, and that target."""
 
         async def attempt(target: Target) -> JSON:
-            return await self._adapters[target.provider].complete(request, target)
+            try:
+                return await self._adapters[target.provider].complete(request, target)
+            except UpstreamError as error:
+                self._redact(target, error)
+                raise
 
         return await self._first_success(route, attempt)
 
@@ -78,18 +91,41 @@ class Dispatcher:
         """The chunk stream of the first target that produced a first chunk, and that target."""
 
         async def attempt(target: Target) -> tuple[JSON, AsyncIterator[JSON]]:
-            chunks = await self._adapters[target.provider].stream(request, target)
+            try:
+                chunks = await self._adapters[target.provider].stream(request, target)
+            except UpstreamError as error:
+                self._redact(target, error)
+                raise
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
                 raise UpstreamError("The upstream sent an empty stream.", status=502) from None
+            except UpstreamError as error:
+                self._redact(target, error)
+                await _aclose(chunks)
+                raise
             except BaseException:
                 await _aclose(chunks)
                 raise
             return first, chunks
 
         target, (first, rest) = await self._first_success(route, attempt)
-        return target, _prepend(first, rest)
+        return target, self._rest_of_stream(target, first, rest)
+
+    def _redact(self, target: Target, error: UpstreamError) -> None:
+        if (redactor := self._redactors.get(target.provider)) is not None:
+            redactor.error(error)
+
+    async def _rest_of_stream(self, target: Target, first: JSON, rest: AsyncIterator[JSON]) -> AsyncIterator[JSON]:
+        try:
+            yield first
+            async for chunk in rest:
+                yield chunk
+        except UpstreamError as error:
+            self._redact(target, error)
+            raise
+        finally:
+            await _aclose(rest)
 
     async def _first_success(self, route: Route, attempt: Callable[[Target], Awaitable[T]]) -> tuple[Target, T]:
         targets = self._available(self._router.order(route))
@@ -107,7 +143,7 @@ class Dispatcher:
                         raise
                     last_error = error
                     wait = self._wait(error, tries)
-                    moves_on = has_next and (error.status_code == 429 or isinstance(error, UpstreamTimeout))
+                    moves_on = has_next and (error.status == 429 or isinstance(error, UpstreamTimeout))
                     if wait is None or moves_on or tries == retries:
                         self._cool(target, error)
                         break
@@ -138,15 +174,6 @@ class Dispatcher:
         seconds = max(self._settings.cooldown, error.retry_after or 0.0)
         if self._settings.cooldown:
             self._cool_until[target.name] = self._clock() + seconds
-
-
-async def _prepend(first: JSON, rest: AsyncIterator[JSON]) -> AsyncIterator[JSON]:
-    try:
-        yield first
-        async for chunk in rest:
-            yield chunk
-    finally:
-        await _aclose(rest)
 
 
 async def _aclose(iterator: AsyncIterator[JSON]) -> None:

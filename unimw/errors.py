@@ -27,10 +27,14 @@ from typing import Any, ClassVar
 
 
 class UnimwError(Exception):
-    """Base of every error unimw raises; renders as the OpenAI error envelope."""
+    """Base of every error unimw raises; renders as the OpenAI error envelope.
 
-    status: ClassVar[int] = 500
-    type: ClassVar[str] = "server_error"
+    ``status`` (the HTTP status) and ``type`` are the class's, except for
+    :class:`UpstreamError`, where they are the vendor's for each instance.
+    """
+
+    status: int = 500
+    type: str = "server_error"
     default_code: ClassVar[str | None] = None
 
     def __init__(
@@ -47,20 +51,12 @@ class UnimwError(Exception):
         self.code = code if code is not None else self.default_code
         self.headers = headers or {}
 
-    @property
-    def status_code(self) -> int:
-        return self.status
-
-    @property
-    def error_type(self) -> str:
-        return self.type
-
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI envelope: ``{"error": {message, type, param, code}}``."""
         return {
             "error": {
                 "message": self.message,
-                "type": self.error_type,
+                "type": self.type,
                 "param": self.param,
                 "code": self.code,
             }
@@ -152,18 +148,10 @@ class UpstreamError(UnimwError):
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message, param=param, code=code, headers=headers)
-        self._status = status
-        self._type = type
+        self.status = status
+        self.type = type
         self.retryable = is_retryable_status(status) if retryable is None else retryable
         self.retry_after = retry_after
-
-    @property
-    def status_code(self) -> int:
-        return self._status
-
-    @property
-    def error_type(self) -> str:
-        return self._type
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -178,6 +166,21 @@ class UpstreamTimeout(UpstreamError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status=504, code="upstream_timeout", retryable=True)
+
+
+#: Error codes with a known, bounded meaning: unimw's own, those the adapters map vendor errors to, and
+#: OpenAI's documented ones. A metric attribute may carry only these: any other vendor code is free text
+#: (unbounded, and possibly an echo of what the vendor was sent), so metrics show its HTTP status instead.
+KNOWN_CODES: frozenset[str] = frozenset(
+    {
+        "invalid_api_key", "model_not_allowed", "model_not_found", "not_found", "method_not_allowed",
+        "request_too_large", "rate_limit_exceeded", "insufficient_quota", "limits_unavailable",
+        "upstream_unreachable", "upstream_timeout", "bad_upstream_response", "invalid_value", "invalid_type",
+        "missing_required_parameter", "unsupported_value", "unsupported_parameter", "context_length_exceeded",
+        "content_filter", "server_error", "server_is_overloaded", "service_unavailable", "deadline_exceeded",
+        "failed_precondition", "permission_denied", "invalid_prompt", "string_above_max_length",
+    }
+)  # fmt: skip
 
 
 def is_retryable_status(status: int) -> bool:

@@ -20,6 +20,7 @@ from unimw.limits import Hold, Limiter
 from unimw.loader import build_policy, load_policy
 from unimw.policy import Policy
 from unimw.records import Recorder, UsageRecord
+from unimw.redaction import Redactor, provider_secrets
 from unimw.routing import Router
 from unimw.stores import cache_store, limit_store
 from unimw.streams import aiter_of, replay
@@ -80,8 +81,9 @@ class Gateway:
             policy, self._router.routes, tracer_provider=tracer_provider, meter_provider=meter_provider
         )
         retries = {name: p.retries for name, p in policy.providers.items() if p.retries is not None}
+        redactors = {name: Redactor(provider_secrets(p)) for name, p in policy.providers.items()}
         self._dispatcher = Dispatcher(
-            self._router, self._adapters, policy.dispatch, retries=retries, observer=self.tracing
+            self._router, self._adapters, policy.dispatch, redactors=redactors, retries=retries, observer=self.tracing
         )
         self._limits_on = self.limiter.enabled
         settings = policy.cache

@@ -79,7 +79,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from unimw.adapters import adapter_class
 from unimw.content import content_modes, input_messages, output_messages, tool_definitions
-from unimw.errors import BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError, UpstreamError
+from unimw.errors import KNOWN_CODES, BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError, UpstreamError
 from unimw.http import PROPAGATE_TRACE
 from unimw.usage import MICRO
 
@@ -174,7 +174,7 @@ def self_hosted(url: str | None) -> bool:
 def error_type(error: BaseException | None) -> str:
     """``error.type``: the OpenAI error code, the upstream's HTTP status, or the exception's class."""
     if isinstance(error, UpstreamError):
-        return error.code or str(error.status_code)
+        return error.code or str(error.status)
     if isinstance(error, UnimwError):
         return error.code or error.type
     if error is None:
@@ -183,8 +183,17 @@ def error_type(error: BaseException | None) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def metric_error_type(error: BaseException | None) -> str:
+    """``error.type`` with bounded values, for metrics: a vendor's own code that unimw does not know
+    becomes the HTTP status (every other value is already one of a fixed set)."""
+    if isinstance(error, UpstreamError) and error.code not in KNOWN_CODES:
+        return str(error.status)
+    return error_type(error)
+
+
 def _description(error: BaseException | None) -> str:
-    # Only our own messages (already redacted by the adapters): another exception's text could hold anything.
+    # Only our own messages (upstream ones already redacted by the dispatcher): another exception's text
+    # could hold anything.
     return error.message if isinstance(error, UnimwError) else error_type(error)
 
 
@@ -495,7 +504,7 @@ class Tracing:
         if call.response_model:
             attributes[GEN_AI_RESPONSE_MODEL] = call.response_model
         if failure is not None:
-            attributes[ERROR_TYPE] = failure
+            attributes[ERROR_TYPE] = metric_error_type(call.error)
         self._duration.record(time.perf_counter() - call.started, attributes)
         if call.stream and call.first_chunk_at is not None:
             self._first_chunk.record(call.first_chunk_at - call.started, attributes)
@@ -511,7 +520,7 @@ class Tracing:
                     cost_usd, {**by_tenant, GEN_AI_PROVIDER_NAME: upstream.name, PROVIDER: call.target.provider}
                 )
             if decision == "refused" and failure is not None:
-                self._refusals.add(1, {**by_tenant, ERROR_TYPE: failure})
+                self._refusals.add(1, {**by_tenant, ERROR_TYPE: metric_error_type(call.error)})
 
 
 def _budget_decision(call: Call) -> str:

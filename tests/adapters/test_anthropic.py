@@ -725,7 +725,7 @@ async def test_error_event_message_is_redacted() -> None:
     with pytest.raises(UpstreamError) as caught:
         async for _ in from_events(events(), secret="sk-ant-secret"):
             pass
-    assert caught.value.message == "bad key ***" and caught.value.status_code == 500
+    assert caught.value.message == "bad key ***" and caught.value.status == 500
 
 
 async def test_stream_without_message_stop_is_unavailable() -> None:

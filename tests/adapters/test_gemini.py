@@ -785,7 +785,7 @@ async def test_stream_cut_before_finish_is_an_error() -> None:
 async def test_error_event_mid_stream() -> None:
     with pytest.raises(UpstreamError) as caught:
         await collect("stream_error.sse", secret="overloaded")
-    assert (caught.value.status_code, caught.value.code, caught.value.retryable) == (503, "service_unavailable", True)
+    assert (caught.value.status, caught.value.code, caught.value.retryable) == (503, "service_unavailable", True)
     assert caught.value.message == "The model is ***. Please try again later."
 
 

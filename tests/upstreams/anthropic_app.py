@@ -21,6 +21,8 @@ Streams are named SSE events (``message_start`` … ``message_stop``, with a
 ``500``           500 api_error
 ``400``           400 invalid_request_error
 ``401``           401 authentication_error that echoes the key it was sent
+``leak``          401 that echoes the key in every field of the error (``leak:first`` / ``leak:mid``:
+                  a stream with such an ``error`` event at the start, or after the first text)
 ``stream_error``  a stream with an ``error`` event after the first text
 ``early_error``   a stream with an ``error`` event right after ``message_start``
 ``cut``           a stream that ends without ``message_stop``
@@ -172,9 +174,11 @@ class AnthropicUpstream(ScriptedUpstream):
             return error(400, "invalid_request_error", "messages.0.content: text content blocks must be non-empty")
         if fault == "401":
             return error(401, "authentication_error", f"invalid x-api-key: {key}")
+        if fault == "leak" and not arg:
+            return JSONResponse(leaking_error(key), status_code=401)
         content, stop_reason = answer(body)
         if body.get("stream"):
-            events = stream(body, content, stop_reason, fault)
+            events = stream(body, content, stop_reason, fault + arg, leak=leaking_error(key))
             return StreamingResponse(events, media_type="text/event-stream")
         return JSONResponse(message(body, content, stop_reason))
 
@@ -261,8 +265,18 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+def leaking_error(key: str) -> dict[str, Any]:
+    """An error that echoes the key in every field it has."""
+    return {"type": "error", "error": {"type": f"t-{key}", "message": f"Bad key {key}.", "details": {"error_code": key}}}
+
+
 async def stream(
-    body: dict[str, Any], content: list[dict[str, Any]], stop_reason: str, fault: str
+    body: dict[str, Any],
+    content: list[dict[str, Any]],
+    stop_reason: str,
+    fault: str,
+    *,
+    leak: dict[str, Any] | None = None,
 ) -> AsyncIterator[bytes]:
     """The named events that carry ``content``, as the Messages API streams them."""
     start = {**message(body, [], stop_reason), "stop_reason": None}
@@ -273,6 +287,9 @@ async def stream(
     if fault == "early_error":
         yield _event("error", overloaded)
         return
+    if fault == "leakfirst" and leak is not None:
+        yield _event("error", leak)
+        return
     for index, block in enumerate(content):
         empty = {**block, "input": {}} if block["type"] == "tool_use" else {**block, block["type"]: ""}
         if block["type"] == "thinking":
@@ -282,6 +299,9 @@ async def stream(
             yield _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
             if fault == "stream_error":
                 yield _event("error", overloaded)
+                return
+            if fault == "leakmid" and leak is not None:
+                yield _event("error", leak)
                 return
         yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
     if fault == "cut":

@@ -22,6 +22,8 @@ Faults, planned per model with ``upstream.plan("m", "503", "ok")``:
 ``403``     PERMISSION_DENIED
 ``404``     NOT_FOUND for the model
 ``badkey``  400 API_KEY_INVALID whose message echoes the key (to test redaction)
+``leak``    401 that echoes the key in every field of the error (``leak:first`` / ``leak:mid``: a
+            stream with such an error object as its first event, or after the first words)
 ``cut``     a stream that ends before any ``finishReason``
 ==========  ================================================================
 """
@@ -62,7 +64,10 @@ class GeminiUpstream(ScriptedUpstream):
             return _error(404, f"Method {method} not found.", "NOT_FOUND")
         body = await request.json()
         name, arg = self.received(model, body, request)
-        if fault := _fault(name, arg, model, request.headers.get("x-goog-api-key", "")):
+        key = request.headers.get("x-goog-api-key", "")
+        if name == "leak" and arg:
+            return StreamingResponse(_leaking(model, key, mid=arg == "mid"), media_type="text/event-stream")
+        if fault := _fault(name, arg, model, key):
             return fault
         if missing := _missing_signature(body, model):
             return _error(400, missing, "INVALID_ARGUMENT")
@@ -159,10 +164,23 @@ def _fault(name: str, arg: str, model: str, key: str) -> Response | None:
         return _error(403, "The caller does not have permission", "PERMISSION_DENIED")
     if name == "404":
         return _error(404, f"models/{model} is not found for API version v1beta.", "NOT_FOUND")
+    if name == "leak":
+        return JSONResponse(_leak(key), status_code=401)
     if name == "badkey":
         info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}
         return _error(400, f"API key not valid: {key}. Please pass a valid API key.", "INVALID_ARGUMENT", [info])
     return None
+
+
+def _leak(key: str) -> dict[str, Any]:
+    return {"error": {"code": 401, "message": f"Bad key {key}.", "status": f"S-{key}", "details": [{"reason": key}]}}
+
+
+async def _leaking(model: str, key: str, *, mid: bool) -> AsyncIterator[bytes]:
+    if mid:
+        response = {"candidates": [{"content": {"parts": [{"text": "Hello"}], "role": "model"}, "index": 0}]}
+        yield b"data: " + json.dumps({**response, "modelVersion": model}).encode() + b"\r\n\r\n"
+    yield b"data: " + json.dumps(_leak(key)).encode() + b"\r\n\r\n"
 
 
 def _error(code: int, message: str, status: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:

@@ -13,6 +13,8 @@ answer 429, then normally. Faults:
 ``503``    503 overloaded
 ``400``    400 invalid_request_error on ``messages``
 ``401``    401 that echoes the API key it was sent (to test redaction)
+``leak``   401 that echoes the key in every field of the error (``leak:first`` / ``leak:mid``: a
+           stream whose first event, or whose event after the first words, is such an error)
 ``badjson`` 200 with a body that is not JSON
 ``hang``   answers nothing for 30 s
 ``drop``   the connection breaks after part of the body (mid-stream)
@@ -79,6 +81,12 @@ class OpenAIUpstream(ScriptedUpstream):
         if name == "401":
             key = request.headers.get("authorization", "").removeprefix("Bearer ")
             return _error(401, f"Incorrect API key provided: {key}.", "invalid_request_error", "invalid_api_key")
+        if name == "leak":
+            key = request.headers.get("authorization", "").removeprefix("Bearer ")
+            error = {"error": {"message": f"Bad key {key}.", "type": f"t-{key}", "param": key, "code": f"c-{key}"}}
+            if arg:
+                return StreamingResponse(_leaking(body, error, mid=arg == "mid"), media_type="text/event-stream")
+            return JSONResponse(error, status_code=401)
         if name == "badjson":
             return Response(b'{"id": "chatcmpl-1", "choices": [', media_type="application/json")
         if name == "hang":
@@ -219,6 +227,15 @@ async def stream(
     if include_usage:
         yield event(None, usage=usage(body, message))
     yield b"data: [DONE]\n\n"
+
+
+async def _leaking(body: dict[str, Any], error: dict[str, Any], *, mid: bool) -> AsyncIterator[bytes]:
+    if mid:
+        async for event in stream(body, {"content": "Hello there"}, "stop", drop=False, delay=0.0):
+            if b'"content": " there"' in event:
+                break
+            yield event
+    yield b"data: " + json.dumps(error).encode() + b"\n\n"
 
 
 async def _broken(payload: bytes) -> AsyncIterator[bytes]:
