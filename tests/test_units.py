@@ -135,7 +135,7 @@ def test_openai_errors_keep_vendor_fields_and_retry_hints() -> None:
     body = b'{"error": {"message": "slow down", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}'
     error = to_error(429, body, {"retry-after-ms": "1500"})
     assert isinstance(error, UpstreamError) and error.retryable
-    assert (error.status_code, error.error_type, error.code, error.retry_after) == (
+    assert (error.status, error.type, error.code, error.retry_after) == (
         429,
         "requests",
         "rate_limit_exceeded",

@@ -41,6 +41,9 @@ from unimw.wire import JSON, dumps, loads
 logger = logging.getLogger("unimw.cache")
 
 CONTROL_FIELD = "unimw_cache"
+#: Longest time to live a request may ask for: a day's worth of answers is what caching is for, and an
+#: unbounded value would overflow a store's expiry (Redis takes milliseconds as a 64-bit integer).
+MAX_REQUEST_TTL = 30 * 86400.0
 
 #: Request fields that do not change the answer, so do not split the cache.
 NOT_IN_KEY = frozenset(
@@ -116,6 +119,8 @@ class ResponseCache:
         except StoreUnavailable as exc:
             logger.warning("unimw: cache store unreachable, answering uncached: %s", exc)
             return Lookup("bypass")
+        except ValueError:  # an entry this version cannot read: answered uncached, and stored anew
+            logger.warning("unimw: unreadable cache entry %s, answering uncached", key)
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = asyncio.get_running_loop().create_future()
@@ -131,17 +136,27 @@ class ResponseCache:
     async def finish(
         self, lookup: Lookup, completion: JSON | None, target: str | None, error: BaseException | None
     ) -> None:
-        """Store a good answer (and the model that gave it) and release the calls waiting on this one."""
+        """Release the calls waiting on this one, then store a good answer (and the model that gave it).
+
+        The waiters are released first and whatever happens: a store that fails
+        must not leave them waiting out ``cache.wait``.
+        """
         good = completion is not None and cacheable(completion)
+        self._release(lookup, completion if good else None, target, error)
         if lookup.store and lookup.key is not None and good:
             try:
                 await self.store.set(lookup.key, dumps([target, completion]), lookup.ttl)
             except StoreUnavailable as exc:
                 logger.warning("unimw: cache store unreachable, answer not stored: %s", exc)
+
+    def _release(
+        self, lookup: Lookup, completion: JSON | None, target: str | None, error: BaseException | None
+    ) -> None:
         flight = lookup.flight
         if flight is None or lookup.key is None:
             return
-        self._flights.pop(lookup.key, None)
+        if self._flights.get(lookup.key) is flight:
+            del self._flights[lookup.key]
         if flight.done():
             return
         if isinstance(error, UpstreamError):
@@ -149,7 +164,7 @@ class ResponseCache:
             flight.set_exception(error)
             flight.exception()  # mark it retrieved: nobody may be waiting
         else:
-            flight.set_result((completion, target) if completion is not None and good else None)
+            flight.set_result((completion, target) if completion is not None else None)
 
     def _key(self, route: Route, request: JSON, scope: str | None) -> str:
         canonical = {k: v for k, v in request.items() if k not in NOT_IN_KEY}
@@ -199,13 +214,32 @@ def _directives(request: JSON, headers: Mapping[str, str], ttl: float) -> tuple[
             )
         mode = "no-store" if "no-store" in (mode, requested) else "no-cache"
     if (value := control.get("ttl")) is not None:
-        try:
-            ttl = float(parse_duration(value))
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(
-                f"Invalid value for '{CONTROL_FIELD}.ttl': {value!r}.", param=f"{CONTROL_FIELD}.ttl"
-            ) from exc
+        ttl = _requested_ttl(value)
+    if unknown := sorted(set(control) - {"mode", "ttl"}):
+        raise InvalidRequest(
+            f"Unknown field(s) in '{CONTROL_FIELD}': {', '.join(map(repr, unknown))}; it takes 'mode' and 'ttl'.",
+            param=CONTROL_FIELD,
+            code="unknown_parameter",
+        )
     return mode, ttl
+
+
+def _requested_ttl(value: Any) -> float:
+    invalid = InvalidRequest(
+        f"Invalid value for '{CONTROL_FIELD}.ttl': give a duration such as 600 or '10m', "
+        f"above 0 and at most {int(MAX_REQUEST_TTL // 86400)} days.",
+        param=f"{CONTROL_FIELD}.ttl",
+        code="invalid_value",
+    )
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise invalid
+    try:
+        ttl = float(parse_duration(value))
+    except ValueError as exc:
+        raise invalid from exc
+    if not 0 < ttl <= MAX_REQUEST_TTL:
+        raise invalid
+    return ttl
 
 
 def _rule(settings: Cache, name: str) -> Rule:

@@ -9,6 +9,10 @@ so, as the conventions ask, they are input messages with role ``system``
 rather than ``gen_ai.system_instructions`` (for APIs that take instructions
 apart from the history). Only the request body and the answer are read here,
 never headers: nothing secret can get in.
+
+These functions run when a call is finished, after it was charged, on
+whatever the caller and the vendor sent: they accept any JSON and never
+raise (a value of an unexpected shape is skipped or kept as it is).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def content_modes(policy_flag: bool, environ: Mapping[str, str]) -> tuple[bool, 
 
 def input_messages(request: JSON) -> str:
     """The request's messages as ``gen_ai.input.messages``."""
-    return _json([_input_message(m) for m in request.get("messages") or () if isinstance(m, dict)])
+    return _json([_input_message(m) for m in _list(request.get("messages")) if isinstance(m, dict)])
 
 
 def tool_definitions(request: JSON) -> str | None:
@@ -60,8 +64,10 @@ def tool_definitions(request: JSON) -> str | None:
 def output_messages(completion: JSON) -> str:
     """The choices of a ``chat.completion`` as ``gen_ai.output.messages``."""
     out = []
-    for choice in completion.get("choices") or ():
-        message = choice.get("message") or {}
+    for choice in _list(completion.get("choices")):
+        if not isinstance(choice, dict):
+            continue
+        message = _object(choice.get("message"))
         reason = str(choice.get("finish_reason") or "error")
         out.append(
             {
@@ -78,7 +84,7 @@ def _input_message(message: JSON) -> JSON:
     role = _ROLES.get(role, role)
     if role == "tool":
         content = message.get("content")
-        response = content if isinstance(content, str) else "".join(p.get("content", "") for p in _parts(content))
+        response = content if isinstance(content, str) else "".join(str(p.get("content", "")) for p in _parts(content))
         parts: list[JSON] = [{"type": "tool_call_response", "id": message.get("tool_call_id"), "response": response}]
     else:
         parts = [*_parts(message.get("content")), *_tool_calls(message.get("tool_calls"))]
@@ -101,27 +107,29 @@ def _part(part: JSON) -> JSON:
     if kind == "text":
         return {"type": "text", "content": part.get("text")}
     if kind == "image_url":
-        url = str((part.get("image_url") or {}).get("url") or "")
+        url = str(_object(part.get("image_url")).get("url") or "")
         if url.startswith("data:") and ";base64," in url:
             mime, _, data = url[5:].partition(";base64,")
             return {"type": "blob", "modality": "image", "mime_type": mime, "content": data}
         return {"type": "uri", "modality": "image", "uri": url}
     if kind == "input_audio":
-        audio = part.get("input_audio") or {}
+        audio = _object(part.get("input_audio"))
         return {
             "type": "blob",
             "modality": "audio",
             "mime_type": f"audio/{audio.get('format')}",
             "content": audio.get("data"),
         }
-    if kind == "file" and (file_id := (part.get("file") or {}).get("file_id")):
+    if kind == "file" and (file_id := _object(part.get("file")).get("file_id")):
         return {"type": "file", "file_id": file_id}
     return dict(part)  # the schema's generic part: {"type": ..., ...}
 
 
 def _tool_calls(calls: Any) -> Iterable[JSON]:
-    for call in calls if isinstance(calls, list) else ():
-        function = call.get("function") or {} if isinstance(call, dict) else {}
+    for call in _list(calls):
+        if not isinstance(call, dict):
+            continue
+        function = _object(call.get("function"))
         yield {
             "type": "tool_call",
             "id": call.get("id"),
@@ -147,5 +155,16 @@ def _tool_definition(tool: JSON) -> JSON:
     return dict(tool)
 
 
+def _object(value: Any) -> JSON:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _json(value: Any) -> str:
-    return dumps(value).decode()
+    try:
+        return dumps(value).decode()
+    except TypeError:  # nested past what JSON serialisers take (a vendor's answer is only bounded by its parser)
+        return "[]"

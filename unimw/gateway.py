@@ -24,7 +24,7 @@ from unimw.redaction import Redactor, provider_secrets
 from unimw.routing import Router
 from unimw.stores import cache_store, limit_store
 from unimw.streams import aiter_of, replay
-from unimw.tenants import Caller, Tenants, cap_output_tokens
+from unimw.tenants import Caller, Tenants, output_cap
 from unimw.tracing import Tracing
 from unimw.usage import MICRO, cost_micros
 from unimw.validation import validate_chat
@@ -184,8 +184,9 @@ class Gateway:
 
     async def _reserve(self, call: Call, answer: Answer) -> None:
         assert call.route is not None
-        if self.limiter.needs_output_cap(call.caller):
-            call.request = cap_output_tokens(call.request, self.policy.tenancy.default_max_tokens)
+        if self.limiter.needs_output_cap(call.caller) and output_cap(call.request) is None:
+            # The reservation must be a true worst case, so an uncapped request gets the default cap.
+            call.request = {**call.request, "max_completion_tokens": self.policy.tenancy.default_max_tokens}
         answer.hold = call.hold = await self.limiter.reserve(call.caller, call.route, call.request)
 
     async def _dispatch(self, call: Call, answer: Answer) -> Answer:

@@ -702,7 +702,7 @@ async def test_error_event_raises_after_the_chunks_before_it() -> None:
             seen.append(item)
     assert [c["choices"][0]["delta"].get("content") for c in seen] == ["", "Hello"]
     error = caught.value
-    assert (error.status_code, error.error_type, error.code, error.retryable) == (503, "server_error", "server_is_overloaded", True)  # fmt: skip
+    assert (error.status, error.type, error.code, error.retryable) == (503, "server_error", "server_is_overloaded", True)  # fmt: skip
 
 
 async def test_error_event_before_any_output_comes_before_the_first_chunk() -> None:
@@ -754,14 +754,14 @@ ERRORS = {
 def test_errors(case: JSON) -> None:
     error = to_error(case["status"], json.dumps(case["body"]).encode(), case["headers"])
     status, type, code, retryable, retry_after = ERRORS[case["id"]]
-    assert (error.status_code, error.error_type, error.code) == (status, type, code)
+    assert (error.status, error.type, error.code) == (status, type, code)
     assert (error.retryable, error.retry_after) == (retryable, retry_after)
     assert error.message == case["body"]["error"]["message"]
 
 
 def test_error_without_a_json_body() -> None:
     error = to_error(502, b"<html>Bad Gateway</html>", {})
-    assert (error.status_code, error.error_type, error.code, error.retryable) == (502, "server_error", None, True)
+    assert (error.status, error.type, error.code, error.retryable) == (502, "server_error", None, True)
     assert error.message == "The upstream answered with status 502."
 
 

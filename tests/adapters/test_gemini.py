@@ -811,7 +811,7 @@ async def test_error_event_mid_stream() -> None:
 def test_errors(name: str, status: int, type: str, code: str | None, retry_after: float | None) -> None:
     raw = (FIXTURES / "errors" / f"{name}.json").read_bytes()
     error = to_error(int(name[:3]), raw, {})
-    assert (error.status_code, error.error_type, error.code, error.retry_after) == (status, type, code, retry_after)
+    assert (error.status, error.type, error.code, error.retry_after) == (status, type, code, retry_after)
     assert error.message == loads(raw)["error"]["message"]
     assert error.retryable == (status in (429, 500, 503, 504))
     assert error.param == ("model" if status == 404 else None)
@@ -837,4 +837,4 @@ def test_retry_after_header_wins_over_retry_info() -> None:
 )
 def test_errors_without_the_usual_body(status: int, body: bytes, expected: tuple[int, str, str | None]) -> None:
     error = to_error(status, body, {})
-    assert (error.status_code, error.error_type, error.code) == expected
+    assert (error.status, error.type, error.code) == expected

@@ -314,3 +314,34 @@ async def test_charge_full_bills_a_hit_like_the_original_call(
     lines = [json.loads(line) for line in records.read_text().splitlines()]
     assert [(r["cache_hit"], r["cost_usd"]) for r in lines] == [(False, 5.0), (True, 5.0)]
     assert upstream.calls == {"up-main": 1}
+
+
+@pytest.mark.parametrize(
+    "control",
+    [{"ttl": 1e300}, {"ttl": -5}, {"ttl": 0}, {"ttl": "31d"}, {"ttl": True}, {"ttl": [1]}, {"ttl": "soon"}],
+    ids=["huge", "negative", "zero", "past-30-days", "boolean", "array", "not-a-duration"],
+)
+async def test_a_requested_ttl_out_of_bounds_is_400_before_any_call(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream, control: dict[str, Any]
+) -> None:
+    client = sdk(make_gateway(**cached(store=require_redis())))
+    with pytest.raises(openai.BadRequestError) as caught:
+        await create(client, extra_body={"unimw_cache": control, "nonce": unique("n")})
+    assert (caught.value.param, caught.value.code) == ("unimw_cache.ttl", "invalid_value")
+    assert upstream.calls == {}
+
+
+async def test_unknown_cache_extension_fields_are_400(make_gateway: Callable[..., Gateway]) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await create(sdk(make_gateway(**cached())), extra_body={"unimw_cache": {"tll": "10s"}})
+    assert (caught.value.param, caught.value.code) == ("unimw_cache", "unknown_parameter")
+
+
+async def test_the_longest_ttl_is_stored_on_redis(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream
+) -> None:
+    client = sdk(make_gateway(**cached(store=require_redis())))
+    nonce = unique("n")
+    assert (await create(client, extra_body={"unimw_cache": {"ttl": "30d"}, "nonce": nonce}))[0] == "miss"
+    assert (await create(client, extra_body={"nonce": nonce}))[0] == "hit"
+    assert upstream.calls == {"up-main": 1}

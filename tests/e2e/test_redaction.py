@@ -20,13 +20,10 @@ import pytest
 
 from tests.otel import Telemetry
 from tests.upstreams import ScriptedUpstream
-from tests.upstreams.anthropic_app import AnthropicUpstream
-from tests.upstreams.gemini_app import GeminiUpstream
-from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
 from unimw.errors import UpstreamError
-from unimw.redaction import MASK, Redactor, provider_secrets
 from unimw.policy import Provider
+from unimw.redaction import MASK, Redactor, provider_secrets
 from unimw.tracing import error_type, metric_error_type
 
 pytestmark = pytest.mark.anyio

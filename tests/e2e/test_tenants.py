@@ -366,3 +366,18 @@ async def test_an_async_callable_names_the_tenant(
     gateway = make_gateway(**policy)
     client = sdk(gateway, "x", **{"X-User-Org": "globex"})
     assert [m.id for m in (await client.models.list()).data] == ["gpt-backup"]
+
+
+async def test_the_default_cap_applies_only_to_requests_without_one(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream
+) -> None:
+    budget = {"acme": {"limits": [{"per": "day", "tokens": 1_000_000}]}}
+    gateway = make_gateway(
+        tenancy={"resolve": ["api_key"], "default_max_tokens": 100}, tenants=tenancy(**budget)["tenants"]
+    )
+    client = sdk(gateway, ACME_KEY)
+    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_completion_tokens=500)  # type: ignore[arg-type]
+    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=50)  # type: ignore[arg-type]
+    await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+    caps = [(r.get("max_completion_tokens"), r.get("max_tokens")) for r in upstream.requests]
+    assert caps == [(500, None), (None, 50), (100, None)]
