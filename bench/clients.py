@@ -174,8 +174,7 @@ def gateway_chat(gateway: Gateway, body: dict[str, Any] = CHAT, **kwargs: Any) -
 
 def gateway_stream(gateway: Gateway, **kwargs: Any) -> Call:
     async def call() -> object:
-        chunks = await gateway.chat_completions(dict(STREAM), **kwargs)
-        assert not isinstance(chunks, dict)
+        chunks = await gateway.stream_chat_completions(dict(STREAM), **kwargs)
         count = 0
         async for _ in chunks:
             count += 1

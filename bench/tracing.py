@@ -54,10 +54,10 @@ def policy(capture: bool) -> dict[str, Any]:
 def untraced(gw: Gateway) -> Gateway:
     """``gw`` with its tracing replaced by do-nothing methods (the dispatcher shares the same object)."""
 
-    async def attempt(target: Any, number: int, run: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def attempt(operation: str, request: Any, target: Any, number: int, run: Callable[[Any], Awaitable[Any]]) -> Any:
         return await run(target)
 
-    tracing: Any = gw.tracing
+    tracing: Any = gw._tracing
     tracing.start = lambda call: None
     tracing.detach = lambda token: None
     tracing.finish = lambda call, cost: None
@@ -86,14 +86,13 @@ def gateway(config: str) -> tuple[Gateway, Callable[[], None]]:
 
 
 def caller(gw: Gateway, stream: bool) -> Callable[[], Awaitable[None]]:
-    body = {"model": "mock-echo", "messages": MESSAGES, "stream": stream}
+    body = {"model": "mock-echo", "messages": MESSAGES}
 
     async def plain() -> None:
         await gw.chat_completions(dict(body))
 
     async def streamed() -> None:
-        chunks = await gw.chat_completions(dict(body))
-        async for _ in chunks:  # type: ignore[union-attr]
+        async for _ in await gw.stream_chat_completions(dict(body)):
             pass
 
     return streamed if stream else plain

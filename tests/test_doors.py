@@ -10,9 +10,9 @@ import pytest
 
 from unimw import Gateway
 from unimw.asgi import _send_stream, read_body
-from unimw.calls import Call, ChunkStream
+from unimw.calls import Call, CallStream
+from unimw.operations import CHAT
 from unimw.errors import InvalidRequest
-from unimw.tenants import Caller
 from unimw.wire import chunk, loads
 
 pytestmark = pytest.mark.anyio
@@ -28,8 +28,8 @@ async def test_an_unexpected_error_mid_stream_ends_with_a_server_error_event() -
     async def finish(call: Call) -> None:
         finished.append(call)
 
-    call = Call("req_1", Caller(None), {"model": "m", "messages": []})
-    stream = ChunkStream(call, chunks(), finish, client_wants_usage=False)
+    call = Call(CHAT, "req_1", {"model": "m", "messages": []})
+    stream = CallStream(call, chunks(), CHAT.watch(call.request, assemble=False), finish)
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from unimw.routing import Router
 from unimw.stores import limit_store
 from unimw.stores.base import Counter, LimitStore
 from unimw.tenants import Caller
-from unimw.usage import Usage, cost_micros
+from unimw.usage import Usage, cost_micros, estimate_prompt_tokens
 
 pytestmark = pytest.mark.anyio
 
@@ -36,6 +36,13 @@ async def test_reserve_is_all_or_nothing(store: LimitStore) -> None:
     refused = await store.reserve("c2", [a, b], [4, 4], 101.0)
     assert (refused.ok, refused.refused, refused.totals) == (False, 1, (4, 4))
     assert await store.totals([a, b], 102.0) == (4, 4)  # nothing was taken on `a` either
+
+
+async def test_a_refusal_reports_every_counters_total(store: LimitStore) -> None:
+    a, b, c = (Counter(unique(n), 2, 60, True) for n in "abc")
+    assert (await store.reserve("c1", [a, b, c], [2, 1, 1], 100.0)).ok
+    refused = await store.reserve("c2", [a, b, c], [1, 1, 1], 101.0)
+    assert (refused.ok, refused.refused, refused.totals) == (False, 0, (2, 1, 1))
 
 
 async def test_sliding_window_frees_exactly_at_the_boundary(store: LimitStore) -> None:
@@ -86,6 +93,11 @@ def limiter(store_url: str, clock: Clock, limits: list[dict[str, Any]], zone: st
 REQUEST = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
 
 
+def worst(request: dict[str, Any]) -> tuple[int, int]:
+    """The (prompt estimate, output cap) the gateway reserves for ``request``."""
+    return estimate_prompt_tokens(request), int(request["max_tokens"])
+
+
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_daily_budget_resets_at_midnight_in_the_reset_zone(backend: str) -> None:
     url = "memory://" if backend == "memory" else require_redis()
@@ -94,16 +106,42 @@ async def test_daily_budget_resets_at_midnight_in_the_reset_zone(backend: str) -
     lim, (caller, route) = limiter(url, clock, [{"per": "day", "requests": 2}], zone="Asia/Tokyo")
     try:
         for _ in range(2):
-            hold = await lim.reserve(caller, route, REQUEST)
+            hold = await lim.reserve(caller, route, *worst(REQUEST))
+            assert hold is not None
             await lim.settle(hold, Usage(5, 5), 0, answered=True)
         with pytest.raises(BudgetExceeded) as caught:
-            await lim.reserve(caller, route, REQUEST)
+            await lim.reserve(caller, route, *worst(REQUEST))
         assert caught.value.headers["retry-after"] == "2800"
         clock.advance(2799)
         with pytest.raises(BudgetExceeded):
-            await lim.reserve(caller, route, REQUEST)
+            await lim.reserve(caller, route, *worst(REQUEST))
         clock.advance(2)
-        assert await lim.reserve(caller, route, REQUEST) is not None
+        assert await lim.reserve(caller, route, *worst(REQUEST)) is not None
+    finally:
+        await lim.aclose()
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_refusal_with_two_limits_is_429_with_its_headers(backend: str) -> None:
+    url = "memory://" if backend == "memory" else require_redis()
+    limits = [{"per": "minute", "requests": 2}, {"per": "minute", "tokens": 1000}]
+    lim, (caller, route) = limiter(url, Clock(), limits)
+    try:
+        for _ in range(2):
+            hold = await lim.reserve(caller, route, *worst(REQUEST))
+            assert hold is not None
+            await lim.settle(hold, Usage(5, 5), 0, answered=True)
+        with pytest.raises(RateLimited) as caught:
+            await lim.reserve(caller, route, *worst(REQUEST))
+        assert caught.value.headers == {
+            "x-ratelimit-limit-requests": "2",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1m0s",
+            "x-ratelimit-limit-tokens": "1000",
+            "x-ratelimit-remaining-tokens": "980",
+            "x-ratelimit-reset-tokens": "1m0s",
+            "retry-after": "60",
+        }
     finally:
         await lim.aclose()
 
@@ -111,18 +149,19 @@ async def test_daily_budget_resets_at_midnight_in_the_reset_zone(backend: str) -
 async def test_monthly_budget_resets_on_the_first() -> None:
     clock = Clock(1_793_491_200.0 - 10)  # 10 s before 2026-11-01 00:00 UTC
     lim, (caller, route) = limiter("memory://", clock, [{"per": "month", "usd": 0.0001}])
-    hold = await lim.reserve(caller, route, {**REQUEST, "max_tokens": 5})
+    hold = await lim.reserve(caller, route, *worst({**REQUEST, "max_tokens": 5}))
+    assert hold is not None
     await lim.settle(hold, Usage(40, 5), cost_micros(Price(input=1, output=2), Usage(40, 5)), answered=True)
     with pytest.raises(BudgetExceeded):
-        await lim.reserve(caller, route, {**REQUEST, "max_tokens": 30})
+        await lim.reserve(caller, route, *worst({**REQUEST, "max_tokens": 30}))
     clock.advance(11)
-    assert await lim.reserve(caller, route, {**REQUEST, "max_tokens": 30}) is not None
+    assert await lim.reserve(caller, route, *worst({**REQUEST, "max_tokens": 30})) is not None
 
 
 async def test_rate_limits_are_rate_limited_not_quota() -> None:
     lim, (caller, route) = limiter("memory://", Clock(), [{"per": "minute", "tokens": 100}])
     with pytest.raises(RateLimited) as caught:
-        await lim.reserve(caller, route, {**REQUEST, "max_tokens": 500})
+        await lim.reserve(caller, route, *worst({**REQUEST, "max_tokens": 500}))
     assert caught.value.code == "rate_limit_exceeded" and "retry-after" not in caught.value.headers
 
 
@@ -131,8 +170,8 @@ async def test_an_unreachable_store_fails_closed_by_default() -> None:
     lim, (caller, route) = limiter("redis://127.0.0.1:1/0", clock, [{"per": "minute", "requests": 5}])
     try:
         with pytest.raises(ServiceUnavailable) as caught:
-            await lim.reserve(caller, route, REQUEST)
-        assert caught.value.status_code == 503 and caught.value.code == "limits_unavailable"
+            await lim.reserve(caller, route, *worst(REQUEST))
+        assert caught.value.status == 503 and caught.value.code == "limits_unavailable"
     finally:
         await lim.aclose()
 
@@ -149,7 +188,7 @@ async def test_an_unreachable_store_can_fail_open() -> None:
     )
     lim = Limiter(policy, limit_store(policy.tenancy.store))
     try:
-        hold = await lim.reserve(Caller(tenant), Router(policy).resolve("m"), REQUEST)
+        hold = await lim.reserve(Caller(tenant), Router(policy).resolve("m"), *worst(REQUEST))
         assert hold is not None and not hold.metered
         await lim.settle(hold, Usage(1, 1), 0, answered=True)
     finally:

@@ -178,3 +178,72 @@ def test_check_refuses_a_broken_policy_with_line_and_reason(tmp_path: Path) -> N
 def test_the_repository_policy_is_valid() -> None:
     result = unimw("check", str(Path(__file__).parent.parent / "policies.yaml"))
     assert result.returncode == 0, result.stderr
+
+
+ALIASED = """\
+providers:
+  p: &shared {kind: openai, base_url: "${URL}"}
+  q: *shared
+  r: {<<: *shared, timeout: 5s}
+"""
+
+
+def test_an_aliased_value_is_interpolated_once() -> None:
+    """An alias puts one YAML node at several places: each place gets the env value as it is, never re-expanded."""
+    policy = parse_policy(ALIASED, env={"URL": "http://h/${SECRET}", "SECRET": "s3cr3t"})
+    assert {name: p.base_url for name, p in policy.providers.items()} == {
+        "p": "http://h/${SECRET}",
+        "q": "http://h/${SECRET}",
+        "r": "http://h/${SECRET}",
+    }
+
+
+def test_an_aliased_nested_mapping_is_interpolated_once() -> None:
+    text = """\
+providers:
+  p: {kind: openai, headers: &headers {x-target: "${TARGET}"}}
+  q: {kind: openai, headers: *headers}
+"""
+    policy = parse_policy(text, env={"TARGET": "${SECRET}", "SECRET": "s3cr3t"})
+    assert {name: p.headers for name, p in policy.providers.items()} == {
+        "p": {"x-target": "${SECRET}"},
+        "q": {"x-target": "${SECRET}"},
+    }
+
+
+def test_an_env_value_is_never_expanded_again() -> None:
+    policy = parse_policy(GOOD, env={"TEST_KEY": "${OTHER}", "OTHER": "sk-other"})
+    key = policy.providers["openai"].api_key
+    assert key is not None and key.get_secret_value() == "${OTHER}"
+
+
+def test_an_aliased_default_is_not_expanded_again() -> None:
+    """A default ends at the first ``}``, so this one's text is ``http://h/${SECRET`` and the value ends in ``${SECRET}``."""
+    text = """\
+providers:
+  p: &shared {kind: openai, base_url: "${NOT_SET:-http://h/${SECRET}}"}
+  q: *shared
+"""
+    policy = parse_policy(text, env={"SECRET": "s3cr3t"})
+    assert {name: p.base_url for name, p in policy.providers.items()} == {
+        "p": "http://h/${SECRET}",
+        "q": "http://h/${SECRET}",
+    }
+
+
+def test_an_error_inside_an_aliased_mapping_names_the_line_of_the_field() -> None:
+    """Every place an alias puts a mapping records its fields' lines: the line where the field is written."""
+    text = """\
+providers:
+  p: {kind: mock}
+models:
+  m:
+    provider: p
+    model: x
+    price: &price {input: 2, output: 8}
+tenants:
+  t: *price
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_policy(text, source="p.yaml", env={})
+    assert (caught.value.line, caught.value.reason) == (7, "tenants.t.input: unknown field (and 1 more)")

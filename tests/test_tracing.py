@@ -30,7 +30,7 @@ from tests.servers import serve
 from tests.test_serve import ROOT, free_port, wait_until_up
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
-from unimw.content import content_modes
+from unimw.tracing import content_modes
 from unimw.tenants import hash_key
 from unimw.tracing import DURATION_BUCKETS, TOKEN_BUCKETS, self_hosted
 from unimw.wire import JSON
@@ -88,15 +88,11 @@ def cost(usage: Any, input_price: float, output_price: float) -> float:
 
 
 async def complete(gateway: Gateway, body: JSON) -> JSON:
-    answer = await gateway.chat_completions(body)
-    assert isinstance(answer, dict)
-    return answer
+    return await gateway.chat_completions(body)
 
 
 async def open_stream(gateway: Gateway, body: JSON) -> AsyncIterator[JSON]:
-    answer = await gateway.chat_completions({**body, "stream": True})
-    assert not isinstance(answer, dict)
-    return answer
+    return await gateway.stream_chat_completions(body)
 
 
 async def drain(gateway: Gateway, body: JSON) -> list[JSON]:
@@ -677,9 +673,9 @@ async def test_third_party_vendors_get_no_traceparent_by_default(upstream_url: s
     policy["providers"]["vendor"] = {"kind": "openai", "base_url": "https://api.openai.com/v1"}
     policy["providers"]["claude"] = {"kind": "anthropic"}
     async with Gateway.from_dict(policy) as gateway:
-        assert not gateway.tracing.propagates("vendor")
-        assert not gateway.tracing.propagates("claude")
-        assert gateway.tracing.propagates("primary")
+        assert not gateway._tracing.propagates("vendor")
+        assert not gateway._tracing.propagates("claude")
+        assert gateway._tracing.propagates("primary")
 
 
 @pytest.mark.parametrize(

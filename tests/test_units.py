@@ -163,7 +163,7 @@ def test_compatible_servers_missing_fields_are_filled_in() -> None:
 @pytest.mark.anyio
 async def test_the_mock_streams_tool_calls_and_usage() -> None:
     from unimw import Gateway
-    from unimw.streams import assemble
+    from unimw.operations.chat_streams import assemble
 
     async with Gateway.from_dict(
         {"providers": {"m": {"kind": "mock"}}, "models": {"mock-echo": {"provider": "m", "model": "mock-echo"}}}
@@ -184,11 +184,8 @@ async def test_the_mock_streams_tool_calls_and_usage() -> None:
         }
         whole = await gateway.chat_completions(request)
         chunks = [
-            c
-            async for c in await gateway.chat_completions(
-                {**request, "stream": True, "stream_options": {"include_usage": True}}
-            )
-        ]  # type: ignore[union-attr]
+            c async for c in await gateway.stream_chat_completions({**request, "stream_options": {"include_usage": True}})
+        ]
     assert isinstance(whole, dict)
     assert whole["choices"][0]["message"]["tool_calls"][0]["function"] == {
         "name": "lookup",

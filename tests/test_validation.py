@@ -12,7 +12,7 @@ import pytest
 
 from unimw import Gateway
 from unimw.errors import InvalidRequest
-from unimw.validation import MAX_DEPTH, validate_chat
+from unimw.operations.chat_validation import MAX_DEPTH, validate_chat
 
 pytestmark = pytest.mark.anyio
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from unimw.calls import ChunkStream
+from unimw.calls import CallStream
 from unimw.errors import InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnimwError
-from unimw.gateway import Gateway
+from unimw.gateway import Gateway, Inbound
 from unimw.wire import JSON, SSE_DONE, dumps, loads, request_id, sse_event
 
 logger = logging.getLogger("unimw")
@@ -44,7 +44,7 @@ class GatewayApp:
         self.gateway = gateway
         self.prefix = prefix.rstrip("/")
         self._max_body = gateway.policy.server.max_body_bytes
-        self._chat = self.prefix + "/chat/completions"
+        self._operations = {self.prefix + path: op for path, op in gateway.operations.items()}
         self._models = self.prefix + "/models"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,24 +72,18 @@ class GatewayApp:
     async def _route(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         method, path = scope["method"], route_path(scope)
         gateway = self.gateway
-        if path == self._chat:
+        if (operation := self._operations.get(path)) is not None:
             _allow(method, "POST", path)
             body = loads_request(await read_body(scope, receive, self._max_body))
-            headers = _headers(scope)
-            caller = await gateway.tenants.identify(headers, scope, body if isinstance(body, dict) else None)
-            answer = await gateway.handle_chat(body, caller, rid, headers)
-            if isinstance(answer.body, dict):
-                await _send_json(send, 200, answer.body, rid, answer.response_headers())
-            else:
+            answer = await gateway.handle(operation, body, Inbound(_headers(scope), scope, rid))
+            if isinstance(answer.body, CallStream):
                 await _send_stream(receive, send, answer.body, rid, answer.response_headers())
-        elif path == self._models:
+            else:
+                await _send_json(send, 200, answer.body, rid, answer.response_headers())
+        elif path == self._models or path.startswith(self._models + "/"):
             _allow(method, "GET", path)
-            caller = await gateway.tenants.identify(_headers(scope), scope, None)
-            await _send_json(send, 200, gateway.models(tenant=caller.tenant), rid)
-        elif path.startswith(self._models + "/"):
-            _allow(method, "GET", path)
-            caller = await gateway.tenants.identify(_headers(scope), scope, None)
-            await _send_json(send, 200, gateway.model(path[len(self._models) + 1 :], tenant=caller.tenant), rid)
+            name = path[len(self._models) + 1 :] if path != self._models else None
+            await _send_json(send, 200, await gateway.handle_models(Inbound(_headers(scope), scope, rid), name), rid)
         else:
             raise NotFound(f"Invalid URL ({method} {path})")
 
@@ -174,14 +168,14 @@ def loads_request(body: bytes) -> Any:
 
 def _allow(method: str, allowed: str, path: str) -> None:
     if method != allowed:
-        raise MethodNotAllowed(f"Method {method} is not allowed for {path}; use {allowed}.")
+        raise MethodNotAllowed(f"Method {method} is not allowed for {path}; use {allowed}.", headers={"allow": allowed})
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
 
 
-async def _send_stream(receive: Receive, send: Send, chunks: ChunkStream, rid: str, extra: dict[str, str]) -> None:
+async def _send_stream(receive: Receive, send: Send, chunks: CallStream, rid: str, extra: dict[str, str]) -> None:
     """Chunks as SSE events as they come, ending in ``[DONE]``; a failure mid-stream as an error event.
 
     The client going away (``http.disconnect``, or a failed send) stops the

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from unimw.errors import InvalidRequest, UpstreamError
+from unimw.operations.base import CONTROL_FIELD, Operation
 from unimw.policy import Cache, Policy, parse_duration
 from unimw.routing import Route, Router
 from unimw.stores.base import CacheStore, StoreUnavailable
@@ -40,27 +41,9 @@ from unimw.wire import JSON, dumps, loads
 
 logger = logging.getLogger("unimw.cache")
 
-CONTROL_FIELD = "unimw_cache"
 #: Longest time to live a request may ask for: a day's worth of answers is what caching is for, and an
 #: unbounded value would overflow a store's expiry (Redis takes milliseconds as a 64-bit integer).
 MAX_REQUEST_TTL = 30 * 86400.0
-
-#: Request fields that do not change the answer, so do not split the cache.
-NOT_IN_KEY = frozenset(
-    {
-        "model",  # replaced by the route's fingerprint
-        "stream",
-        "stream_options",
-        "user",
-        "safety_identifier",
-        "metadata",
-        "store",
-        "service_tier",
-        "prompt_cache_key",
-        "prompt_cache_retention",
-        CONTROL_FIELD,
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +64,7 @@ class Lookup:
     key: str | None = None
     ttl: float = 0.0
     store: bool = False  #: whether the answer may be stored
-    completion: JSON | None = None  #: the cached answer, on a hit
+    answer: JSON | None = None  #: the cached answer, on a hit
     target: str | None = None  #: the model that gave the cached answer
     flight: asyncio.Future[tuple[JSON, str | None] | None] | None = None  #: set when this call leads a flight
 
@@ -103,19 +86,21 @@ class ResponseCache:
     def applies(self, route: Route) -> bool:
         return self._rules[route.name].enabled
 
-    async def lookup(self, route: Route, request: JSON, tenant: str | None, headers: Mapping[str, str]) -> Lookup:
+    async def lookup(
+        self, operation: Operation, route: Route, request: JSON, tenant: str | None, headers: Mapping[str, str]
+    ) -> Lookup:
         """Find ``request``'s answer, join the identical call in flight, or lead a new one."""
         rule = self._rules[route.name]
         mode, ttl = _directives(request, headers, rule.ttl)
         if mode == "no-store" or (rule.when == "temperature_zero" and request.get("temperature") != 0):
             return Lookup("bypass")
-        key = self._key(route, request, tenant if rule.scope == "tenant" else None)
+        key = self._key(operation, route, request, tenant if rule.scope == "tenant" else None)
         if mode == "no-cache":
             return Lookup("bypass", key, ttl, store=True)
         try:
             if (stored := await self.store.get(key)) is not None:
-                target, completion = loads(stored)
-                return Lookup("hit", key, ttl, completion=completion, target=target)
+                target, answer = loads(stored)
+                return Lookup("hit", key, ttl, answer=answer, target=target)
         except StoreUnavailable as exc:
             logger.warning("unimw: cache store unreachable, answering uncached: %s", exc)
             return Lookup("bypass")
@@ -131,27 +116,24 @@ class ResponseCache:
             answer = None
         if answer is None:  # the leader gave up or took too long: go alone
             return Lookup("miss", key, ttl, store=True)
-        return Lookup("hit", key, ttl, completion=answer[0], target=answer[1])
+        return Lookup("hit", key, ttl, answer=answer[0], target=answer[1])
 
     async def finish(
-        self, lookup: Lookup, completion: JSON | None, target: str | None, error: BaseException | None
+        self, lookup: Lookup, answer: JSON | None, target: str | None, error: BaseException | None
     ) -> None:
-        """Release the calls waiting on this one, then store a good answer (and the model that gave it).
+        """Release the calls waiting on this one, then store ``answer`` (a good one, or None) and its model.
 
         The waiters are released first and whatever happens: a store that fails
         must not leave them waiting out ``cache.wait``.
         """
-        good = completion is not None and cacheable(completion)
-        self._release(lookup, completion if good else None, target, error)
-        if lookup.store and lookup.key is not None and good:
+        self._release(lookup, answer, target, error)
+        if lookup.store and lookup.key is not None and answer is not None:
             try:
-                await self.store.set(lookup.key, dumps([target, completion]), lookup.ttl)
+                await self.store.set(lookup.key, dumps([target, answer]), lookup.ttl)
             except StoreUnavailable as exc:
                 logger.warning("unimw: cache store unreachable, answer not stored: %s", exc)
 
-    def _release(
-        self, lookup: Lookup, completion: JSON | None, target: str | None, error: BaseException | None
-    ) -> None:
+    def _release(self, lookup: Lookup, answer: JSON | None, target: str | None, error: BaseException | None) -> None:
         flight = lookup.flight
         if flight is None or lookup.key is None:
             return
@@ -164,26 +146,19 @@ class ResponseCache:
             flight.set_exception(error)
             flight.exception()  # mark it retrieved: nobody may be waiting
         else:
-            flight.set_result((completion, target) if completion is not None else None)
+            flight.set_result((answer, target) if answer is not None else None)
 
-    def _key(self, route: Route, request: JSON, scope: str | None) -> str:
-        canonical = {k: v for k, v in request.items() if k not in NOT_IN_KEY}
+    def _key(self, operation: Operation, route: Route, request: JSON, scope: str | None) -> str:
+        ignored = operation.not_in_cache_key
+        canonical = {k: v for k, v in request.items() if k not in ignored}
         payload = orjson.dumps(
-            [scope or "global", self._fingerprints[route.name], canonical], option=orjson.OPT_SORT_KEYS
+            [scope or "global", operation.name, self._fingerprints[route.name], canonical],
+            option=orjson.OPT_SORT_KEYS,
         )
         return "unimw:cache:" + hashlib.sha256(payload).hexdigest()
 
     async def aclose(self) -> None:
         await self.store.aclose()
-
-
-def cacheable(completion: JSON) -> bool:
-    """Answers worth keeping: finished, and neither refused nor filtered."""
-    choices = completion.get("choices") or ()
-    return bool(choices) and all(
-        c.get("finish_reason") not in (None, "content_filter") and not (c.get("message") or {}).get("refusal")
-        for c in choices
-    )
 
 
 def strip_control(request: JSON) -> JSON:

@@ -1,11 +1,12 @@
-"""One gateway call from start to finish, and the stream that finishes it.
+"""One gateway call from start to finish, and the stream that ends it.
 
 A :class:`Call` carries what the steps learn about a call (who, which
-route, the reservation, the target that answered, the usage). Its
-``finish`` hook (the Gateway's) settles, records and traces it; a call is
-finished exactly once, however it ends. :class:`ChunkStream` is how a
-streamed call ends: on its last chunk, on an error mid-stream, or when the
-reader goes away (``aclose``), even if it never read a chunk.
+route, the reservation, the target that answered, what the answer said).
+It is finished exactly once, by :meth:`unimw.finishing.Finisher.finish`,
+from one of two places: the ``finally`` of the pipeline for a call that
+did not become a stream, or :class:`CallStream` for one that did, when its
+last chunk is read, when it fails mid-way, or when the reader closes it,
+even before reading a chunk.
 """
 
 from __future__ import annotations
@@ -14,104 +15,93 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from unimw.adapters.base import Target
-from unimw.cache import Lookup
-from unimw.errors import UnimwError
-from unimw.limits import Hold
-from unimw.routing import Route
-from unimw.streams import Assembler
+from unimw.operations.base import Operation, Reading, StreamWatch
 from unimw.tenants import Caller
-from unimw.usage import Usage, estimate_prompt_tokens, estimate_text_tokens
-from unimw.wire import JSON
+from unimw.usage import Usage, estimate_text_tokens
+from unimw.wire import JSON, aclose
+
+if TYPE_CHECKING:
+    from unimw.adapters.base import Target
+    from unimw.cache import Lookup
+    from unimw.limits import BudgetAlert, Hold
+    from unimw.routing import Route
+
+#: No caller identified yet (the tenant step has not run, or refused the call).
+NOBODY = Caller(None)
 
 
 @dataclass(slots=True)
 class Call:
     """The state of one call as it moves through the pipeline."""
 
+    operation: Operation
     request_id: str
-    caller: Caller
-    request: JSON
+    request: JSON  #: the body as given, then as validated and adjusted by the steps
+    caller: Caller = NOBODY
     route: Route | None = None
     stream: bool = False
     hold: Hold | None = None
     target: Target | None = None
-    usage: Usage | None = None
+    #: What the answer (or the chunks so far) said: usage, ids, finish reasons.
+    reading: Reading = field(default_factory=Reading)
+    usage: Usage | None = None  #: what the caller is charged for (the reading's, or an estimate)
     #: True once the upstream produced output the caller is charged for.
     answered: bool = False
-    status: str = "ok"
+    status: str = "ok"  #: ``ok``, ``error`` or ``cancelled``
     #: Past the limits (refused calls are traced but not recorded as usage).
     admitted: bool = False
     error: BaseException | None = None
     started: float = field(default_factory=time.perf_counter)
     first_chunk_at: float | None = None
-    finish_reasons: list[str] = field(default_factory=list)
-    response_id: str | None = None
-    response_model: str | None = None
     span: Any = None
     finished: bool = False
     cache: Lookup | None = None
     cache_hit: bool = False
-    #: The whole answer, when there is one to store (a stream's is assembled).
-    completion: JSON | None = None
+    #: The whole answer, when there is one to store or capture (a stream's is assembled).
+    answer: JSON | None = None
+    #: Budget thresholds this call's settlement crossed (reported on its span, delivered to the policy's hook).
+    alerts: list[BudgetAlert] = field(default_factory=list)
 
-    def observe_completion(self, completion: JSON) -> None:
+    def answered_with(self, answer: JSON) -> None:
+        """The upstream (or the cache) gave a whole answer."""
         self.answered = True
-        self.completion = completion
+        self.answer = answer
+        self.reading = self.operation.read(answer)
         # A compatible server may leave usage out: then it is estimated from what came back.
-        self.usage = Usage.from_openai(completion.get("usage")) or self.estimate(_output_text(completion))
-        self.response_id = completion.get("id")
-        self.response_model = completion.get("model")
-        self.finish_reasons = [str(c.get("finish_reason")) for c in completion.get("choices") or ()]
+        self.usage = self.reading.usage or self.estimate(self.operation.output_text(answer))
+
+    def failed(self, error: BaseException) -> None:
+        self.status = "cancelled" if isinstance(error, asyncio.CancelledError) else "error"
+        self.error = error
 
     def estimate(self, produced: str) -> Usage:
         """Usage the vendor never reported: the prompt estimate plus the output seen."""
-        return Usage(estimate_prompt_tokens(self.request), estimate_text_tokens(produced))
-
-
-def _output_text(completion: JSON) -> str:
-    parts: list[str] = []
-    for choice in completion.get("choices") or ():
-        message = choice.get("message") or {}
-        parts.append(str(message.get("content") or ""))
-        for call in message.get("tool_calls") or ():
-            function = call.get("function") or {}
-            parts.append(str(function.get("name") or "") + str(function.get("arguments") or ""))
-    return "".join(parts)
+        return Usage(self.operation.prompt_tokens(self.request), estimate_text_tokens(produced))
 
 
 Finish = Callable[[Call], Awaitable[None]]
 
 
-class ChunkStream:
-    """The chunks of a streamed call; finishes the call however iteration ends.
+class CallStream:
+    """The chunks of a streamed call, each passed by the operation's watcher; finishes the call however
+    iteration ends.
 
-    It watches the chunks go by for the usage chunk (dropping it when the
-    client did not ask for one: the gateway always asks upstream, so that
-    streamed calls are charged what they used) and for the text produced,
-    which is what a cut-short stream is charged for.
+    Closing it (``aclose``, or ``contextlib.aclosing``) before the end stops
+    the upstream and settles what was produced, even if no chunk was read.
     """
 
-    def __init__(
-        self,
-        call: Call,
-        chunks: AsyncIterator[JSON],
-        finish: Finish,
-        *,
-        client_wants_usage: bool,
-        assemble: bool = False,
-    ) -> None:
+    __slots__ = ("_chunks", "_done", "_finish", "_watch", "call")
+
+    def __init__(self, call: Call, chunks: AsyncIterator[JSON], watch: StreamWatch, finish: Finish) -> None:
         self.call = call
-        self._assembler = Assembler() if assemble else None
         self._chunks = chunks
+        self._watch = watch
         self._finish = finish
-        self._client_wants_usage = client_wants_usage
-        self._produced: list[str] = []
         self._done = False
 
-    def __aiter__(self) -> ChunkStream:
+    def __aiter__(self) -> CallStream:
         return self
 
     async def __anext__(self) -> JSON:
@@ -120,66 +110,37 @@ class ChunkStream:
         try:
             while True:
                 chunk = await anext(self._chunks)
-                if self._observe(chunk):
-                    return chunk
+                if self.call.first_chunk_at is None:
+                    self.call.first_chunk_at = time.perf_counter()
+                if (seen := self._watch.see(chunk)) is not None:
+                    return seen
         except StopAsyncIteration:
-            await self._end("ok", None)
+            await self._end(None)
             raise
-        except UnimwError as error:
-            await self._end("error", error)
+        except BaseException as error:  # an upstream failure, a cancelled reader, or a bug: settled all the same
+            await self._end(error)
             raise
-        except BaseException as error:  # cancelled, or a bug: still settle what was produced
-            await self._end("cancelled" if isinstance(error, asyncio.CancelledError) else "error", error)
-            raise
-
-    def _observe(self, chunk: JSON) -> bool:
-        """Note what ``chunk`` says; False if it is not for the client."""
-        call = self.call
-        if self._assembler is not None:
-            self._assembler.add(chunk)
-        if call.first_chunk_at is None:
-            call.first_chunk_at = time.perf_counter()
-            call.response_id = chunk.get("id")
-            call.response_model = chunk.get("model")
-        if (usage := Usage.from_openai(chunk.get("usage"))) is not None:
-            call.usage = usage
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if content := delta.get("content"):
-                self._produced.append(content)
-            for tool_call in delta.get("tool_calls") or ():
-                function = tool_call.get("function") or {}
-                self._produced.append((function.get("name") or "") + (function.get("arguments") or ""))
-            if reason := choice.get("finish_reason"):
-                call.finish_reasons.append(str(reason))
-        if not self._client_wants_usage and "usage" in chunk:
-            if not chunk.get("choices"):
-                return False
-            del chunk["usage"]
-        return True
-
-    async def _end(self, status: str, error: BaseException | None) -> None:
-        if self._done:
-            return
-        self._done = True
-        call = self.call
-        call.status = status
-        call.error = error
-        if not call.cache_hit:
-            call.answered = True  # the first chunk reached the caller: the prompt was used
-        if call.usage is None or status != "ok":
-            call.usage = call.usage or call.estimate("".join(self._produced))
-        if status == "ok" and self._assembler is not None and self._assembler.complete:
-            call.completion = self._assembler.completion()
-        aclose = getattr(self._chunks, "aclose", None)
-        try:
-            if aclose is not None and status != "ok":
-                await aclose()
-        finally:
-            # Shielded: a cancelled reader must not cancel the settling too.
-            await asyncio.shield(self._finish(call))
 
     async def aclose(self) -> None:
         """Stop reading (the client left): close the upstream and finish the call."""
         if not self._done:
-            await self._end("cancelled", None)
+            await self._end(asyncio.CancelledError())
+
+    async def _end(self, error: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        call = self.call
+        if error is not None:
+            call.failed(error)
+        call.reading = self._watch.reading()
+        if not call.cache_hit:
+            call.answered = True  # the first chunk reached the caller: the prompt was used
+        call.usage = call.reading.usage or call.estimate(self._watch.produced())
+        if error is None:
+            call.answer = self._watch.answer()
+        try:
+            if error is not None:
+                await aclose(self._chunks)
+        finally:
+            await self._finish(call)

@@ -34,19 +34,27 @@ from unimw.errors import UpstreamError, UpstreamTimeout
 from unimw.policy import Dispatch
 from unimw.redaction import Redactor
 from unimw.routing import Route, Router
-from unimw.wire import JSON
+from unimw.wire import JSON, aclose
 
 T = TypeVar("T")
 
 
-class Observer(Protocol):
-    """Runs one upstream attempt, watching it: ``run(target)`` is the attempt itself."""
+#: One upstream request of an operation: ``(adapter, target) -> its answer``.
+Ask = Callable[[Adapter, Target], Awaitable[T]]
 
-    async def attempt(self, target: Target, number: int, run: Callable[[Target], Awaitable[T]]) -> T: ...
+
+class Observer(Protocol):
+    """Runs one upstream attempt of ``operation`` for ``request``, watching it: ``run(target)`` is the attempt."""
+
+    async def attempt(
+        self, operation: str, request: JSON, target: Target, number: int, run: Callable[[Target], Awaitable[T]]
+    ) -> T: ...
 
 
 class _Unobserved:
-    async def attempt(self, target: Target, number: int, run: Callable[[Target], Awaitable[T]]) -> T:
+    async def attempt(
+        self, operation: str, request: JSON, target: Target, number: int, run: Callable[[Target], Awaitable[T]]
+    ) -> T:
         return await run(target)
 
 
@@ -75,24 +83,29 @@ class Dispatcher:
         self._cool_until: dict[str, float] = {}
         self._observer: Observer = observer or _Unobserved()
 
-    async def complete(self, route: Route, request: JSON) -> tuple[Target, JSON]:
-        """The completion of the first target that answered, and that target."""
+    async def complete(self, route: Route, operation: str, request: JSON, ask: Ask[JSON]) -> tuple[Target, JSON]:
+        """The answer to ``request`` of the first target that answered, and that target.
+
+        ``ask`` makes one upstream request; ``operation`` and ``request`` are for the observer.
+        """
 
         async def attempt(target: Target) -> JSON:
             try:
-                return await self._adapters[target.provider].complete(request, target)
+                return await ask(self._adapters[target.provider], target)
             except UpstreamError as error:
                 self._redact(target, error)
                 raise
 
-        return await self._first_success(route, attempt)
+        return await self._first_success(route, operation, request, attempt)
 
-    async def stream(self, route: Route, request: JSON) -> tuple[Target, AsyncIterator[JSON]]:
+    async def stream(
+        self, route: Route, operation: str, request: JSON, ask: Ask[AsyncIterator[JSON]]
+    ) -> tuple[Target, AsyncIterator[JSON]]:
         """The chunk stream of the first target that produced a first chunk, and that target."""
 
         async def attempt(target: Target) -> tuple[JSON, AsyncIterator[JSON]]:
             try:
-                chunks = await self._adapters[target.provider].stream(request, target)
+                chunks = await ask(self._adapters[target.provider], target)
             except UpstreamError as error:
                 self._redact(target, error)
                 raise
@@ -102,14 +115,14 @@ class Dispatcher:
                 raise UpstreamError("The upstream sent an empty stream.", status=502) from None
             except UpstreamError as error:
                 self._redact(target, error)
-                await _aclose(chunks)
+                await aclose(chunks)
                 raise
             except BaseException:
-                await _aclose(chunks)
+                await aclose(chunks)
                 raise
             return first, chunks
 
-        target, (first, rest) = await self._first_success(route, attempt)
+        target, (first, rest) = await self._first_success(route, operation, request, attempt)
         return target, self._rest_of_stream(target, first, rest)
 
     def _redact(self, target: Target, error: UpstreamError) -> None:
@@ -125,9 +138,11 @@ class Dispatcher:
             self._redact(target, error)
             raise
         finally:
-            await _aclose(rest)
+            await aclose(rest)
 
-    async def _first_success(self, route: Route, attempt: Callable[[Target], Awaitable[T]]) -> tuple[Target, T]:
+    async def _first_success(
+        self, route: Route, operation: str, request: JSON, attempt: Callable[[Target], Awaitable[T]]
+    ) -> tuple[Target, T]:
         targets = self._available(self._router.order(route))
         last_error: UpstreamError | None = None
         number = 0
@@ -137,7 +152,7 @@ class Dispatcher:
             for tries in range(retries + 1):
                 number += 1
                 try:
-                    result = await self._observer.attempt(target, number, attempt)
+                    result = await self._observer.attempt(operation, request, target, number, attempt)
                 except UpstreamError as error:
                     if not error.retryable:
                         raise
@@ -174,9 +189,3 @@ class Dispatcher:
         seconds = max(self._settings.cooldown, error.retry_after or 0.0)
         if self._settings.cooldown:
             self._cool_until[target.name] = self._clock() + seconds
-
-
-async def _aclose(iterator: AsyncIterator[JSON]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()

@@ -1,34 +1,45 @@
-"""The Gateway: owns the pipeline every call goes through, whatever the door."""
+"""The Gateway: owns the one pipeline every call goes through, whatever the door and the operation.
+
+::
+
+    identify tenant → validate → resolve route → authorize → cache lookup → reserve
+        → dispatch (retries, fallback) → finish: settle → cache store → record → trace
+
+:meth:`Gateway.handle` runs these steps for any :class:`~unimw.operations.Operation`;
+what differs between operations is the operation's, never a step's. A call
+is finished in one place (:class:`~unimw.finishing.Finisher`), from the
+``finally`` below or from the stream it became.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from unimw.adapters import adapter_class
 from unimw.adapters.base import Adapter
 from unimw.cache import ResponseCache, strip_control
-from unimw.calls import Call, ChunkStream
+from unimw.calls import Call, CallStream
 from unimw.dispatch import Dispatcher
-from unimw.errors import AuthenticationFailed, ModelNotFound, UnimwError
+from unimw.errors import AuthenticationFailed, InvalidRequest, ModelNotFound
+from unimw.finishing import Finisher
+from unimw.hooks import Hooks
 from unimw.limits import Hold, Limiter
 from unimw.loader import build_policy, load_policy
+from unimw.operations import CHAT, DEFAULT_OPERATIONS, Operation
 from unimw.policy import Policy
-from unimw.records import Recorder, UsageRecord
+from unimw.records import Recorder
 from unimw.redaction import Redactor, provider_secrets
 from unimw.routing import Router
-from unimw.stores import cache_store, limit_store
-from unimw.streams import aiter_of, replay
-from unimw.tenants import Caller, Tenants, output_cap
+from unimw import stores
+from unimw.stores.base import CacheStore, LimitStore
+from unimw.tenants import Caller, Tenants
 from unimw.tracing import Tracing
-from unimw.usage import MICRO, cost_micros
-from unimw.validation import validate_chat
-from unimw.wire import JSON, model_object, request_id
+from unimw.wire import JSON, aiter_of, model_object, request_id
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -38,11 +49,22 @@ if TYPE_CHECKING:
     from unimw.transport import GatewayTransport
 
 
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """Who a door says is calling: the request's headers and ASGI scope, or a caller the app vouches for."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    scope: Mapping[str, Any] | None = None
+    request_id: str | None = None
+    #: Set by in-process callers (the app itself): trusted as given, not looked up from headers.
+    caller: Caller | None = None
+
+
 @dataclass(slots=True)
 class Answer:
-    """What a door sends back: a completion or a chunk stream, and extra headers."""
+    """What a door sends back: a whole answer or a stream of chunks, and extra headers."""
 
-    body: JSON | ChunkStream
+    body: JSON | CallStream
     headers: dict[str, str]
     hold: Hold | None = None  #: the call's reservation, whose rate-limit headers go out too
 
@@ -57,7 +79,10 @@ class Gateway:
     Use it as an async context manager (or call :meth:`aclose`) so that its
     upstream connections and stores are closed. Spans and metrics go to the
     global OpenTelemetry providers unless ``tracer_provider`` / ``meter_provider``
-    are given (see :mod:`unimw.tracing`).
+    are given (see :mod:`unimw.tracing`). ``operations`` adds operations to
+    those the doors serve (chat completions). ``limit_store`` and
+    ``cache_store`` replace the stores the policy names by URL with objects
+    of the app's own (see :mod:`unimw.stores.base` for what they must do).
     """
 
     def __init__(
@@ -67,29 +92,41 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        operations: Iterable[Operation] = (),
+        limit_store: LimitStore | None = None,
+        cache_store: CacheStore | None = None,
     ) -> None:
         self.policy = policy
         self.created = int(time.time())
-        self.tenants = Tenants(policy)
-        self.limiter = Limiter(policy, limit_store(policy.tenancy.store), clock)
-        self.recorder = Recorder(policy.usage)
+        self.operations: dict[str, Operation] = {op.path: op for op in (*DEFAULT_OPERATIONS, *operations)}
+        self._tenants = Tenants(policy)
+        self._limiter = Limiter(policy, limit_store or stores.limit_store(policy.tenancy.store), clock)
         self._router = Router(policy)
         self._adapters: dict[str, Adapter] = {
             name: adapter_class(provider.kind)(provider) for name, provider in policy.providers.items()
         }
-        self.tracing = Tracing(
-            policy, self._router.routes, tracer_provider=tracer_provider, meter_provider=meter_provider
+        self._tracing = Tracing(
+            policy, self._router.routes, self._adapters, tracer_provider=tracer_provider, meter_provider=meter_provider
         )
-        retries = {name: p.retries for name, p in policy.providers.items() if p.retries is not None}
-        redactors = {name: Redactor(provider_secrets(p)) for name, p in policy.providers.items()}
         self._dispatcher = Dispatcher(
-            self._router, self._adapters, policy.dispatch, redactors=redactors, retries=retries, observer=self.tracing
+            self._router,
+            self._adapters,
+            policy.dispatch,
+            redactors={name: Redactor(provider_secrets(p)) for name, p in policy.providers.items()},
+            retries={name: p.retries for name, p in policy.providers.items() if p.retries is not None},
+            observer=self._tracing,
         )
-        self._limits_on = self.limiter.enabled
         settings = policy.cache
-        store = cache_store(settings.store, max_entries=settings.max_entries, max_bytes=settings.max_bytes, clock=clock)
-        self.cache = ResponseCache(policy, self._router, store)
-        self._cache_on = any(self.cache.applies(route) for route in self._router.routes.values())
+        if cache_store is None:
+            cache_store = stores.cache_store(
+                settings.store, max_entries=settings.max_entries, max_bytes=settings.max_bytes, clock=clock
+            )
+        self._cache = ResponseCache(policy, self._router, cache_store)
+        self._recorder = Recorder(policy.usage)
+        self._hooks = Hooks(policy)
+        self._finisher = Finisher(self._limiter, self._cache, self._recorder, self._tracing, self._hooks)
+        self._limits_on = self._limiter.enabled
+        self._cache_on = any(self._cache.applies(route) for route in self._router.routes.values())
 
     @classmethod
     def from_yaml(
@@ -111,166 +148,175 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        operations: Iterable[Operation] = (),
+        limit_store: LimitStore | None = None,
+        cache_store: CacheStore | None = None,
     ) -> Gateway:
         """A gateway for a policy given as data (already interpolated).
 
         ``clock`` (seconds since the epoch) drives limit windows; tests move it.
         """
         return cls(
-            build_policy(dict(data)), clock=clock, tracer_provider=tracer_provider, meter_provider=meter_provider
+            build_policy(dict(data)),
+            clock=clock,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            operations=operations,
+            limit_store=limit_store,
+            cache_store=cache_store,
         )
 
-    async def chat_completions(
-        self, body: JSON, *, tenant: str | None = None, end_user: str | None = None
-    ) -> JSON | AsyncIterator[JSON]:
-        """Answer a chat request: a ``chat.completion``, or its chunks when ``stream`` is true.
+    # ── in-process API ───────────────────────────────────────────────────────
+
+    async def chat_completions(self, body: JSON, *, tenant: str | None = None, end_user: str | None = None) -> JSON:
+        """Answer a chat request with a ``chat.completion``.
 
         ``tenant`` is trusted as given (in-process callers are the app
-        itself); limits and model access for it apply as for HTTP callers.
-        For a stream, everything up to the first chunk happens before this
-        returns, so errors are raised here; close the iterator if you stop
-        reading early (``contextlib.aclosing``), so the call is settled.
+        itself); limits and model access for it apply as for HTTP callers,
+        and no tenant means the policy's default one. For the answer as
+        chunks, use :meth:`stream_chat_completions`.
         """
-        if tenant is not None and self.tenants.tenant(tenant) is None:
-            raise AuthenticationFailed(f"Unknown tenant {tenant!r}.")
-        answer = await self.handle_chat(body, Caller(tenant, end_user))
+        if body.get("stream") is True:
+            raise InvalidRequest("Use stream_chat_completions for a streamed answer.", param="stream")
+        answer = await self.handle(CHAT, body, Inbound(caller=Caller(tenant, end_user)))
+        assert isinstance(answer.body, dict)
         return answer.body
 
-    async def handle_chat(
-        self, body: Any, caller: Caller, rid: str | None = None, headers: Mapping[str, str] | None = None
-    ) -> Answer:
-        """The chat pipeline; doors call this with the caller they identified and the request headers.
+    async def stream_chat_completions(
+        self, body: JSON, *, tenant: str | None = None, end_user: str | None = None
+    ) -> AsyncIterator[JSON]:
+        """Answer a chat request with its ``chat.completion.chunk`` objects.
+
+        Everything up to the first chunk happens before this returns, so
+        errors before the answer began are raised here. Close the iterator if
+        you stop reading early (``contextlib.aclosing``), so the call is
+        settled at once.
+        """
+        answer = await self.handle(CHAT, {**body, "stream": True}, Inbound(caller=Caller(tenant, end_user)))
+        assert isinstance(answer.body, CallStream)
+        return answer.body
+
+    # ── the pipeline ─────────────────────────────────────────────────────────
+
+    async def handle(self, operation: Operation, body: Any, inbound: Inbound) -> Answer:
+        """Run one call of ``operation`` through the pipeline; doors call this with what they received.
 
         The call's span is the current span while the pipeline runs; a
         stream's stays open after this returns, until the stream is finished.
         """
-        call = Call(rid or request_id(), caller, validate_chat(body))
-        token = self.tracing.start(call)
+        call = Call(operation, inbound.request_id or request_id(), body if isinstance(body, dict) else {})
+        token = self._tracing.start(call)
+        answer: Answer | None = None
         try:
-            return await self._chat(call, headers or {})
-        finally:
-            self.tracing.detach(token)
-
-    async def _chat(self, call: Call, headers: Mapping[str, str]) -> Answer:
-        request, caller = call.request, call.caller
-        try:
-            call.route = route = self._router.resolve(request["model"])
-            call.request = self.tenants.authorize(caller, route, request)
-            call.stream = bool(request.get("stream"))
-            answer = Answer(call.request, {})
-            if self._cache_on and self.cache.applies(route):
-                call.cache = await self.cache.lookup(route, call.request, caller.tenant, headers)
-                if call.cache.status != "bypass":
-                    self.tracing.cache_lookup(call, hit=call.cache.completion is not None)
-                answer.headers["x-unimw-cache"] = call.cache.status
-                if call.cache.completion is not None and not self.cache.charges_hits:
-                    return await self._serve_hit(call, call.cache.completion, answer)
-            call.request = strip_control(call.request)  # unimw's own field: never for the upstream
-            if self._limits_on:
-                await self._reserve(call, answer)
-            call.admitted = True
-            if call.cache is not None and call.cache.completion is not None:
-                return await self._serve_hit(call, call.cache.completion, answer)
-            return await self._dispatch(call, answer)
-        except UnimwError as error:
-            call.status, call.error = "error", error
-            await self._finish(call)
-            raise
-        except BaseException as error:  # the client left (cancelled), or a bug: settled and traced all the same
-            call.status = "cancelled" if isinstance(error, asyncio.CancelledError) else "error"
-            call.error = error
-            await asyncio.shield(self._finish(call))
-            raise
-
-    async def _reserve(self, call: Call, answer: Answer) -> None:
-        assert call.route is not None
-        if self.limiter.needs_output_cap(call.caller) and output_cap(call.request) is None:
-            # The reservation must be a true worst case, so an uncapped request gets the default cap.
-            call.request = {**call.request, "max_completion_tokens": self.policy.tenancy.default_max_tokens}
-        answer.hold = call.hold = await self.limiter.reserve(call.caller, call.route, call.request)
-
-    async def _dispatch(self, call: Call, answer: Answer) -> Answer:
-        assert call.route is not None
-        request = call.request
-        if call.stream:
-            wants_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-            upstream = request if wants_usage else {**request, "stream_options": {"include_usage": True}}
-            call.target, chunks = await self._dispatcher.stream(call.route, upstream)
-            assemble = call.cache is not None or self.tracing.captures_output
-            answer.body = ChunkStream(call, chunks, self._finish, client_wants_usage=wants_usage, assemble=assemble)
+            answer = await self._run(call, body, inbound)
             return answer
-        call.target, completion = await self._dispatcher.complete(call.route, request)
-        call.observe_completion(completion)
-        await self._finish(call)
-        answer.body = completion
+        except BaseException as error:
+            call.failed(error)
+            raise
+        finally:
+            self._tracing.detach(token)
+            if answer is None or not isinstance(answer.body, CallStream):
+                await self._finisher.finish(call)
+
+    async def _run(self, call: Call, body: Any, inbound: Inbound) -> Answer:
+        call.caller = await self._identify(inbound, body)
+        call.request = request = call.operation.validate(body)
+        call.route = route = self._router.resolve(request["model"])
+        call.request = request = self._authorize(call)
+        call.stream = call.operation.is_stream(request)
+        answer = Answer(request, {})
+        if self._cache_on and self._cache.applies(route):
+            call.cache = await self._cache.lookup(call.operation, route, request, call.caller.tenant, inbound.headers)
+            if call.cache.status != "bypass":
+                self._tracing.cache_lookup(call, hit=call.cache.answer is not None)
+            answer.headers["x-unimw-cache"] = call.cache.status
+            if call.cache.answer is not None and not self._cache.charges_hits:
+                return self._serve_hit(call, call.cache.answer, answer)
+        call.request = strip_control(call.request)  # unimw's own field: never for the upstream
+        if self._limits_on:
+            answer.hold = call.hold = await self._reserve(call)
+        call.admitted = True
+        if call.cache is not None and call.cache.answer is not None:
+            return self._serve_hit(call, call.cache.answer, answer)
+        answer.body = await self._dispatch(call)
         return answer
 
-    async def _serve_hit(self, call: Call, completion: JSON, answer: Answer) -> Answer:
+    async def _identify(self, inbound: Inbound, body: Any) -> Caller:
+        if (caller := inbound.caller) is not None:
+            if caller.tenant is None and self.policy.tenancy.default is not None:
+                return Caller(self.policy.tenancy.default, caller.end_user)
+            if caller.tenant is not None and self._tenants.tenant(caller.tenant) is None:
+                raise AuthenticationFailed(f"Unknown tenant {caller.tenant!r}.")
+            return caller
+        return await self._tenants.identify(inbound.headers, inbound.scope, body if isinstance(body, dict) else None)
+
+    def _authorize(self, call: Call) -> JSON:
+        assert call.route is not None
+        cap = self._tenants.authorize(call.caller, call.route)
+        return call.operation.with_output_cap(call.request, cap) if cap is not None else call.request
+
+    async def _reserve(self, call: Call) -> Hold | None:
+        assert call.route is not None
+        operation, request = call.operation, call.request
+        default_cap = self.policy.tenancy.default_max_tokens
+        if self._limiter.needs_output_cap(call.caller) and operation.output_cap(request) is None:
+            # The reservation must be a true worst case, so an uncapped request gets the default cap.
+            call.request = request = operation.with_output_cap(request, default_cap)
+        prompt, output = operation.prompt_tokens(request), operation.worst_output_tokens(request, default_cap)
+        return await self._limiter.reserve(call.caller, call.route, prompt, output)
+
+    async def _dispatch(self, call: Call) -> JSON | CallStream:
+        assert call.route is not None
+        operation, request = call.operation, call.request
+        if call.stream:
+            upstream = operation.stream_request(request)
+            call.target, chunks = await self._dispatcher.stream(
+                call.route,
+                operation.name,
+                upstream,
+                lambda adapter, target: operation.stream(adapter, upstream, target),
+            )
+            watch = operation.watch(request, assemble=call.cache is not None or self._tracing.captures_output)
+            return CallStream(call, chunks, watch, self._finisher.finish)
+        call.target, answer = await self._dispatcher.complete(
+            call.route, operation.name, request, lambda adapter, target: operation.complete(adapter, request, target)
+        )
+        call.answered_with(answer)
+        return answer
+
+    def _serve_hit(self, call: Call, cached: JSON, answer: Answer) -> Answer:
         """A cached answer, as the caller asked for it: whole, or replayed as a stream."""
         call.cache_hit = call.admitted = True
         call.target = self._router.target(call.cache.target) if call.cache is not None else None
-        call.observe_completion(completion)
-        call.answered = self.cache.charges_hits
+        call.answered_with(cached)
+        call.answered = self._cache.charges_hits
         if call.stream:
-            wants_usage = bool((call.request.get("stream_options") or {}).get("include_usage"))
-            chunks = aiter_of(replay(completion, include_usage=True))
-            answer.body = ChunkStream(call, chunks, self._finish, client_wants_usage=wants_usage)
-            return answer
-        await self._finish(call)
-        answer.body = completion
+            watch = call.operation.watch(call.request, assemble=False)
+            answer.body = CallStream(call, aiter_of(call.operation.replay(cached)), watch, self._finisher.finish)
+        else:
+            answer.body = cached
         return answer
 
-    async def _finish(self, call: Call) -> None:
-        """Settle, record and trace a call: once, however it ended."""
-        if call.finished:
-            return
-        call.finished = True
-        price = self.limiter.price(call.target.name) if call.target else None
-        cost = cost_micros(price, call.usage) if price is not None and call.usage is not None else 0
-        if call.cache_hit and not self.cache.charges_hits:
-            cost = 0
-        await self.limiter.settle(call.hold, call.usage, cost, answered=call.answered)
-        if call.cache is not None and not call.cache_hit:
-            ok = call.status == "ok" and call.answered
-            target = call.target.name if call.target else None
-            await self.cache.finish(call.cache, call.completion if ok else None, target, call.error)
-        if self.recorder.enabled and (call.admitted or call.cache_hit):
-            self.recorder.record(self._record(call, cost))
-        self.tracing.finish(call, cost)
-
-    def _record(self, call: Call, cost: int) -> UsageRecord:
-        usage = call.usage
-        target = call.target
-        return UsageRecord(
-            request_id=call.request_id,
-            tenant=call.caller.tenant,
-            end_user=call.caller.end_user,
-            model=str(call.request.get("model")),
-            provider=target.provider if target else None,
-            upstream_model=target.model if target else None,
-            input_tokens=usage.input_tokens if usage else 0,
-            output_tokens=usage.output_tokens if usage else 0,
-            cached_tokens=usage.cached_tokens if usage else 0,
-            reasoning_tokens=usage.reasoning_tokens if usage else 0,
-            cost_usd=cost / MICRO if call.answered else 0.0,
-            latency_ms=round((time.perf_counter() - call.started) * 1000, 3),
-            cache_hit=call.cache_hit,
-            status=call.status,
-            stream=call.stream,
-            timestamp=time.time(),
-        )
+    # ── models ───────────────────────────────────────────────────────────────
 
     def models(self, *, tenant: str | None = None) -> JSON:
         """``GET /models``: every public model and alias the tenant may use."""
         caller = Caller(tenant)
-        names = [name for name in self._router.routes if self.tenants.allows(caller, name)]
+        names = [name for name in self._router.routes if self._tenants.allows(caller, name)]
         return {"object": "list", "data": [self._model_object(name) for name in names]}
 
     def model(self, name: str, *, tenant: str | None = None) -> JSON:
         """``GET /models/{name}``."""
-        if name not in self._router.routes or not self.tenants.allows(Caller(tenant), name):
+        if name not in self._router.routes or not self._tenants.allows(Caller(tenant), name):
             raise ModelNotFound(name)
         return self._model_object(name)
+
+    async def handle_models(self, inbound: Inbound, name: str | None = None) -> JSON:
+        """``GET /models`` (or one model) for the caller a door received; 401 as for any call."""
+        caller = await self._identify(inbound, None)
+        return self.models(tenant=caller.tenant) if name is None else self.model(name, tenant=caller.tenant)
+
+    # ── doors ────────────────────────────────────────────────────────────────
 
     def asgi_app(self, prefix: str = "/v1") -> ASGIApp:
         """An ASGI app serving the OpenAI routes under ``prefix``, to mount in a host app."""
@@ -287,12 +333,20 @@ class Gateway:
 
         return GatewayTransport(self.asgi_app(prefix=prefix))
 
+    # ── lifecycle ────────────────────────────────────────────────────────────
+
+    async def flush(self) -> None:
+        """Wait until every usage record so far is delivered and every alert hook has run."""
+        await self._hooks.aclose()
+        await self._recorder.flush()
+
     async def aclose(self) -> None:
         for adapter in self._adapters.values():
             await adapter.aclose()
-        await self.recorder.aclose()
-        await self.limiter.aclose()
-        await self.cache.aclose()
+        await self._hooks.aclose()
+        await self._recorder.aclose()
+        await self._limiter.aclose()
+        await self._cache.aclose()
 
     async def __aenter__(self) -> Gateway:
         return self

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from opentelemetry import context
 
 from unimw.errors import UpstreamTimeout, UpstreamUnavailable
+from unimw.wire import aclose
 
 if TYPE_CHECKING:
     import aiohttp
@@ -74,9 +75,7 @@ class StreamReply:
             async for item in items:
                 yield item
         finally:
-            aclose = getattr(items, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose(items)
             self.close()
 
     async def chunks(self) -> AsyncIterator[bytes]:

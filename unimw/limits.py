@@ -10,8 +10,6 @@ amounts by what the call actually used, exactly once.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import itertools
 import logging
 import math
@@ -20,20 +18,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from cachetools import LRUCache
-from opentelemetry import trace
 
 from unimw.errors import BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError
-from unimw.policy import Limit, Policy, Price, load_callable
+from unimw.policy import Limit, Policy, Price
 from unimw.routing import Route
 from unimw.stores.base import Counter, LimitStore, StoreUnavailable
-from unimw.tenants import Caller, output_cap
-from unimw.tracing import BUDGET_ALERT, BUDGET_LIMIT, BUDGET_QUANTITY, BUDGET_THRESHOLD, BUDGET_USED, TENANT
-from unimw.usage import DEFAULT_PRICES, FREE, MICRO, Usage, cost_micros, estimate_prompt_tokens
-from unimw.wire import JSON
+from unimw.tenants import Caller
+from unimw.usage import DEFAULT_PRICES, FREE, MICRO, Usage, cost_micros
 
 logger = logging.getLogger("unimw.limits")
 
@@ -84,8 +78,6 @@ class Limiter:
         self._prices = {
             name: model.price or DEFAULT_PRICES.get(model.model, FREE) for name, model in policy.models.items()
         }
-        self._alert_call = load_callable(policy.tenancy.alerts.call) if policy.tenancy.alerts.call else None
-        self._tasks: set[asyncio.Task[Any]] = set()
         # The counters of each (tenant, end user, route), until a calendar window
         # ends: keys and calendar arithmetic are worked out once per window, not per call.
         self._applicable_known: LRUCache[
@@ -122,12 +114,13 @@ class Limiter:
         self._applicable_known[key] = (ends, counters, tuple(q for _, q in pairs))
         return counters, tuple(q for _, q in pairs)
 
-    async def reserve(self, caller: Caller, route: Route, request: JSON) -> Hold | None:
-        """Take the call's worst case on every limit that applies, or refuse with 429."""
+    async def reserve(self, caller: Caller, route: Route, prompt_tokens: int, output_tokens: int) -> Hold | None:
+        """Take the call's worst case (its prompt estimate and output cap, at the route's dearest target)
+        on every limit that applies, or refuse with 429."""
         counters, quantities = self._applicable(caller, route)
         if not counters:
             return None
-        worst = self._worst_case(route, request)
+        worst = self._worst_case(route, prompt_tokens, output_tokens)
         amounts = tuple(worst[q] for q in quantities)
         call_id = f"{self._id_prefix}{next(self._ids)}"
         try:
@@ -140,17 +133,17 @@ class Limiter:
             raise self._refusal(counters[refused], quantities[refused], reservation.retry_after, hold.headers)
         return hold
 
-    async def settle(self, hold: Hold | None, usage: Usage | None, cost: int, *, answered: bool) -> None:
+    async def settle(self, hold: Hold, usage: Usage | None, cost: int, *, answered: bool) -> list[BudgetAlert]:
         """Replace the reservation by what the call used; a second settle of the same hold does nothing.
 
         ``answered`` is False when the upstream produced nothing: the request
-        still counts, its tokens and cost do not.
+        still counts, its tokens and cost do not. Returns the alert thresholds
+        this call crossed first in their window, for the caller to deliver.
         """
-        if hold is None or hold.settled:
-            return
+        if hold.settled or not hold.metered:
+            hold.settled = True
+            return []
         hold.settled = True
-        if not hold.metered:
-            return
         used = usage or Usage()
         actual_by_quantity = {
             "requests": 1,
@@ -162,8 +155,12 @@ class Limiter:
             totals = await self.store.settle(hold.call_id, hold.counters, hold.reserved, actual, self._clock())
         except StoreUnavailable:
             logger.error("unimw: could not settle call %s: the limit store is unreachable", hold.call_id)
-            return
-        await self._alert(hold, totals)
+            return []
+        try:
+            return await self._alerts(hold, totals)
+        except StoreUnavailable:
+            logger.error("unimw: could not record alerts for call %s: the limit store is unreachable", hold.call_id)
+            return []
 
     async def report(self, tenant: str) -> list[tuple[str, float, float]]:
         """``(limit, used, limit value)`` for each of a tenant's own limits in the current windows."""
@@ -235,9 +232,7 @@ class Limiter:
         # Aware datetimes add wall-clock time in the zone: a day with a DST change is 23 or 25 hours long.
         return end.timestamp() - start.timestamp(), end.timestamp(), name
 
-    def _worst_case(self, route: Route, request: JSON) -> dict[str, int]:
-        prompt = estimate_prompt_tokens(request)
-        output = (output_cap(request) or self._settings.default_max_tokens) * int(request.get("n") or 1)
+    def _worst_case(self, route: Route, prompt: int, output: int) -> dict[str, int]:
         usage = Usage(prompt, output)
         usd = max(cost_micros(self.price(t.name), usage) for t in route.targets)
         return {"requests": 1, "tokens": prompt + output, "usd": usd}
@@ -269,7 +264,8 @@ class Limiter:
         logger.warning("unimw: limit store unreachable, letting call through unmetered: %s", exc)
         return Hold(call_id, (), (), (), (), caller.tenant, metered=False)
 
-    async def _alert(self, hold: Hold, totals: Sequence[int]) -> None:
+    async def _alerts(self, hold: Hold, totals: Sequence[int]) -> list[BudgetAlert]:
+        alerts: list[BudgetAlert] = []
         thresholds = self._settings.alerts.at
         lowest = min(thresholds, default=math.inf)
         for counter, quantity, total in zip(hold.counters, hold.quantities, totals, strict=True):
@@ -281,31 +277,9 @@ class Limiter:
                 if not await self.store.once(f"{counter.key}:alert:{threshold}", counter.window, self._clock()):
                     continue
                 scale = MICRO if quantity == "usd" else 1
-                alert = BudgetAlert(hold.tenant, counter.key, quantity, threshold, total / scale, counter.limit / scale)
-                self._deliver(alert)
-
-    def _deliver(self, alert: BudgetAlert) -> None:
-        logger.warning(
-            "unimw: %s reached %d%% of its %s limit (%s of %s)",
-            alert.tenant or alert.counter,
-            round(alert.threshold * 100),
-            alert.quantity,
-            alert.used,
-            alert.limit,
-        )
-        span = trace.get_current_span()
-        if span.is_recording():
-            span.add_event(
-                BUDGET_ALERT,
-                {TENANT: alert.tenant or "", BUDGET_QUANTITY: alert.quantity, BUDGET_THRESHOLD: alert.threshold,
-                 BUDGET_USED: alert.used, BUDGET_LIMIT: alert.limit},
-            )  # fmt: skip
-        if self._alert_call is not None:
-            result = self._alert_call(alert)
-            if inspect.isawaitable(result):
-                task = asyncio.ensure_future(result)
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                used, limit = total / scale, counter.limit / scale
+                alerts.append(BudgetAlert(hold.tenant, counter.key, quantity, threshold, used, limit))
+        return alerts
 
     async def aclose(self) -> None:
         await self.store.aclose()

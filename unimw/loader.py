@@ -118,25 +118,32 @@ def _walk(
     source: str,
     env: Mapping[str, str],
 ) -> Any:
-    """Record each value's line, refuse duplicate keys, and interpolate strings."""
+    """Record each value's line, refuse duplicate keys, and return the value with its strings interpolated.
+
+    Mappings and lists are rebuilt, never changed in place: an alias makes
+    one constructed container appear at several paths, and interpolating it
+    in place would expand an environment value's own ``${...}`` on the next
+    visit. Each path is still walked, so it records its own lines.
+    """
     if isinstance(node, yaml.MappingNode) and isinstance(value, dict):
-        seen: set[Any] = set()
+        built: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node)
-            if key in seen:
+            if key in built:
                 raise ConfigError(f"duplicate key {key!r}", source=source, line=key_node.start_mark.line + 1)
-            seen.add(key)
             child = (*path, str(key))
             lines[child] = key_node.start_mark.line + 1
-            if key in value:
-                value[key] = _walk(loader, value_node, value[key], child, lines, source, env)
-        return value
+            # A key equal to no key (NaN) cannot be looked up: its value is built again.
+            item = value[key] if key in value else loader.construct_object(value_node, deep=True)
+            built[key] = _walk(loader, value_node, item, child, lines, source, env)
+        return built
     if isinstance(node, yaml.SequenceNode) and isinstance(value, list):
-        for i, item_node in enumerate(node.value):
+        items: list[Any] = []
+        for i, (item_node, item) in enumerate(zip(node.value, value, strict=True)):
             child = (*path, i)
             lines[child] = item_node.start_mark.line + 1
-            value[i] = _walk(loader, item_node, value[i], child, lines, source, env)
-        return value
+            items.append(_walk(loader, item_node, item, child, lines, source, env))
+        return items
     if isinstance(value, str):
         return _interpolate(value, env, source, node.start_mark.line + 1)
     return value

@@ -41,6 +41,7 @@ class UsageRecord:
     status: str  #: ``ok``, ``error`` or ``cancelled``
     stream: bool
     timestamp: float
+    operation: str = "chat"  #: ``gen_ai.operation.name`` of the call (``chat``, ...)
 
 
 class Recorder:

@@ -104,30 +104,9 @@ class Tenants:
         tenant = self.tenant(caller.tenant)
         return tenant is None or tenant.models is None or name in tenant.models
 
-    def authorize(self, caller: Caller, route: Route, request: JSON) -> JSON:
-        """Refuse a model the tenant may not use (as OpenAI does: 404) and apply its guards."""
+    def authorize(self, caller: Caller, route: Route) -> int | None:
+        """Refuse a model the tenant may not use (as OpenAI does: 404); the tenant's output cap, if any."""
         if not self.allows(caller, route.name):
             raise ModelNotFound(route.name)
         tenant = self.tenant(caller.tenant)
-        if tenant is not None and tenant.max_tokens is not None:
-            request = cap_output_tokens(request, tenant.max_tokens)
-        return request
-
-
-def output_cap(request: JSON) -> int | None:
-    """The request's own cap on output tokens, whichever field it used."""
-    value = request.get("max_completion_tokens")
-    if value is None:
-        value = request.get("max_tokens")
-    return value if isinstance(value, int) else None
-
-
-def cap_output_tokens(request: JSON, cap: int) -> JSON:
-    """``request`` with its output cap lowered to ``cap`` (a copy; the caller's dict is left alone)."""
-    current = output_cap(request)
-    if current is not None and current <= cap:
-        return request
-    field = (
-        "max_tokens" if "max_tokens" in request and "max_completion_tokens" not in request else "max_completion_tokens"
-    )
-    return {**request, field: cap}
+        return tenant.max_tokens if tenant is not None else None

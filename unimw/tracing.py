@@ -21,7 +21,7 @@ and nothing is built for them: a call costs one no-op span and a few lookups.
 Secrets never reach telemetry: request headers are never read here, provider
 keys are in nothing recorded here, and error messages come from the adapters
 with the provider's key already blanked out. Prompts and completions are
-recorded only when asked (:func:`unimw.content.content_modes`).
+recorded only when asked (:func:`content_modes`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -38,34 +37,18 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context, metrics, trace
 from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
-    GEN_AI_INPUT_MESSAGES,
     GEN_AI_OPERATION_NAME,
-    GEN_AI_OUTPUT_MESSAGES,
-    GEN_AI_OUTPUT_TYPE,
     GEN_AI_PROVIDER_NAME,
-    GEN_AI_REQUEST_CHOICE_COUNT,
-    GEN_AI_REQUEST_FREQUENCY_PENALTY,
-    GEN_AI_REQUEST_MAX_TOKENS,
     GEN_AI_REQUEST_MODEL,
-    GEN_AI_REQUEST_PRESENCE_PENALTY,
-    GEN_AI_REQUEST_SEED,
-    GEN_AI_REQUEST_STOP_SEQUENCES,
-    GEN_AI_REQUEST_STREAM,
-    GEN_AI_REQUEST_TEMPERATURE,
-    GEN_AI_REQUEST_TOP_K,
-    GEN_AI_REQUEST_TOP_P,
     GEN_AI_RESPONSE_FINISH_REASONS,
     GEN_AI_RESPONSE_ID,
     GEN_AI_RESPONSE_MODEL,
     GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK,
     GEN_AI_TOKEN_TYPE,
-    GEN_AI_TOOL_DEFINITIONS,
     GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
     GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_OUTPUT_TOKENS,
     GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
-    GenAiOperationNameValues,
-    GenAiOutputTypeValues,
     GenAiTokenTypeValues,
 )
 from opentelemetry.semconv._incubating.metrics.gen_ai_metrics import (
@@ -77,18 +60,46 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from unimw.adapters import adapter_class
-from unimw.content import content_modes, input_messages, output_messages, tool_definitions
+from unimw.attributes import (
+    ALIAS,
+    ATTEMPT,
+    BUDGET_ALERT,
+    BUDGET_DECISION,
+    BUDGET_LIMIT,
+    BUDGET_QUANTITY,
+    BUDGET_REFUSALS,
+    BUDGET_THRESHOLD,
+    BUDGET_USED,
+    CACHE_HIT,
+    CACHE_REQUESTS,
+    CACHE_STATUS,
+    COST,
+    COST_USD,
+    DROPPED_PARAMS,
+    DURATION_BUCKETS,
+    END_USER,
+    OPERATION_DETAILS,
+    OTHER,
+    PROVIDER,
+    REQUEST_ID,
+    ROUTE_STRATEGY,
+    SCHEMA_URL,
+    STATUS,
+    TARGET,
+    TENANT,
+    TOKEN_BUCKETS,
+)
 from unimw.errors import KNOWN_CODES, BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError, UpstreamError
 from unimw.http import PROPAGATE_TRACE
 from unimw.usage import MICRO
+from unimw.wire import JSON
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, TracerProvider
     from opentelemetry.util.types import AttributeValue
 
-    from unimw.adapters.base import Target
+    from unimw.adapters.base import Adapter, Target
     from unimw.calls import Call
     from unimw.policy import Policy, Provider
     from unimw.routing import Route
@@ -97,61 +108,31 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# ── unimw's own names: the one table ──────────────────────────────────────────
-# Span attributes
-REQUEST_ID: Final = "unimw.request.id"  #: the x-request-id of the call
-TENANT: Final = "unimw.tenant"  #: tenant name from the policy (also on the unimw metrics)
-END_USER: Final = "unimw.end_user"  #: the request's ``user`` / end-user id, as the app gave it
-ALIAS: Final = "unimw.alias"  #: the public name called, when it is an alias
-ROUTE_STRATEGY: Final = "unimw.route.strategy"  #: ``single``, ``fallback`` or ``weighted``
-TARGET: Final = "unimw.target"  #: the public model that answered (or was tried, on an attempt span)
-PROVIDER: Final = "unimw.provider"  #: that model's provider, by its name in the policy
-ATTEMPT: Final = "unimw.attempt"  #: attempt number within the call, from 1
-STATUS: Final = "unimw.status"  #: how the call ended: ``ok``, ``error`` or ``cancelled``
-CACHE_HIT: Final = "unimw.cache.hit"  #: answered from the response cache (also on unimw.cache.requests)
-CACHE_STATUS: Final = "unimw.cache.status"  #: ``hit``, ``miss`` or ``bypass``, when the cache applies
-COST_USD: Final = "unimw.cost.usd"  #: what the tenant is charged for the call
-BUDGET_DECISION: Final = "unimw.budget.decision"  #: ``reserved``, ``refused``, ``unmetered`` or ``none``
-#: Request fields an adapter left out for its target (written by ``adapters.base.note_dropped``).
-DROPPED_PARAMS: Final = "unimw.request.dropped_params"
-# Span events (on the gateway span) and their attributes
-BUDGET_ALERT: Final = "unimw.budget.alert"
-BUDGET_QUANTITY: Final = "unimw.budget.quantity"
-BUDGET_THRESHOLD: Final = "unimw.budget.threshold"
-BUDGET_USED: Final = "unimw.budget.used"
-BUDGET_LIMIT: Final = "unimw.budget.limit"
-#: The conventions' event for content (``EVENT_ONLY`` / ``SPAN_AND_EVENT``), not in the package yet.
-OPERATION_DETAILS: Final = "gen_ai.client.inference.operation.details"
-# Metrics
-CACHE_REQUESTS: Final = "unimw.cache.requests"  #: counter, {request}: by unimw.cache.hit, model, tenant
-BUDGET_REFUSALS: Final = "unimw.budget.refusals"  #: counter, {request}: by tenant, model, error.type
-COST: Final = "unimw.cost"  #: counter, USD: by tenant, model, gen_ai.provider.name, unimw.provider
-
-CHAT: Final = GenAiOperationNameValues.CHAT.value
 INPUT: Final = GenAiTokenTypeValues.INPUT.value
 OUTPUT: Final = GenAiTokenTypeValues.COMPLETION.value
-OTHER: Final = "_OTHER"  #: the conventions' value for a name that is not one of a known set
-SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.41.0"  #: the last release defining gen_ai.*
-
-#: Advised bucket boundaries (gen-ai-metrics.md).
-DURATION_BUCKETS: Final = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
-TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))  # 1, 4, 16, ... 67108864
-
-_NUMBER_PARAMS: Final = (
-    ("temperature", GEN_AI_REQUEST_TEMPERATURE),
-    ("top_p", GEN_AI_REQUEST_TOP_P),
-    ("top_k", GEN_AI_REQUEST_TOP_K),
-    ("frequency_penalty", GEN_AI_REQUEST_FREQUENCY_PENALTY),
-    ("presence_penalty", GEN_AI_REQUEST_PRESENCE_PENALTY),
-    ("seed", GEN_AI_REQUEST_SEED),
-)
-_OUTPUT_TYPES: Final = {
-    "text": GenAiOutputTypeValues.TEXT.value,
-    "json_object": GenAiOutputTypeValues.JSON.value,
-    "json_schema": GenAiOutputTypeValues.JSON.value,
+#: The standard switch for content capture (opentelemetry-util-genai's name and values).
+CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+_MODES = {
+    "true": (True, False),
+    "span_only": (True, False),
+    "event_only": (False, True),
+    "span_and_event": (True, True),
+    "false": (False, False),
+    "no_content": (False, False),
 }
 _REFUSALS: Final = (RateLimited, BudgetExceeded, ServiceUnavailable)
 _PRIVATE_SUFFIXES: Final = (".local", ".localhost", ".internal", ".lan", ".home.arpa", ".svc")
+
+
+def content_modes(policy_flag: bool, environ: Mapping[str, str]) -> tuple[bool, bool]:
+    """Where prompts and completions go: ``(on the span, in an event)``.
+
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``, when set, decides:
+    ``true`` (the legacy form) or ``SPAN_ONLY`` → span, ``EVENT_ONLY`` → event,
+    ``SPAN_AND_EVENT`` → both, ``false`` or ``NO_CONTENT`` → neither. Unset (or
+    unrecognised), the policy's ``tracing.capture_content`` turns on the span.
+    """
+    return _MODES.get(environ.get(CAPTURE_CONTENT_ENV, "").strip().lower(), (policy_flag, False))
 
 
 def self_hosted(url: str | None) -> bool:
@@ -207,8 +188,8 @@ class _Upstream:
     propagate: bool  #: whether requests to it carry traceparent
 
 
-def _upstream(provider: Provider, propagate_all: bool | None) -> _Upstream:
-    url = provider.base_url or _default_base_url(provider.kind)
+def _upstream(provider: Provider, adapter: type[Adapter], propagate_all: bool | None) -> _Upstream:
+    url = provider.base_url or adapter.default_base_url
     address = port = None
     if url:
         parts = urlsplit(url)
@@ -223,13 +204,7 @@ def _upstream(provider: Provider, propagate_all: bool | None) -> _Upstream:
         propagate = propagate_all
     else:
         propagate = self_hosted(provider.base_url)
-    return _Upstream(adapter_class(provider.kind).provider_name, address, port, propagate)
-
-
-def _default_base_url(kind: str) -> str | None:
-    """The adapter module's ``DEFAULT_BASE_URL`` (the vendor's endpoint), if it has one."""
-    url = getattr(sys.modules[adapter_class(kind).__module__], "DEFAULT_BASE_URL", None)
-    return url if isinstance(url, str) else None
+    return _Upstream(adapter.provider_name, address, port, propagate)
 
 
 def _number(value: Any) -> bool:
@@ -249,18 +224,23 @@ class Tracing:
         self,
         policy: Policy,
         routes: Mapping[str, Route],
+        adapters: Mapping[str, Adapter],
         *,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         environ: Mapping[str, str] = os.environ,
     ) -> None:
+        self._adapters = adapters
         self._tracer = trace.get_tracer("unimw", tracer_provider=tracer_provider, schema_url=SCHEMA_URL)
         meter = metrics.get_meter("unimw", meter_provider=meter_provider, schema_url=SCHEMA_URL)
         settings = policy.tracing
         self.content_on_span, self.content_in_event = content_modes(settings.capture_content, environ)
-        self._upstreams = {name: _upstream(p, settings.propagate) for name, p in policy.providers.items()}
-        #: Per public name: the attributes a gateway span starts with (those samplers may look at).
-        self._routes = {name: self._route_attributes(route) for name, route in routes.items()}
+        self._upstreams = {
+            name: _upstream(p, type(adapters[name]), settings.propagate) for name, p in policy.providers.items()
+        }
+        #: Per public name: what its spans say about its route (whatever the operation).
+        self._routes = {name: self._route_facts(route) for name, route in routes.items()}
+        self._starts: dict[tuple[str, str], Attributes] = {}
         self._duration = meter.create_histogram(
             GEN_AI_CLIENT_OPERATION_DURATION,
             unit="s",
@@ -300,18 +280,32 @@ class Tracing:
 
     def start(self, call: Call) -> object:
         """Open the call's span as a child of the current one and make it current; detach with the token."""
+        operation = call.operation.name
         model = call.request.get("model")
-        attributes = self._routes.get(model) if isinstance(model, str) else None
+        attributes = self._route_attributes(operation, model) if isinstance(model, str) else None
         if attributes is None:  # an unknown name (refused later): no span name from arbitrary input
-            span = self._tracer.start_span(CHAT, kind=SpanKind.CLIENT, attributes={GEN_AI_OPERATION_NAME: CHAT})
+            span = self._tracer.start_span(
+                operation, kind=SpanKind.CLIENT, attributes={GEN_AI_OPERATION_NAME: operation}
+            )
         else:
-            span = self._tracer.start_span(f"{CHAT} {model}", kind=SpanKind.CLIENT, attributes=attributes)
+            span = self._tracer.start_span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attributes)
         call.span = span
         if span.is_recording():
             span.set_attributes(self._request_attributes(call))
         elif not span.get_span_context().is_valid:
             return None  # no OpenTelemetry at all: nothing to make current
         return context.attach(trace.set_span_in_context(span))
+
+    def _route_attributes(self, operation: str, model: str) -> Attributes | None:
+        """The attributes a span for ``model`` starts with (those samplers may look at), made once per pair."""
+        key = (operation, model)
+        if (known := self._starts.get(key)) is not None:
+            return known
+        route = self._routes.get(model)
+        if route is None:
+            return None
+        self._starts[key] = attributes = {**route, GEN_AI_OPERATION_NAME: operation}
+        return attributes
 
     def detach(self, token: object) -> None:
         """Make the span that was current before :meth:`start` current again (the call's span stays open)."""
@@ -323,18 +317,33 @@ class Tracing:
         span: Span | None = call.span
         if span is None:
             return
+        call.span = None  # ended exactly once, even if recording the outcome fails half-way
         upstream = self._upstreams.get(call.target.provider) if call.target is not None else None
         failure = error_type(call.error) if call.status == "error" else None
         decision = _budget_decision(call)
         cost_usd = cost / MICRO if call.answered else 0.0
-        self._record(call, upstream, failure, decision, cost_usd)
-        if span.is_recording():
-            span.set_attributes(self._outcome(call, upstream, failure, decision, cost_usd))
-            if failure is not None:
-                span.set_status(Status(StatusCode.ERROR, _description(call.error)))
-            if self.content_on_span or self.content_in_event:
-                self._content(span, call)
-        span.end()
+        try:
+            self._record(call, upstream, failure, decision, cost_usd)
+            if span.is_recording():
+                span.set_attributes(self._outcome(call, upstream, failure, decision, cost_usd))
+                for alert in call.alerts:
+                    span.add_event(
+                        BUDGET_ALERT,
+                        {TENANT: alert.tenant or "", BUDGET_QUANTITY: alert.quantity, BUDGET_THRESHOLD: alert.threshold,
+                         BUDGET_USED: alert.used, BUDGET_LIMIT: alert.limit},
+                    )  # fmt: skip
+                if failure is not None:
+                    span.set_status(Status(StatusCode.ERROR, _description(call.error)))
+                if self.content_on_span or self.content_in_event:
+                    self._content(span, call)
+        finally:
+            span.end()
+
+    def end(self, call: Call) -> None:
+        """End the call's span if :meth:`finish` could not (it ends it itself otherwise)."""
+        if call.span is not None:
+            span, call.span = call.span, None
+            span.end()
 
     def cache_lookup(self, call: Call, hit: bool) -> None:
         """Count one response-cache lookup in ``unimw.cache.requests``."""
@@ -345,7 +354,9 @@ class Tracing:
 
     # ── attempt spans ────────────────────────────────────────────────────────
 
-    async def attempt(self, target: Target, number: int, run: Callable[[Target], Awaitable[T]]) -> T:
+    async def attempt(
+        self, operation: str, request: JSON, target: Target, number: int, run: Callable[[Target], Awaitable[T]]
+    ) -> T:
         """Run one upstream attempt in its own span (the dispatcher's :class:`~unimw.dispatch.Observer`)."""
         upstream = self._upstreams[target.provider]
         if not trace.get_current_span().is_recording():
@@ -357,7 +368,7 @@ class Tracing:
             finally:
                 context.detach(token)
         attributes: Attributes = {
-            GEN_AI_OPERATION_NAME: CHAT,
+            GEN_AI_OPERATION_NAME: operation,
             GEN_AI_PROVIDER_NAME: upstream.name,
             GEN_AI_REQUEST_MODEL: target.model,
             TARGET: target.name,
@@ -367,7 +378,9 @@ class Tracing:
         if upstream.address is not None and upstream.port is not None:
             attributes[SERVER_ADDRESS] = upstream.address
             attributes[SERVER_PORT] = upstream.port
-        span = self._tracer.start_span(f"{CHAT} {target.model}", kind=SpanKind.CLIENT, attributes=attributes)
+        if dropped := self._adapters[target.provider].dropped_params(request, target):
+            attributes[DROPPED_PARAMS] = dropped
+        span = self._tracer.start_span(f"{operation} {target.model}", kind=SpanKind.CLIENT, attributes=attributes)
         current = trace.set_span_in_context(span)
         if upstream.propagate:
             current = context.set_value(PROPAGATE_TRACE, True, current)
@@ -387,9 +400,8 @@ class Tracing:
 
     # ── attributes ───────────────────────────────────────────────────────────
 
-    def _route_attributes(self, route: Route) -> Attributes:
+    def _route_facts(self, route: Route) -> Attributes:
         attributes: Attributes = {
-            GEN_AI_OPERATION_NAME: CHAT,
             GEN_AI_REQUEST_MODEL: route.name,
             ROUTE_STRATEGY: route.strategy,
         }
@@ -407,30 +419,10 @@ class Tracing:
     def _request_attributes(self, call: Call) -> Attributes:
         request = call.request
         attributes: Attributes = {REQUEST_ID: call.request_id}
-        if call.caller.tenant is not None:
-            attributes[TENANT] = call.caller.tenant
-        if call.caller.end_user is not None:
-            attributes[END_USER] = call.caller.end_user
-        if "model" in request and isinstance(request["model"], str) and request["model"] not in self._routes:
-            attributes[GEN_AI_REQUEST_MODEL] = request["model"]
-        for field, name in _NUMBER_PARAMS:
-            if _number(value := request.get(field)):
-                attributes[name] = value
-        cap = request.get("max_completion_tokens", request.get("max_tokens"))
-        if _number(cap):
-            attributes[GEN_AI_REQUEST_MAX_TOKENS] = cap
-        stop = request.get("stop")
-        if isinstance(stop, str):
-            attributes[GEN_AI_REQUEST_STOP_SEQUENCES] = (stop,)
-        elif isinstance(stop, list) and stop:
-            attributes[GEN_AI_REQUEST_STOP_SEQUENCES] = tuple(str(s) for s in stop)
-        if _number(n := request.get("n")) and n != 1:
-            attributes[GEN_AI_REQUEST_CHOICE_COUNT] = n
-        if request.get("stream") is True:
-            attributes[GEN_AI_REQUEST_STREAM] = True
-        response_format = request.get("response_format")
-        if isinstance(response_format, dict) and response_format.get("type") in _OUTPUT_TYPES:
-            attributes[GEN_AI_OUTPUT_TYPE] = _OUTPUT_TYPES[response_format["type"]]
+        model = request.get("model")
+        if isinstance(model, str) and model not in self._routes:
+            attributes[GEN_AI_REQUEST_MODEL] = model
+        attributes.update(call.operation.request_attributes(request))
         return attributes
 
     def _outcome(
@@ -442,6 +434,10 @@ class Tracing:
             BUDGET_DECISION: decision,
             COST_USD: cost_usd,
         }
+        if call.caller.tenant is not None:
+            attributes[TENANT] = call.caller.tenant
+        if call.caller.end_user is not None:
+            attributes[END_USER] = call.caller.end_user
         if call.cache is not None:
             attributes[CACHE_STATUS] = call.cache.status
         if call.target is not None:
@@ -452,12 +448,13 @@ class Tracing:
             if upstream.address is not None and upstream.port is not None:
                 attributes[SERVER_ADDRESS] = upstream.address
                 attributes[SERVER_PORT] = upstream.port
-        if call.response_id:
-            attributes[GEN_AI_RESPONSE_ID] = call.response_id
-        if call.response_model:
-            attributes[GEN_AI_RESPONSE_MODEL] = call.response_model
-        if call.finish_reasons:
-            attributes[GEN_AI_RESPONSE_FINISH_REASONS] = tuple(call.finish_reasons)
+        reading = call.reading
+        if reading.response_id:
+            attributes[GEN_AI_RESPONSE_ID] = reading.response_id
+        if reading.response_model:
+            attributes[GEN_AI_RESPONSE_MODEL] = reading.response_model
+        if reading.finish_reasons:
+            attributes[GEN_AI_RESPONSE_FINISH_REASONS] = reading.finish_reasons
         if (usage := call.usage) is not None:
             attributes[GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
             attributes[GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
@@ -472,11 +469,7 @@ class Tracing:
         return attributes
 
     def _content(self, span: Span, call: Call) -> None:
-        content: Attributes = {GEN_AI_INPUT_MESSAGES: input_messages(call.request)}
-        if (tools := tool_definitions(call.request)) is not None:
-            content[GEN_AI_TOOL_DEFINITIONS] = tools
-        if call.completion is not None:
-            content[GEN_AI_OUTPUT_MESSAGES] = output_messages(call.completion)
+        content = call.operation.content(call.request, call.answer)
         if self.content_on_span:
             span.set_attributes(content)
         if self.content_in_event:
@@ -493,7 +486,7 @@ class Tracing:
         self, call: Call, upstream: _Upstream | None, failure: str | None, decision: str, cost_usd: float
     ) -> None:
         model = self._model(call)
-        attributes: Attributes = {GEN_AI_OPERATION_NAME: CHAT, GEN_AI_REQUEST_MODEL: model}
+        attributes: Attributes = {GEN_AI_OPERATION_NAME: call.operation.name, GEN_AI_REQUEST_MODEL: model}
         if upstream is not None:
             attributes[GEN_AI_PROVIDER_NAME] = upstream.name
             if upstream.address is not None and upstream.port is not None:
@@ -501,8 +494,8 @@ class Tracing:
                 attributes[SERVER_PORT] = upstream.port
         elif (route := self._routes.get(model)) is not None:  # no target was called: what the route says
             attributes.update((k, route[k]) for k in (GEN_AI_PROVIDER_NAME, SERVER_ADDRESS, SERVER_PORT) if k in route)
-        if call.response_model:
-            attributes[GEN_AI_RESPONSE_MODEL] = call.response_model
+        if call.reading.response_model:
+            attributes[GEN_AI_RESPONSE_MODEL] = call.reading.response_model
         if failure is not None:
             attributes[ERROR_TYPE] = metric_error_type(call.error)
         self._duration.record(time.perf_counter() - call.started, attributes)

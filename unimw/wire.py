@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -41,6 +41,12 @@ async def aclose(iterable: AsyncIterable[Any]) -> None:
     close = getattr(iterable, "aclose", None)
     if close is not None:
         await close()
+
+
+async def aiter_of(items: Iterable[Any]) -> AsyncIterator[Any]:
+    """``items`` as an async iterator (a cached answer replayed as a stream)."""
+    for item in items:
+        yield item
 
 
 #: Longest SSE event ``sse_events`` buffers before giving up on the stream.

@@ -33,3 +33,14 @@ def broken_sink(record: object) -> None:
 async def tenant_from_scope_async(scope: dict[str, Any]) -> str | None:
     """The same, as an async function (an auth lookup that awaits a database, say)."""
     return tenant_from_scope(scope)
+
+
+records: list[object] = []
+
+
+def record_usage(record: object) -> None:
+    records.append(record)
+
+
+def broken_alert(alert: BudgetAlert) -> None:
+    raise RuntimeError("the chat webhook is down")

@@ -245,7 +245,7 @@ async def test_a_hit_is_free_and_recorded_as_a_hit(
         assert (await create(client, max_tokens=5))[0] == "hit"  # still served: hits are free
     with pytest.raises(openai.RateLimitError):
         await create(client, max_tokens=4)  # a miss needs budget
-    await gateway.recorder.flush()
+    await gateway.flush()
     lines = [json.loads(line) for line in records.read_text().splitlines()]
     assert [(r["cache_hit"], r["cost_usd"], r["output_tokens"], r["provider"]) for r in lines] == [
         (False, 5.0, 5, "primary"),
@@ -310,7 +310,7 @@ async def test_charge_full_bills_a_hit_like_the_original_call(
     assert (await create(client, max_tokens=5))[0] == "hit"  # charged 5 USD again: the budget is spent
     with pytest.raises(openai.RateLimitError):
         await create(client, max_tokens=5)
-    await gateway.recorder.flush()
+    await gateway.flush()
     lines = [json.loads(line) for line in records.read_text().splitlines()]
     assert [(r["cache_hit"], r["cost_usd"]) for r in lines] == [(False, 5.0), (True, 5.0)]
     assert upstream.calls == {"up-main": 1}

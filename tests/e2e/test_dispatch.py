@@ -115,10 +115,10 @@ async def test_weighted_alias_spreads_and_falls_back(
 
 
 async def test_streamed_chunks_pass_through_as_sent(gateway: Gateway, upstream: OpenAIUpstream) -> None:
-    result = await gateway.chat_completions(
-        {"model": "gpt-main", "messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}
+    result = await gateway.stream_chat_completions(
+        {"model": "gpt-main", "messages": HELLO, "stream_options": {"include_usage": True}}
     )
-    chunks = await collect(result)  # type: ignore[arg-type]
+    chunks = await collect(result)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
     assert all(c["model"] == "up-main" for c in chunks)

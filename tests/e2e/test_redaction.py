@@ -94,9 +94,9 @@ async def test_key_reaches_no_caller_span_metric_or_log(
         if mode == "plain":
             await gateway.chat_completions({"model": "leaky", "messages": HELLO})
         else:
-            chunks = await gateway.chat_completions({"model": "leaky", "messages": HELLO, "stream": True})
+            chunks = await gateway.stream_chat_completions({"model": "leaky", "messages": HELLO})
             async with aclosing(chunks):  # type: ignore[type-var]
-                async for _ in chunks:  # type: ignore[union-attr]
+                async for _ in chunks:
                     pass
     assert server.calls[model] == 1
     assert MASK in caught.value.message  # the key was there, and was blanked out

@@ -56,7 +56,7 @@ async def test_a_failing_usage_sink_loses_records_not_responses(
     gateway = make_gateway(usage={"call": "tests.e2e.tenant_hooks:broken_sink"})
     completion = await sdk(gateway).chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
     assert completion.model == "up-main"
-    await gateway.recorder.flush()
+    await gateway.flush()
     assert "a usage sink failed; 1 record(s) lost" in caplog.text
 
 

@@ -177,10 +177,10 @@ async def test_exactly_n_of_300_concurrent_calls_fit_the_budget(
     assert outcomes.count("ok") == 37
     assert outcomes.count("insufficient_quota") == 263
     assert upstream.calls == {"up-main": 37}
-    await gateway.recorder.flush()
+    await gateway.flush()
     lines = [json.loads(line) for line in records.read_text().splitlines()]
     assert len(lines) == 37 and sum(r["cost_usd"] for r in lines) == 185
-    spent = await gateway.limiter.store.totals([c for c in (await _acme_counters(gateway))], gateway.limiter._clock())
+    spent = await gateway._limiter.store.totals([c for c in (await _acme_counters(gateway))], gateway._limiter._clock())
     assert spent == (185_000_000,)
 
 
@@ -188,7 +188,7 @@ async def _acme_counters(gateway: Gateway) -> list[Any]:
     from unimw.tenants import Caller
 
     route = gateway._router.resolve("gpt-main")
-    return [c for c, _ in gateway.limiter._counters(Caller("acme"), route)]
+    return [c for c, _ in gateway._limiter._counters(Caller("acme"), route)]
 
 
 async def test_streams_are_charged_from_the_usage_chunk_which_is_stripped(
@@ -203,7 +203,7 @@ async def test_streams_are_charged_from_the_usage_chunk_which_is_stripped(
     chunks = [c async for c in stream]
     assert all(c.choices for c in chunks)  # the client did not ask for usage, so none is sent
     assert upstream.requests[0]["stream_options"] == {"include_usage": True}  # but unimw asked upstream
-    await gateway.recorder.flush()
+    await gateway.flush()
     record = json.loads(records.read_text())
     assert (record["output_tokens"], record["cost_usd"], record["status"], record["stream"]) == (4, 4.0, "ok", True)
 
@@ -225,7 +225,7 @@ async def test_a_client_leaving_mid_stream_is_charged_what_was_produced(
             break
     await stream.close()
     for _ in range(100):
-        await gateway.recorder.flush()
+        await gateway.flush()
         if records.exists():
             break
         await asyncio.sleep(0.02)
@@ -250,7 +250,7 @@ async def test_an_upstream_failure_mid_stream_charges_only_what_came(
     with pytest.raises(openai.APIError):
         async for _ in stream:
             pass
-    await gateway.recorder.flush()
+    await gateway.flush()
     (record,) = [json.loads(line) for line in records.read_text().splitlines()]
     assert record["status"] == "error"
     assert record["output_tokens"] == 5  # "Hello from up-main!" is 19 bytes
@@ -271,10 +271,10 @@ async def test_a_fallback_is_charged_once_for_the_target_that_answered(
     )
     upstream.plan("up-main", "503", "503")
     await sdk(gateway, ACME_KEY).chat.completions.create(model="smart", messages=HELLO, max_tokens=3)  # type: ignore[arg-type]
-    await gateway.recorder.flush()
+    await gateway.flush()
     (record,) = [json.loads(line) for line in records.read_text().splitlines()]
     assert (record["provider"], record["upstream_model"], record["cost_usd"]) == ("backup", "up-backup", 6.0)
-    spent = await gateway.limiter.store.totals(await _acme_counters(gateway), gateway.limiter._clock())
+    spent = await gateway._limiter.store.totals(await _acme_counters(gateway), gateway._limiter._clock())
     assert spent == (6_000_000,)
 
 
@@ -283,7 +283,7 @@ async def test_a_failed_call_costs_nothing(make_gateway: Callable[..., Gateway],
     upstream.plan("up-main", "400")
     with pytest.raises(openai.BadRequestError):
         await sdk(gateway, ACME_KEY).chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
-    requests, usd = await gateway.limiter.store.totals(await _acme_counters(gateway), gateway.limiter._clock())
+    requests, usd = await gateway._limiter.store.totals(await _acme_counters(gateway), gateway._limiter._clock())
     assert (requests, usd) == (1, 0)
 
 
@@ -337,7 +337,7 @@ async def test_keys_never_appear_in_logs_errors_or_records(
     await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
     with pytest.raises(openai.RateLimitError) as caught:
         await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
-    await gateway.recorder.flush()
+    await gateway.flush()
     seen = records.read_text() + caplog.text + str(caught.value.body) + repr(gateway.policy)
     assert ACME_KEY not in seen and "sk-primary-secret" not in seen
 
@@ -351,7 +351,7 @@ async def test_an_upstream_without_usage_is_charged_an_estimate(
     )
     upstream.plan("up-main", "nousage")
     await sdk(gateway, ACME_KEY).chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=100)  # type: ignore[arg-type]
-    await gateway.recorder.flush()
+    await gateway.flush()
     record = json.loads(records.read_text())
     # "Hello from up-main! The capital of France is Paris." is 52 bytes: 13 tokens at 4 bytes a token.
     assert (record["output_tokens"], record["cost_usd"]) == (13, 13.0)

@@ -289,6 +289,7 @@ class AnthropicAdapter(HTTPAdapter):
     """Messages API calls to one Anthropic provider."""
 
     provider_name: ClassVar[str] = "anthropic"
+    default_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
     option_names: ClassVar[frozenset[str]] = frozenset({"anthropic_version", "default_max_tokens"})
 
     def __init__(self, provider: Provider) -> None:

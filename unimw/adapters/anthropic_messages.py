@@ -13,7 +13,7 @@ from typing import Any
 
 from unimw.adapters.anthropic_models import Traits
 from unimw.errors import InvalidRequest
-from unimw.wire import JSON, loads
+from unimw.wire import JSON, dumps, loads
 
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(?P<data>.*)$", re.DOTALL)
@@ -64,9 +64,16 @@ def _text_blocks(content: Any, param: str) -> list[JSON]:
     for j, part in enumerate(content or ()):
         if part.get("type") not in ("text", "refusal"):
             raise InvalidRequest(f"Only text parts are allowed in '{param}'.", param=f"{param}[{j}]")
-        if text := part.get("text") or part.get("refusal"):
+        if text := _part_text(part, f"{param}[{j}]"):
             blocks.append({"type": "text", "text": text})
     return blocks
+
+
+def _part_text(part: JSON, where: str) -> str:
+    kind = part["type"]
+    if not isinstance(text := part.get(kind), str):
+        raise InvalidRequest(f"Invalid type for '{where}.{kind}': expected a string.", param=f"{where}.{kind}")
+    return text
 
 
 def _user_blocks(content: Any, param: str) -> list[JSON]:
@@ -76,18 +83,21 @@ def _user_blocks(content: Any, param: str) -> list[JSON]:
     for j, part in enumerate(content or ()):
         kind, where = part.get("type"), f"{param}[{j}]"
         if kind == "text":
-            blocks.extend(_text_blocks([part], param))
+            if text := _part_text(part, where):
+                blocks.append({"type": "text", "text": text})
         elif kind == "image_url":
-            blocks.append(_image(part.get("image_url") or {}, where))
+            image = part.get("image_url")
+            blocks.append(_image(image.get("url") if isinstance(image, dict) else image, where))
         elif kind == "file":
-            blocks.append(_document(part.get("file") or {}, where))
+            file = part.get("file")
+            blocks.append(_document(file.get("file_data") if isinstance(file, dict) else None, where))
         else:
             raise InvalidRequest(f"Content parts of type {kind!r} are not supported by this model.", param=where)
     return blocks
 
 
-def _image(image: JSON, param: str) -> JSON:
-    url = str(image.get("url") or "")
+def _image(url: Any, param: str) -> JSON:
+    url = url if isinstance(url, str) else ""
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     match = _DATA_URL.match(url)
@@ -98,8 +108,7 @@ def _image(image: JSON, param: str) -> JSON:
     return {"type": "image", "source": {"type": "base64", "media_type": match["mime"], "data": match["data"]}}
 
 
-def _document(file: JSON, param: str) -> JSON:
-    data = file.get("file_data")
+def _document(data: Any, param: str) -> JSON:
     if not isinstance(data, str):
         raise InvalidRequest("Only inline 'file_data' is supported by this model, not 'file_id'.", param=param)
     match = _DATA_URL.match(data)
@@ -111,18 +120,28 @@ def _document(file: JSON, param: str) -> JSON:
 
 def _assistant_blocks(message: JSON, i: int) -> list[JSON]:
     # Signed thinking must lead the turn when it is sent back (tool loops with thinking on).
-    blocks = [_thinking_block(b) for b in message.get("thinking_blocks") or () if isinstance(b, dict)]
+    thinking = message.get("thinking_blocks")
+    blocks = [_thinking_block(b) for b in thinking if isinstance(b, dict)] if isinstance(thinking, list) else []
     blocks.extend(_text_blocks(message.get("content"), f"messages[{i}].content"))
-    for j, call in enumerate(message.get("tool_calls") or ()):
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise InvalidRequest(
+            f"Invalid type for 'messages[{i}].tool_calls': expected an array.", param=f"messages[{i}].tool_calls"
+        )
+    for j, call in enumerate(calls):
         param = f"messages[{i}].tool_calls[{j}]"
-        function = call.get("function") or {}
-        if call.get("type", "function") != "function":
+        if not isinstance(call, dict) or call.get("type", "function") != "function":
             raise InvalidRequest("Only function tool calls are supported by this model.", param=param)
+        function = call.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise InvalidRequest(
+                f"Missing required parameter: '{param}.function.name'.", param=f"{param}.function.name"
+            )
         blocks.append(
             {
                 "type": "tool_use",
-                "id": tool_id(call.get("id") or f"call_{i}_{j}"),
-                "name": function.get("name"),
+                "id": tool_id(str(call.get("id") or f"call_{i}_{j}")),
+                "name": function["name"],
                 "input": _arguments(function.get("arguments"), param + ".function.arguments"),
             }
         )
@@ -136,11 +155,12 @@ def _thinking_block(block: JSON) -> JSON:
 
 
 def _arguments(arguments: Any, param: str) -> JSON:
-    if arguments in (None, ""):
+    if arguments is None or arguments == "":
         return {}
     try:
-        value = loads(arguments)
-    except ValueError:
+        value = loads(arguments) if isinstance(arguments, str) else None
+        dumps(value)  # the body is sent as JSON: arguments nested past what the serialiser takes are refused here
+    except (ValueError, TypeError):
         value = None
     if not isinstance(value, dict):
         raise InvalidRequest("Tool call arguments must be a JSON object.", param=param)
@@ -170,9 +190,10 @@ def translate_tools(chat: JSON, model: Traits, dropped: list[str]) -> JSON:
     """``tools`` and ``tool_choice`` in the Messages API's forms."""
     tools, choice = chat.get("tools") or [], chat.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = choice.get("allowed_tools") or {}
-        names = {(t.get("function") or {}).get("name") for t in allowed.get("tools") or ()}
-        tools = [t for t in tools if (t.get("function") or {}).get("name") in names]
+        allowed = _field(choice, "allowed_tools")
+        listed = allowed.get("tools")
+        names = {_name(t) for t in listed} if isinstance(listed, list) else set()
+        tools = [t for t in tools if _name(t) in names - {None}]
         choice = "required" if allowed.get("mode") == "required" else "auto"
     if not tools:
         return {}
@@ -183,7 +204,7 @@ def translate_tools(chat: JSON, model: Traits, dropped: list[str]) -> JSON:
     if choice == "required":
         out["tool_choice"] = {"type": "any"}
     elif isinstance(choice, dict):
-        if not isinstance(name := (choice.get("function") or {}).get("name"), str):
+        if not isinstance(name := _name(choice), str):
             raise InvalidRequest("Only function tool choices are supported by this model.", param="tool_choice")
         out["tool_choice"] = {"type": "tool", "name": name}
     elif choice == "auto":
@@ -193,11 +214,27 @@ def translate_tools(chat: JSON, model: Traits, dropped: list[str]) -> JSON:
     return out
 
 
+def _field(obj: Any, key: str) -> JSON:
+    """``obj[key]`` when both are objects, else ``{}``: a nested field of the wrong type counts as absent."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _name(tool_or_choice: Any) -> str | None:
+    name = _field(tool_or_choice, "function").get("name")
+    return name if isinstance(name, str) else None
+
+
 def _tool(tool: JSON, i: int, model: Traits, dropped: list[str]) -> JSON:
     if tool.get("type") != "function":
         raise InvalidRequest("Only function tools are supported by this model.", param=f"tools[{i}].type")
     function = tool["function"]
-    schema = dict(function.get("parameters") or {})
+    schema = function.get("parameters") or {}
+    if not isinstance(schema, dict):
+        raise InvalidRequest(
+            f"Invalid type for 'tools[{i}].function.parameters': expected an object.",
+            param=f"tools[{i}].function.parameters",
+        )
     out: JSON = {"name": function["name"], "input_schema": {"type": "object", **schema}}
     if description := function.get("description"):
         out["description"] = description

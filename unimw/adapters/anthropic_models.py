@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from unimw.errors import InvalidRequest
 from unimw.wire import JSON
 
 LEGACY_VERSION = "2023-06-01"  #: the only version that still takes sampling parameters
@@ -30,6 +31,10 @@ JSON_TOOL = "unimw_structured_output"
 _SAMPLING = ("temperature", "top_p", "top_k")
 _BUDGETS = {"minimal": 1024, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768, "max": 32768}
 _EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "max"}
+#: Nesting :func:`closed_schema` follows, lists and objects alike; it recurses no deeper. The request
+#: body itself may nest 64 levels, and real schemas stay under 10.
+MAX_DEPTH = 64
+_SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,16 +91,15 @@ def add_structured_output(body: JSON, response_format: JSON | None, model: Trait
     if kind not in ("json_schema", "json_object"):
         return
     spec = (response_format or {}).get("json_schema") or {}
+    given = spec.get("schema") or {"type": "object"}
+    if not isinstance(given, dict):
+        raise InvalidRequest(f"Invalid type for '{_SCHEMA_PARAM}': expected an object.", param=_SCHEMA_PARAM)
     if kind == "json_schema" and model.native_json:
-        schema = closed_schema(spec.get("schema") or {"type": "object"})
+        schema = closed_schema(given, param=_SCHEMA_PARAM)
         body.setdefault("output_config", {})["format"] = {"type": "json_schema", "schema": schema}
         return
     description = ("Give your final answer as this tool's input. " + str(spec.get("description") or "")).strip()
-    tool = {
-        "name": JSON_TOOL,
-        "description": description,
-        "input_schema": {"type": "object", **(spec.get("schema") or {})},
-    }
+    tool = {"name": JSON_TOOL, "description": description, "input_schema": {"type": "object", **given}}
     choice = body.get("tool_choice") or {"type": "auto"}
     if "tools" not in body or choice["type"] == "none":
         body["tools"], forced = [tool], {"type": "tool", "name": JSON_TOOL}
@@ -108,22 +112,34 @@ def add_structured_output(body: JSON, response_format: JSON | None, model: Trait
     body["tool_choice"] = forced
 
 
-def closed_schema(schema: Any) -> Any:
-    """``schema`` with ``additionalProperties: false`` on every object, as native structured output requires."""
-    if isinstance(schema, list):
-        return [closed_schema(s) for s in schema]
-    if not isinstance(schema, dict):
+def closed_schema(schema: Any, *, param: str | None = None, depth: int = 1) -> Any:
+    """``schema`` with ``additionalProperties: false`` on every object, as native structured output requires.
+
+    One pass over the schema as given (``$ref`` is left to the API), refused past :data:`MAX_DEPTH`
+    levels with a 400 naming ``param``.
+    """
+    if not isinstance(schema, (dict, list)):
         return schema
-    out = {k: closed_schema(v) if k != "properties" else _closed_properties(v) for k, v in schema.items()}
+    if depth > MAX_DEPTH:
+        where = f"Invalid '{param}'" if param else "Invalid schema"
+        raise InvalidRequest(
+            f"{where}: the schema is nested deeper than {MAX_DEPTH} levels.", param=param, code="invalid_value"
+        )
+    if isinstance(schema, list):
+        return [closed_schema(s, param=param, depth=depth + 1) for s in schema]
+    out = {
+        k: closed_schema(v, param=param, depth=depth + 1) if k != "properties" else _closed_properties(v, param, depth)
+        for k, v in schema.items()
+    }
     if out.get("type") == "object" or "properties" in out:
         out.setdefault("additionalProperties", False)
     return out
 
 
-def _closed_properties(properties: Any) -> Any:
+def _closed_properties(properties: Any, param: str | None, depth: int) -> Any:
     if not isinstance(properties, dict):
         return properties
-    return {name: closed_schema(sub) for name, sub in properties.items()}
+    return {name: closed_schema(sub, param=param, depth=depth + 2) for name, sub in properties.items()}
 
 
 # -- thinking and sampling -------------------------------------------------------------------------
@@ -134,7 +150,7 @@ def add_thinking(body: JSON, effort: str | None, model: Traits, dropped: list[st
     if effort is None or effort == "none":
         return
     forced = body.get("tool_choice", {}).get("type") in ("any", "tool")
-    if not model.thinking or effort not in _EFFORTS:
+    if not model.thinking or not isinstance(effort, str) or effort not in _EFFORTS:
         dropped.append("reasoning_effort")
         return
     if model.adaptive:

@@ -40,6 +40,8 @@ class Adapter(Protocol):
     provider_name: ClassVar[str]
     #: The keys ``providers.<name>.options`` may hold for this kind; others are refused with their line.
     option_names: ClassVar[frozenset[str]]
+    #: The vendor's own endpoint, used when a provider gives no ``base_url`` (None: there is none).
+    default_base_url: ClassVar[str | None]
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> None:
@@ -47,6 +49,10 @@ class Adapter(Protocol):
         ...
 
     def __init__(self, provider: Provider) -> None: ...
+
+    def dropped_params(self, request: JSON, target: Target) -> tuple[str, ...]:
+        """The request fields this adapter leaves out for ``target`` (recorded on the attempt's span)."""
+        ...
 
     async def complete(self, request: JSON, target: Target) -> JSON: ...
 
@@ -135,10 +141,14 @@ class HTTPAdapter:
     supports_streaming: ClassVar[bool] = True
     supports_tools: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = frozenset()
+    default_base_url: ClassVar[str | None] = None
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> None:
         return None
+
+    def dropped_params(self, request: JSON, target: Target) -> tuple[str, ...]:
+        return ()
 
     def __init__(self, provider: Provider, to_error: ToError, auth: Callable[[str], Mapping[str, str]]) -> None:
         self._to_error = to_error

@@ -152,7 +152,10 @@ def to_request(
     if chat.get("parallel_tool_calls") is False:
         dropped.append("parallel_tool_calls")  # Gemini may always call several functions at once
     config = _generation_config(chat, version)
-    thinking = to_thinking(chat.get("reasoning_effort"), target.model, thinking_levels)
+    effort = chat.get("reasoning_effort")
+    if effort is not None and not isinstance(effort, str):
+        raise InvalidRequest("Invalid type for 'reasoning_effort': expected a string.", param="reasoning_effort")
+    thinking = to_thinking(effort, target.model, thinking_levels)
     if thinking is None:
         dropped.append("reasoning_effort")
         thinking = {}
@@ -194,7 +197,7 @@ def _response_format(response_format: JSON | None, version: tuple[int, int] | No
         out: JSON = {"responseMimeType": "application/json"}
         schema = ((response_format or {}).get("json_schema") or {}).get("schema")
         if schema is not None and version is not None and version < (2, 5):
-            out["responseSchema"] = to_schema(schema, ordered=True)
+            out["responseSchema"] = to_schema(schema, ordered=True, param="response_format.json_schema.schema")
         elif schema is not None:
             out["responseJsonSchema"] = schema  # full JSON Schema, $ref and additionalProperties included
         return out
@@ -365,6 +368,7 @@ class GeminiAdapter(HTTPAdapter):
     """``generateContent`` over HTTP to one Gemini API provider."""
 
     provider_name: ClassVar[str] = "gcp.gemini"  # the Gemini API (generativelanguage), not Vertex AI
+    default_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
     option_names: ClassVar[frozenset[str]] = frozenset({"thinking_levels", "include_thoughts"})
 
     def __init__(self, provider: Provider) -> None:

@@ -27,10 +27,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from unimw.adapters.gemini_schema import to_schema
+from unimw.adapters.gemini_schema import Budget, to_schema
 from unimw.adapters.gemini_thinking import sign_unsigned_calls, split_call_id
 from unimw.errors import InvalidRequest
-from unimw.wire import JSON, loads
+from unimw.wire import JSON, dumps, loads
 
 _DATA_URL = re.compile(r"data:([^;,]*)(?:;[^;,]*)*;base64,(.*)", re.DOTALL)
 
@@ -72,6 +72,10 @@ def _texts(content: Any) -> list[str]:
 def _assistant_parts(message: JSON, names: dict[str, str], i: int) -> list[JSON]:
     parts: list[JSON] = [{"text": text} for text in _texts(message.get("content"))]
     calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise InvalidRequest(
+            f"Invalid type for 'messages[{i}].tool_calls': expected an array.", param=f"messages[{i}].tool_calls"
+        )
     if isinstance(legacy := message.get("function_call"), dict):
         calls = [*calls, {"id": "", "type": "function", "function": legacy}]
     for j, call in enumerate(calls):
@@ -83,7 +87,7 @@ def _assistant_parts(message: JSON, names: dict[str, str], i: int) -> list[JSON]
         names[call_id] = function["name"]
         gemini_id, signature = split_call_id(call_id)
         if signature is None:  # the field Google's own OpenAI-compatible endpoint uses
-            signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+            signature = _field(_field(call, "extra_content"), "google").get("thought_signature")
         function_call: JSON = {"name": function["name"], "args": _arguments(function.get("arguments"), where)}
         if gemini_id:
             function_call["id"] = gemini_id
@@ -99,7 +103,8 @@ def _arguments(arguments: Any, where: str) -> JSON:
         return {}
     try:
         args = loads(arguments) if isinstance(arguments, str) else arguments
-    except ValueError:
+        dumps(args)  # the body is sent as JSON: arguments nested past what the serialiser takes are refused here
+    except (ValueError, TypeError):
         args = None
     if not isinstance(args, dict):
         raise InvalidRequest(
@@ -122,7 +127,8 @@ def _function_response(message: JSON, names: Mapping[str, str], i: int) -> JSON:
     text = "".join(_texts(message.get("content")))
     try:
         result = loads(text)
-    except ValueError:
+        dumps(result)  # JSON nested past what the serialiser takes goes as the text it came as
+    except (ValueError, TypeError):
         result = text
     response: JSON = {"name": name, "response": {"result": result}}
     gemini_id, _ = split_call_id(call_id)
@@ -139,22 +145,30 @@ def _user_parts(content: Any, i: int) -> list[JSON]:
         kind = part.get("type") if isinstance(part, dict) else None
         where = f"messages[{i}].content[{j}]"
         if kind == "text":
-            if part.get("text"):
-                parts.append({"text": part["text"]})
+            if not isinstance(text := part.get("text"), str):
+                raise InvalidRequest(f"Invalid type for '{where}.text': expected a string.", param=f"{where}.text")
+            if text:
+                parts.append({"text": text})
         elif kind == "image_url":
             image = part.get("image_url")
             parts.append(_media(image.get("url") if isinstance(image, dict) else image, where))
         elif kind == "input_audio":
-            audio = part.get("input_audio") or {}
+            audio = _field(part, "input_audio")
             mime = "audio/" + str(audio.get("format") or "wav")
             parts.append({"inlineData": {"mimeType": mime, "data": audio.get("data") or ""}})
-        elif kind == "file" and (part.get("file") or {}).get("file_data"):
+        elif kind == "file" and _field(part, "file").get("file_data"):
             parts.append(_media(part["file"]["file_data"], where, "application/pdf"))
         else:
             raise InvalidRequest(
                 f"Unsupported content part {where} of type {kind!r} for this model.", param=f"{where}.type"
             )
     return parts
+
+
+def _field(obj: Any, key: str) -> JSON:
+    """``obj[key]`` when both are objects, else ``{}``: a nested field of the wrong type counts as absent."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 def _media(url: Any, where: str, default_mime: str = "application/octet-stream") -> JSON:
@@ -179,6 +193,7 @@ def to_declarations(tools: Any, tool_choice: Any) -> list[JSON]:
     """``functionDeclarations`` for ``tools``, narrowed to the allowed ones for ``allowed_tools``."""
     allowed = _allowed_names(tool_choice) if _choice_type(tool_choice) == "allowed_tools" else None
     declarations: list[JSON] = []
+    budget = Budget("the tools of a request count together")
     for i, tool in enumerate(tools or ()):
         if tool.get("type") != "function":
             raise InvalidRequest(
@@ -191,7 +206,7 @@ def to_declarations(tools: Any, tool_choice: Any) -> list[JSON]:
         declaration: JSON = {"name": function["name"]}
         if function.get("description"):
             declaration["description"] = function["description"]
-        parameters = to_schema(function.get("parameters"))
+        parameters = to_schema(function.get("parameters"), param=f"tools[{i}].function.parameters", budget=budget)
         if parameters.get("properties") or parameters.get("anyOf"):
             declaration["parameters"] = parameters
         declarations.append(declaration)
@@ -203,8 +218,9 @@ def _choice_type(choice: Any) -> str | None:
 
 
 def _allowed_names(choice: JSON) -> list[str]:
-    tools = (choice.get("allowed_tools") or {}).get("tools") or ()
-    return [t["function"]["name"] for t in tools if isinstance(t, dict) and "function" in t]
+    tools = _field(choice, "allowed_tools").get("tools")
+    names = (_field(t, "function").get("name") for t in tools) if isinstance(tools, list) else ()
+    return [name for name in names if isinstance(name, str)]
 
 
 def to_calling_config(choice: Any) -> JSON | None:
@@ -214,9 +230,13 @@ def to_calling_config(choice: Any) -> JSON | None:
     if choice in ("auto", "none", "required"):
         return {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY"}[choice]}
     if _choice_type(choice) == "function":
-        return {"mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}
+        if not isinstance(name := _field(choice, "function").get("name"), str):
+            raise InvalidRequest(
+                "Missing required parameter: 'tool_choice.function.name'.", param="tool_choice.function.name"
+            )
+        return {"mode": "ANY", "allowedFunctionNames": [name]}
     if _choice_type(choice) == "allowed_tools":
-        if (choice.get("allowed_tools") or {}).get("mode") == "required":
+        if _field(choice, "allowed_tools").get("mode") == "required":
             return {"mode": "ANY", "allowedFunctionNames": _allowed_names(choice)}
         return {"mode": "AUTO"}  # the declarations are already narrowed to the allowed tools
     raise InvalidRequest(f"Unsupported tool_choice {choice!r} for this model.", param="tool_choice")

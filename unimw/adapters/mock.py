@@ -23,8 +23,14 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 from unimw.adapters.base import Target
+from unimw.errors import InvalidRequest
 from unimw.policy import Provider
 from unimw.wire import JSON, chunk, dumps, now, usage, usage_chunk
+
+#: Nesting :func:`sample` follows; it recurses no deeper. The request body itself may nest 64
+#: levels, and real schemas stay under 10.
+MAX_DEPTH = 64
+_SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
 def count_tokens(text: str) -> int:
@@ -39,7 +45,7 @@ def prompt_text(request: JSON) -> str:
         if isinstance(content, str):
             parts.append(content)
         elif isinstance(content, list):
-            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.extend(_texts(content))
     return "\n".join(parts)
 
 
@@ -50,51 +56,74 @@ def last_user_text(request: JSON) -> str:
             if isinstance(content, str):
                 return content
             if isinstance(content, list):
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                return " ".join(_texts(content))
     return ""
 
 
-def sample(schema: Any) -> Any:
-    """A small value that fits a JSON schema's types."""
+def _texts(parts: list[Any]) -> list[str]:
+    return [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+
+
+def sample(schema: Any, *, param: str | None = None, depth: int = 1) -> Any:
+    """A small value that fits a JSON schema's types.
+
+    One pass over the schema as given (``$ref`` is not followed), so the work is that of reading
+    it; refused past :data:`MAX_DEPTH` levels with a 400 naming ``param``.
+    """
     if not isinstance(schema, dict):
         return None
-    if schema.get("enum"):
-        return schema["enum"][0]
+    if depth > MAX_DEPTH:
+        where = f"Invalid '{param}'" if param else "Invalid schema"
+        raise InvalidRequest(
+            f"{where}: the schema is nested deeper than {MAX_DEPTH} levels.", param=param, code="invalid_value"
+        )
+    if isinstance(enum := schema.get("enum"), list) and enum:
+        return enum[0]
     if "const" in schema:
         return schema["const"]
     for key in ("anyOf", "oneOf"):
-        if schema.get(key):
-            return sample(schema[key][0])
+        if isinstance(variants := schema.get(key), list) and variants:
+            return sample(variants[0], param=param, depth=depth + 1)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object" or "properties" in schema:
-        return {name: sample(sub) for name, sub in (schema.get("properties") or {}).items()}
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            return {}
+        return {name: sample(sub, param=param, depth=depth + 1) for name, sub in properties.items()}
     if kind == "array":
-        return [sample(schema.get("items"))]
+        return [sample(schema.get("items"), param=param, depth=depth + 1)]
     return {"string": "mock", "integer": 0, "number": 0, "boolean": False}.get(str(kind))
 
 
-def _chosen_tool(request: JSON) -> JSON | None:
-    tools = [t for t in request.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
+def _chosen_tool(request: JSON) -> tuple[int, JSON] | None:
+    """The function tool to call and its place in ``tools``, if the mock calls one."""
+    tools = [
+        (i, t["function"])
+        for i, t in enumerate(request.get("tools") or ())
+        if isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+    ]
     choice = request.get("tool_choice", "auto")
     if not tools or choice == "none":
         return None
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        return next((t for t in tools if t["function"].get("name") == name), None)
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        return next(((i, f) for i, f in tools if f.get("name") == name), None)
     if choice == "required":
         return tools[0]
     text = last_user_text(request).lower()
-    return next((t for t in tools if t["function"].get("name", "").lower() in text), None)
+    return next(((i, f) for i, f in tools if isinstance(f.get("name"), str) and f["name"].lower() in text), None)
 
 
 def answer(request: JSON) -> tuple[JSON, str]:
     """The assistant message and finish reason the mock gives to ``request``."""
-    tool = _chosen_tool(request)
-    if tool is not None:
-        function = tool["function"]
-        arguments = dumps(sample(function.get("parameters") or {}) or {}).decode()
+    chosen = _chosen_tool(request)
+    if chosen is not None:
+        i, function = chosen
+        parameters = sample(function.get("parameters") or {}, param=f"tools[{i}].function.parameters")
+        arguments = _encoded(parameters or {}, f"tools[{i}].function.parameters")
         digest = hashlib.sha256(dumps([function["name"], arguments, prompt_text(request)])).hexdigest()
         call = {
             "id": "call_mock_" + digest[:20],
@@ -104,13 +133,21 @@ def answer(request: JSON) -> tuple[JSON, str]:
         return {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}, "tool_calls"
     response_format = request.get("response_format") or {}
     if response_format.get("type") == "json_schema":
-        text = dumps(sample((response_format.get("json_schema") or {}).get("schema") or {})).decode()
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+        text = _encoded(sample(schema, param=_SCHEMA_PARAM), _SCHEMA_PARAM)
     elif response_format.get("type") == "json_object":
         text = '{"mock": true}'
     else:
         quoted = " ".join(last_user_text(request).split()[:12])
         text = f'This is a mock reply from unimw (no model was called). You said: "{quoted}"'
     return {"role": "assistant", "content": text, "refusal": None}, "stop"
+
+
+def _encoded(value: Any, param: str) -> str:
+    try:
+        return dumps(value).decode()
+    except TypeError as exc:  # a const or enum value nested past what the serialiser takes
+        raise InvalidRequest(f"Invalid '{param}': the schema holds a value that cannot be sent.", param=param) from exc
 
 
 def _output_text(message: JSON) -> str:
@@ -129,6 +166,7 @@ class MockAdapter:
     supports_streaming: ClassVar[bool] = True
     supports_tools: ClassVar[bool] = True
     provider_name: ClassVar[str] = "unimw.mock"  # no vendor: a name of our own
+    default_base_url: ClassVar[str | None] = None  # offline: no server
     option_names: ClassVar[frozenset[str]] = frozenset({"latency", "chunk_delay"})
 
     @classmethod
@@ -136,6 +174,9 @@ class MockAdapter:
         for name in ("latency", "chunk_delay"):
             if not isinstance(options.get(name, 0), (int, float)):
                 raise ValueError(f"{name} is a number of seconds")
+
+    def dropped_params(self, request: JSON, target: Target) -> tuple[str, ...]:
+        return ()
 
     def __init__(self, provider: Provider) -> None:
         self._latency = float(provider.options.get("latency", 0))

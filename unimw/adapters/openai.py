@@ -121,6 +121,7 @@ class OpenAIAdapter(HTTPAdapter):
     """Chat Completions over HTTP to one OpenAI-compatible provider."""
 
     provider_name: ClassVar[str] = "openai"
+    default_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
     option_names: ClassVar[frozenset[str]] = frozenset({"azure"})
 
     @classmethod

@@ -1,12 +1,15 @@
 """Stores behind small async protocols, chosen in policies.yaml by URL.
 
-``memory://`` keeps everything in this process; ``redis://host:port/db``
-shares it between every replica of the app.
+``memory://`` keeps everything in this process (``memory://?max_counters=N``
+bounds its live limit counters); ``redis://host:port/db`` shares it between
+every replica of the app (its pool is set in the URL, see
+:mod:`unimw.stores.redis`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import parse_qsl, urlsplit
 
 from unimw.stores.base import CacheStore, LimitStore
 
@@ -16,7 +19,7 @@ def limit_store(url: str) -> LimitStore:
     if url.startswith("memory://"):
         from unimw.stores.memory import MemoryLimitStore
 
-        return MemoryLimitStore()
+        return MemoryLimitStore(**_memory_options(url))
     from unimw.stores.redis import RedisLimitStore
 
     return RedisLimitStore(url)
@@ -31,3 +34,15 @@ def cache_store(url: str, *, max_entries: int, max_bytes: int, clock: Callable[[
     from unimw.stores.redis import RedisCacheStore
 
     return RedisCacheStore(url)
+
+
+def _memory_options(url: str) -> dict[str, int]:
+    """The options of a ``memory://`` limit store URL; an unknown or malformed one is a configuration error."""
+    options: dict[str, int] = {}
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True, strict_parsing=False):
+        if name != "max_counters":
+            raise ValueError(f"unknown memory:// store option {name!r}: the only one is max_counters")
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"max_counters must be a positive integer, got {value!r}")
+        options[name] = int(value)
+    return options

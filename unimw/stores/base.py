@@ -29,7 +29,8 @@ class Reservation:
     """The answer to a reserve: taken, or the first counter that did not fit."""
 
     ok: bool
-    totals: tuple[int, ...]  #: each counter's total after the reservation (before it, if refused)
+    #: One total per counter, in order, also when refused: after the reservation (before it, if refused).
+    totals: tuple[int, ...]
     refused: int = -1  #: index of the counter that did not fit
     retry_after: float | None = None  #: seconds until it would fit; None if it never will
 

@@ -5,10 +5,17 @@ trip), so two replicas can never both take the last unit; settling is
 another. Sliding counters are a sorted set of call ids by time plus a hash
 of their amounts and running total; calendar counters are plain integers.
 Every key expires with its window.
+
+Connections come from a blocking pool: at most ``max_connections`` (50 by
+default) and a call waits up to ``timeout`` seconds (5 by default) for a free
+one, so a burst of concurrent calls queues instead of failing. Both are read
+from the store URL by redis-py, as are its socket options:
+``redis://127.0.0.1:6379/0?max_connections=20&timeout=2&socket_timeout=1``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +24,14 @@ from unimw.stores.base import Counter, Reservation, StoreUnavailable
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+#: Pool defaults; the URL's ``max_connections`` and ``timeout`` (the wait for a free connection) win.
+POOL_DEFAULTS: dict[str, Any] = {
+    "max_connections": 50,
+    "timeout": 5.0,
+    "socket_timeout": 2,
+    "socket_connect_timeout": 2,
+}
+
 # KEYS: per counter two keys (sorted set, hash) for sliding, (integer, unused) for fixed.
 # ARGV: now_ms, call_id ('' to only read), then per counter: limit, window_ms, sliding (1/0), amount.
 _RESERVE = """
@@ -24,11 +39,11 @@ local now = tonumber(ARGV[1])
 local id = ARGV[2]
 local n = (#ARGV - 2) / 4
 local totals = {}
+local refused = 0
 for i = 1, n do
   local limit, window = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
   local sliding, amount = ARGV[4*i+1] == '1', tonumber(ARGV[4*i+2])
   local z, h = KEYS[2*i-1], KEYS[2*i]
-  local total
   if sliding then
     local old = redis.call('ZRANGEBYSCORE', z, '-inf', now - window)
     for _, member in ipairs(old) do
@@ -36,27 +51,32 @@ for i = 1, n do
       redis.call('HDEL', h, member)
     end
     if #old > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', now - window) end
-    total = tonumber(redis.call('HGET', h, '_total') or '0')
+    totals[i] = tonumber(redis.call('HGET', h, '_total') or '0')
   else
-    total = tonumber(redis.call('GET', z) or '0')
+    totals[i] = tonumber(redis.call('GET', z) or '0')
   end
-  totals[i] = total
-  if id ~= '' and total + amount > limit then
-    local retry = -1
-    if amount <= limit then
-      if sliding then
-        local need, freed = total + amount - limit, 0
-        local members = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
-        for j = 1, #members, 2 do
-          freed = freed + tonumber(redis.call('HGET', h, members[j]) or '0')
-          if freed >= need then retry = tonumber(members[j+1]) + window - now; break end
-        end
-      else
-        retry = redis.call('PTTL', z)
+  -- The first counter that does not fit is refused; every total is still read (one per counter).
+  if refused == 0 and id ~= '' and totals[i] + amount > limit then refused = i end
+end
+if refused > 0 then
+  local i = refused
+  local limit, window = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
+  local sliding, amount = ARGV[4*i+1] == '1', tonumber(ARGV[4*i+2])
+  local z, h = KEYS[2*i-1], KEYS[2*i]
+  local retry = -1
+  if amount <= limit then
+    if sliding then
+      local need, freed = totals[i] + amount - limit, 0
+      local members = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
+      for j = 1, #members, 2 do
+        freed = freed + tonumber(redis.call('HGET', h, members[j]) or '0')
+        if freed >= need then retry = tonumber(members[j+1]) + window - now; break end
       end
+    else
+      retry = redis.call('PTTL', z)
     end
-    return {0, i - 1, retry, unpack(totals)}
   end
+  return {0, i - 1, retry, unpack(totals)}
 end
 if id == '' then return {1, -1, 0, unpack(totals)} end  -- a read: take nothing
 for i = 1, n do
@@ -103,11 +123,7 @@ class RedisLimitStore:
     """:class:`~unimw.stores.base.LimitStore` on Redis (``redis://host:port/db``)."""
 
     def __init__(self, url: str) -> None:
-        try:
-            from redis.asyncio import Redis
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError("a redis:// store needs the redis extra: pip install 'unimw[redis]'") from exc
-        self._redis: Redis = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._redis = _client(url)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
 
@@ -136,13 +152,13 @@ class RedisLimitStore:
         return (await self.reserve("", counters, [0] * len(counters), now)).totals
 
     async def once(self, key: str, ttl: float, now: float) -> bool:
-        return bool(await _guard(self._redis.set(key, 1, nx=True, px=max(1, int(ttl * 1000)))))
+        return bool(await _guard(self._redis, self._redis.set(key, 1, nx=True, px=max(1, int(ttl * 1000)))))
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
-        reply: list[Any] = await _guard(script(keys=keys, args=args))
+        reply: list[Any] = await _guard(self._redis, script(keys=keys, args=args))
         return reply
 
 
@@ -157,25 +173,45 @@ class RedisCacheStore:
     """:class:`~unimw.stores.base.CacheStore` on Redis: each entry a key with its TTL set in Redis."""
 
     def __init__(self, url: str) -> None:
-        from redis.asyncio import Redis
-
-        self._redis: Redis = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._redis = _client(url)
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await _guard(self._redis.get(key))
+        value: bytes | None = await _guard(self._redis, self._redis.get(key))
         return value
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        await _guard(self._redis.set(key, value, px=max(1, int(ttl * 1000))))
+        await _guard(self._redis, self._redis.set(key, value, px=max(1, int(ttl * 1000))))
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
 
-async def _guard(awaitable: Any) -> Any:
+def _client(url: str) -> Redis:
+    """A client on a blocking pool: a busy pool makes a call wait (bounded), it is not a failure."""
+    try:
+        from redis.asyncio import BlockingConnectionPool, Redis
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("a redis:// store needs the redis extra: pip install 'unimw[redis]'") from exc
+    return Redis.from_pool(BlockingConnectionPool.from_url(url, **POOL_DEFAULTS))
+
+
+async def _guard(client: Redis, awaitable: Any) -> Any:
+    """Await a Redis call, mapping its failures to StoreUnavailable with what went wrong."""
+    from redis.asyncio import BlockingConnectionPool
     from redis.exceptions import ConnectionError, TimeoutError
 
     try:
         return await awaitable
-    except (ConnectionError, TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc
+    except ConnectionError as exc:
+        # The pool raises ConnectionError from the builtin TimeoutError when no connection came free in time.
+        pool = client.connection_pool
+        if isinstance(exc.__cause__, asyncio.TimeoutError) and isinstance(pool, BlockingConnectionPool):
+            raise StoreUnavailable(
+                f"Redis connection pool busy: no connection free within {pool.timeout:g} s "
+                f"(max_connections={pool.max_connections})"
+            ) from exc
+        raise StoreUnavailable(f"Redis is unreachable ({type(exc).__name__}: {exc})") from exc
+    except TimeoutError as exc:
+        raise StoreUnavailable(f"Redis did not answer in time ({type(exc).__name__}: {exc})") from exc
+    except OSError as exc:
+        raise StoreUnavailable(f"Redis is unreachable ({type(exc).__name__}: {exc})") from exc

@@ -17,35 +17,14 @@ raise (a value of an unexpected shape is skipped or kept as it is).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Iterable
+from typing import Any
 
 from unimw.wire import JSON, dumps, loads
 
-#: The standard switch for content capture (opentelemetry-util-genai's name and values).
-CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 #: OpenAI finish reasons → the conventions' (``stop``, ``length``, ``content_filter``, ``tool_call``, ``error``).
 FINISH_REASONS = {"tool_calls": "tool_call", "function_call": "tool_call"}
 _ROLES = {"developer": "system", "function": "tool"}
-_MODES = {
-    "true": (True, False),
-    "span_only": (True, False),
-    "event_only": (False, True),
-    "span_and_event": (True, True),
-    "false": (False, False),
-    "no_content": (False, False),
-}
-
-
-def content_modes(policy_flag: bool, environ: Mapping[str, str]) -> tuple[bool, bool]:
-    """Where prompts and completions go: ``(on the span, in an event)``.
-
-    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``, when set, decides:
-    ``true`` (the legacy form) or ``SPAN_ONLY`` → span, ``EVENT_ONLY`` → event,
-    ``SPAN_AND_EVENT`` → both, ``false`` or ``NO_CONTENT`` → neither. Unset (or
-    unrecognised), the policy's ``tracing.capture_content`` turns on the span.
-    """
-    return _MODES.get(environ.get(CAPTURE_CONTENT_ENV, "").strip().lower(), (policy_flag, False))
 
 
 def input_messages(request: JSON) -> str:

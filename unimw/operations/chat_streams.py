@@ -7,7 +7,7 @@ kind stored it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from unimw.wire import JSON, chunk, usage_chunk
@@ -112,8 +112,3 @@ def replay(completion: JSON, *, include_usage: bool) -> Iterator[JSON]:
         yield chunk(id, model, created, finish_reason=choice.get("finish_reason") or "stop", index=index)
     if include_usage and completion.get("usage"):
         yield usage_chunk(id, model, created, completion["usage"])
-
-
-async def aiter_of(items: Iterable[JSON]) -> AsyncIterator[JSON]:
-    for item in items:
-        yield item

@@ -1,0 +1,47 @@
+"""Every telemetry name unimw defines itself: the one table.
+
+The GenAI conventions' own names are imported from
+``opentelemetry-semantic-conventions`` where they are used, never typed
+out; the names below are unimw's (``unimw.*``) or ones the conventions
+define but the package does not carry yet.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Span attributes
+REQUEST_ID: Final = "unimw.request.id"  #: the x-request-id of the call
+TENANT: Final = "unimw.tenant"  #: tenant name from the policy (also on the unimw metrics)
+END_USER: Final = "unimw.end_user"  #: the request's ``user`` / end-user id, as the app gave it
+ALIAS: Final = "unimw.alias"  #: the public name called, when it is an alias
+ROUTE_STRATEGY: Final = "unimw.route.strategy"  #: ``single``, ``fallback`` or ``weighted``
+TARGET: Final = "unimw.target"  #: the public model that answered (or was tried, on an attempt span)
+PROVIDER: Final = "unimw.provider"  #: that model's provider, by its name in the policy
+ATTEMPT: Final = "unimw.attempt"  #: attempt number within the call, from 1
+STATUS: Final = "unimw.status"  #: how the call ended: ``ok``, ``error`` or ``cancelled``
+CACHE_HIT: Final = "unimw.cache.hit"  #: answered from the response cache (also on unimw.cache.requests)
+CACHE_STATUS: Final = "unimw.cache.status"  #: ``hit``, ``miss`` or ``bypass``, when the cache applies
+COST_USD: Final = "unimw.cost.usd"  #: what the tenant is charged for the call
+BUDGET_DECISION: Final = "unimw.budget.decision"  #: ``reserved``, ``refused``, ``unmetered`` or ``none``
+#: Request fields an adapter left out for its target (the adapter's ``dropped_params``, on the attempt span).
+DROPPED_PARAMS: Final = "unimw.request.dropped_params"
+# Span events (on the gateway span) and their attributes
+BUDGET_ALERT: Final = "unimw.budget.alert"
+BUDGET_QUANTITY: Final = "unimw.budget.quantity"
+BUDGET_THRESHOLD: Final = "unimw.budget.threshold"
+BUDGET_USED: Final = "unimw.budget.used"
+BUDGET_LIMIT: Final = "unimw.budget.limit"
+#: The conventions' event for content (``EVENT_ONLY`` / ``SPAN_AND_EVENT``), not in the package yet.
+OPERATION_DETAILS: Final = "gen_ai.client.inference.operation.details"
+# Metrics
+CACHE_REQUESTS: Final = "unimw.cache.requests"  #: counter, {request}: by unimw.cache.hit, model, tenant
+BUDGET_REFUSALS: Final = "unimw.budget.refusals"  #: counter, {request}: by tenant, model, error.type
+COST: Final = "unimw.cost"  #: counter, USD: by tenant, model, gen_ai.provider.name, unimw.provider
+
+OTHER: Final = "_OTHER"  #: the conventions' value for a name that is not one of a known set
+SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.41.0"  #: the last release defining gen_ai.*
+
+#: Advised bucket boundaries (gen-ai-metrics.md).
+DURATION_BUCKETS: Final = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))  # 1, 4, 16, ... 67108864

@@ -1,0 +1,155 @@
+"""What an operation gives the pipeline: everything that differs between kinds of call.
+
+The pipeline (:class:`unimw.gateway.Gateway`) is written once: identify the
+tenant, validate, resolve the route, authorize, look up the cache, reserve,
+dispatch, then finish (settle, store, record, trace). An :class:`Operation`
+supplies only what one kind of call does differently at those steps: how
+its body is checked, which fields key the cache, how its answer and its
+chunks are read for usage, how a stream is assembled and replayed, how
+adapters are asked for it, and what its span says. Adding one is a module
+like :mod:`unimw.operations.chat` and a route; no step changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from unimw.errors import InvalidRequest
+from unimw.usage import Usage
+from unimw.wire import JSON, dumps
+
+if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
+
+    from unimw.adapters.base import Adapter, Target
+
+#: unimw's own per-request field (cache directives): read by the cache step, never sent upstream.
+CONTROL_FIELD = "unimw_cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What an answer (or the chunks of a stream so far) says about the call."""
+
+    usage: Usage | None = None
+    response_id: str | None = None
+    response_model: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+
+
+class StreamWatch(Protocol):
+    """Follows the chunks of one streamed call on their way to the client."""
+
+    def see(self, chunk: JSON) -> JSON | None:
+        """Note what ``chunk`` says; the chunk to send the client, or None if it is not for the client."""
+        ...
+
+    def reading(self) -> Reading:
+        """What the chunks seen so far say (the usage chunk's counts, once it came)."""
+        ...
+
+    def produced(self) -> str:
+        """The output seen so far, to estimate what a stream cut short used when the vendor never said."""
+        ...
+
+    def answer(self) -> JSON | None:
+        """The whole answer the chunks spell out, if they finished it (None when cut short or not assembled)."""
+        ...
+
+
+class Operation:
+    """One kind of call. Subclasses set the class attributes and override what they use.
+
+    The defaults describe an operation that is answered whole (no stream),
+    is keyed in the cache by every field but ``model`` and unimw's own, and
+    whose usage is estimated from the size of the request and the answer.
+    """
+
+    #: ``gen_ai.operation.name``, and the first word of its spans' names.
+    name: ClassVar[str]
+    #: Where the doors serve it, below their prefix (``/chat/completions``).
+    path: ClassVar[str]
+    #: Request fields that cannot change the answer, so do not split the cache.
+    not_in_cache_key: ClassVar[frozenset[str]] = frozenset({"model", "user", "metadata", CONTROL_FIELD})
+
+    def validate(self, body: Any) -> JSON:
+        """``body`` if it is a well-formed request (it names a ``model``), else :class:`InvalidRequest`."""
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object.")
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+        return body
+
+    def is_stream(self, request: JSON) -> bool:
+        """Whether the caller asked for the answer as a stream."""
+        return False
+
+    # ── what a call may cost, before it is made ──────────────────────────────
+
+    def prompt_tokens(self, request: JSON) -> int:
+        """A generous estimate of the request's input tokens (about four bytes of JSON a token)."""
+        return len(dumps(request)) // 4 + 8
+
+    def output_cap(self, request: JSON) -> int | None:
+        """The request's own cap on output tokens, when it sets one."""
+        return None
+
+    def worst_output_tokens(self, request: JSON, default_cap: int) -> int:
+        """The most output tokens the call can produce, ``default_cap`` standing in for a missing cap."""
+        return self.output_cap(request) or default_cap
+
+    def with_output_cap(self, request: JSON, cap: int) -> JSON:
+        """``request`` with its output cap lowered to ``cap`` when it has none or a larger one (a copy)."""
+        return request
+
+    # ── asking the adapters ──────────────────────────────────────────────────
+
+    async def complete(self, adapter: Adapter, request: JSON, target: Target) -> JSON:
+        """The whole answer from ``target``."""
+        raise NotImplementedError
+
+    def stream_request(self, request: JSON) -> JSON:
+        """The request as sent upstream for a stream (e.g. asking for the usage chunk)."""
+        return request
+
+    async def stream(self, adapter: Adapter, request: JSON, target: Target) -> AsyncIterator[JSON]:
+        """The answer from ``target`` as chunks, once the upstream accepted the request."""
+        raise NotImplementedError
+
+    # ── reading answers ──────────────────────────────────────────────────────
+
+    def read(self, answer: JSON) -> Reading:
+        """What a whole answer says: its usage (None when the vendor left it out), ids, finish reasons."""
+        return Reading(response_id=_str(answer.get("id")), response_model=_str(answer.get("model")))
+
+    def output_text(self, answer: JSON) -> str:
+        """The output of an answer, to estimate its tokens when the vendor did not count them."""
+        return dumps(answer).decode()
+
+    def watch(self, request: JSON, *, assemble: bool) -> StreamWatch:
+        """A watcher for the chunks of one streamed call (``assemble``: keep the whole answer)."""
+        raise NotImplementedError
+
+    def cacheable(self, answer: JSON) -> bool:
+        """Whether the answer may be stored and given to the next identical request."""
+        return True
+
+    def replay(self, answer: JSON) -> Iterator[JSON]:
+        """The chunks a stream of ``answer`` would have had (usage included), for a cached answer."""
+        raise NotImplementedError
+
+    # ── what its spans say ───────────────────────────────────────────────────
+
+    def request_attributes(self, request: JSON) -> dict[str, AttributeValue]:
+        """Span attributes from the request's parameters (``gen_ai.request.*``)."""
+        return {}
+
+    def content(self, request: JSON, answer: JSON | None) -> dict[str, AttributeValue]:
+        """The prompt and answer as span attributes, for opt-in content capture."""
+        return {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
