@@ -26,6 +26,18 @@ def test_public_api_is_complete_and_sorted() -> None:
     assert unimw.__all__ == sorted(unimw.__all__)
 
 
+def test_public_names_read_as_unimw_and_every_error_is_exported() -> None:
+    public = [getattr(unimw, name) for name in unimw.__all__ if not name.startswith("__")]
+    assert {value.__name__: value.__module__ for value in public} == {value.__name__: "unimw" for value in public}
+
+    def subclasses(cls: type) -> set[type]:
+        return {cls}.union(*(subclasses(sub) for sub in cls.__subclasses__()))
+
+    exported = set(public)
+    assert subclasses(unimw.UnimwError) <= exported
+    assert {unimw.UsageRecord, unimw.BudgetAlert, unimw.ConfigError} <= exported
+
+
 async def _lines(*lines: bytes) -> AsyncIterator[bytes]:
     for line in lines:
         yield line
@@ -184,7 +196,8 @@ async def test_the_mock_streams_tool_calls_and_usage() -> None:
         }
         whole = await gateway.chat_completions(request)
         chunks = [
-            c async for c in await gateway.stream_chat_completions({**request, "stream_options": {"include_usage": True}})
+            c
+            async for c in await gateway.stream_chat_completions({**request, "stream_options": {"include_usage": True}})
         ]
     assert isinstance(whole, dict)
     assert whole["choices"][0]["message"]["tool_calls"][0]["function"] == {

@@ -13,13 +13,15 @@ is finished in one place (:class:`~unimw.finishing.Finisher`), from the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from unimw import stores
 from unimw.adapters import adapter_class
 from unimw.adapters.base import Adapter
 from unimw.cache import ResponseCache, strip_control
@@ -35,7 +37,6 @@ from unimw.policy import Policy
 from unimw.records import Recorder
 from unimw.redaction import Redactor, provider_secrets
 from unimw.routing import Router
-from unimw import stores
 from unimw.stores.base import CacheStore, LimitStore
 from unimw.tenants import Caller, Tenants
 from unimw.tracing import Tracing
@@ -83,6 +84,7 @@ class Gateway:
     those the doors serve (chat completions). ``limit_store`` and
     ``cache_store`` replace the stores the policy names by URL with objects
     of the app's own (see :mod:`unimw.stores.base` for what they must do).
+    ``sleep`` waits between retries (tests pass one that only records).
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class Gateway:
         operations: Iterable[Operation] = (),
         limit_store: LimitStore | None = None,
         cache_store: CacheStore | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.policy = policy
         self.created = int(time.time())
@@ -114,6 +117,7 @@ class Gateway:
             policy.dispatch,
             redactors={name: Redactor(provider_secrets(p)) for name, p in policy.providers.items()},
             retries={name: p.retries for name, p in policy.providers.items() if p.retries is not None},
+            sleep=sleep,
             observer=self._tracing,
         )
         settings = policy.cache
@@ -151,6 +155,7 @@ class Gateway:
         operations: Iterable[Operation] = (),
         limit_store: LimitStore | None = None,
         cache_store: CacheStore | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> Gateway:
         """A gateway for a policy given as data (already interpolated).
 
@@ -164,6 +169,7 @@ class Gateway:
             operations=operations,
             limit_store=limit_store,
             cache_store=cache_store,
+            sleep=sleep,
         )
 
     # ── in-process API ───────────────────────────────────────────────────────

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import openai
 import pytest
 
-from tests.conftest import collect
+from tests.conftest import collect, policy_for
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway, UpstreamError
 
@@ -35,16 +34,18 @@ async def test_gives_up_after_the_configured_retries(
     assert upstream.calls == {"up-main": 4}
 
 
-async def test_honours_retry_after_when_no_other_target(
-    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream
-) -> None:
-    gateway = make_gateway(dispatch={"retries": 1, "backoff": "1ms", "cooldown": 0})
+async def test_honours_retry_after_when_no_other_target(upstream_url: str, upstream: OpenAIUpstream) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    policy = policy_for(upstream_url, dispatch={"retries": 1, "backoff": "1ms", "cooldown": 0})
     upstream.plan("up-main", "429:0.3")
-    started = time.monotonic()
-    completion = await gateway.chat_completions({"model": "gpt-main", "messages": HELLO})
-    assert isinstance(completion, dict) and completion["model"] == "up-main"
-    assert time.monotonic() - started >= 0.3
-    assert upstream.calls == {"up-main": 2}
+    async with Gateway.from_dict(policy, sleep=sleep) as gateway:
+        completion = await gateway.chat_completions({"model": "gpt-main", "messages": HELLO})
+    assert completion["model"] == "up-main"
+    assert (waits, upstream.calls) == ([0.3], {"up-main": 2})
 
 
 async def test_too_long_a_retry_after_is_not_waited_for(
