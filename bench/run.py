@@ -1,4 +1,4 @@
-"""Every figure of issue 7, side by side with calling the upstream directly, in one run.
+"""Every performance figure, side by side with calling the upstream directly, in one run.
 
     python -m bench.run                # full run, a few minutes on 2 cores
     python -m bench.run --quick        # tiny counts: the CI smoke run
@@ -483,7 +483,7 @@ def _skip(keys: list[tuple[str, str]], reason: str) -> list[Item]:
 
 
 async def bench_cache(env: Env) -> list[Item]:
-    """Cache hit latency, in process and over HTTP, against the same call without a cache (issue 5)."""
+    """Cache hit latency, in process and over HTTP, against the same call without a cache."""
     keys = [("cache.inproc.p50_us", "cache hit, in process"), ("cache.http.p50_us", "cache hit, over HTTP (serve)")]
     if not _policy_has("cache"):
         return _skip(keys, f"{NOT_YET}: the policy schema has no `cache` section")
@@ -563,7 +563,7 @@ async def _round_trips(call: Call, calls: int) -> float:
 
 
 async def bench_limits(env: Env) -> list[Item]:
-    """Added cost of the rate-limit + budget step per call: memory store, and Redis (issue 4)."""
+    """Added cost of the rate-limit + budget step per call: memory store, and Redis."""
     memory = ("limits.memory.p50_us", "budget + rate limit, memory store")
     redis = [
         ("limits.redis.p50_us", "budget + rate limit, Redis store"),
@@ -614,7 +614,7 @@ async def bench_limits(env: Env) -> list[Item]:
 
 
 async def bench_tracing(env: Env) -> list[Item]:
-    """Added cost per call with an SDK TracerProvider and a no-op exporter (issue 6)."""
+    """Added cost per call with an SDK TracerProvider and a no-op exporter."""
     keys = [("tracing.sdk.p50_us", "tracing on (SDK provider, no-op exporter)")]
     if "tracer_provider" not in inspect.signature(Gateway.from_dict).parameters:
         return _skip(keys, f"{NOT_YET}: Gateway.from_dict takes no tracer_provider")

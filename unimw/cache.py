@@ -186,6 +186,7 @@ def _directives(request: JSON, headers: Mapping[str, str], ttl: float) -> tuple[
             raise InvalidRequest(
                 f"Invalid value for '{CONTROL_FIELD}.mode': use 'no-cache' or 'no-store'.",
                 param=f"{CONTROL_FIELD}.mode",
+                code="invalid_value",
             )
         mode = "no-store" if "no-store" in (mode, requested) else "no-cache"
     if (value := control.get("ttl")) is not None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from unimw import stores
 from unimw.adapters import adapter_class
@@ -61,6 +61,18 @@ class Inbound:
     caller: Caller | None = None
 
 
+class GatewayOptions(TypedDict, total=False):
+    """What :class:`Gateway` takes besides the policy (see its docstring)."""
+
+    clock: Callable[[], float]
+    tracer_provider: TracerProvider | None
+    meter_provider: MeterProvider | None
+    operations: Iterable[Operation]
+    limit_store: LimitStore | None
+    cache_store: CacheStore | None
+    sleep: Callable[[float], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class Answer:
     """What a door sends back: a whole answer or a stream of chunks, and extra headers."""
@@ -80,7 +92,8 @@ class Gateway:
     Use it as an async context manager (or call :meth:`aclose`) so that its
     upstream connections and stores are closed. Spans and metrics go to the
     global OpenTelemetry providers unless ``tracer_provider`` / ``meter_provider``
-    are given (see :mod:`unimw.tracing`). ``operations`` adds operations to
+    are given (see :mod:`unimw.tracing`). ``clock`` (seconds since the
+    epoch) drives limit windows and cache expiry. ``operations`` adds operations to
     those the doors serve (chat completions). ``limit_store`` and
     ``cache_store`` replace the stores the policy names by URL with objects
     of the app's own (see :mod:`unimw.stores.base` for what they must do).
@@ -134,43 +147,15 @@ class Gateway:
 
     @classmethod
     def from_yaml(
-        cls,
-        path: str | os.PathLike[str],
-        env: Mapping[str, str] | None = None,
-        *,
-        tracer_provider: TracerProvider | None = None,
-        meter_provider: MeterProvider | None = None,
+        cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None, **options: Unpack[GatewayOptions]
     ) -> Gateway:
-        """A gateway for the policy file at ``path``."""
-        return cls(load_policy(path, env), tracer_provider=tracer_provider, meter_provider=meter_provider)
+        """A gateway for the policy file at ``path`` (``${VAR}`` from ``env``, else the environment)."""
+        return cls(load_policy(path, env), **options)
 
     @classmethod
-    def from_dict(
-        cls,
-        data: Mapping[str, Any],
-        *,
-        clock: Callable[[], float] = time.time,
-        tracer_provider: TracerProvider | None = None,
-        meter_provider: MeterProvider | None = None,
-        operations: Iterable[Operation] = (),
-        limit_store: LimitStore | None = None,
-        cache_store: CacheStore | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> Gateway:
-        """A gateway for a policy given as data (already interpolated).
-
-        ``clock`` (seconds since the epoch) drives limit windows; tests move it.
-        """
-        return cls(
-            build_policy(dict(data)),
-            clock=clock,
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            operations=operations,
-            limit_store=limit_store,
-            cache_store=cache_store,
-            sleep=sleep,
-        )
+    def from_dict(cls, data: Mapping[str, Any], **options: Unpack[GatewayOptions]) -> Gateway:
+        """A gateway for a policy given as data (already interpolated)."""
+        return cls(build_policy(dict(data)), **options)
 
     # ── in-process API ───────────────────────────────────────────────────────
 

@@ -2,7 +2,7 @@
 
 Adapters post bytes and read bytes or lines; they never see the client
 library. We use one pooled ``aiohttp.ClientSession`` per provider because,
-measured on the bench (see README), it costs a half to a third of what
+measured on the bench (see docs/performance.md), it costs a half to a third of what
 ``httpx.AsyncClient`` does per call and per streamed chunk. Client errors
 are mapped to :class:`UpstreamUnavailable` / :class:`UpstreamTimeout` here
 and nowhere else.

@@ -3,7 +3,7 @@
 The spans of one call, named and shaped by the GenAI semantic conventions::
 
     <the host app's current span: its HTTP server span, when mounted>
-    └─ chat {requested model}   CLIENT  the gateway call (Gateway.handle_chat → Gateway._finish)
+    └─ chat {requested model}   CLIENT  the gateway call (Gateway.handle → Finisher.finish)
        ├─ chat {upstream model} CLIENT  attempt 1  (error.type and status when it failed)
        └─ chat {upstream model} CLIENT  attempt 2  (a retry, or the next target of an alias)
 

@@ -108,6 +108,12 @@ def _descend(node: dict[str, Any] | list[Any], levels_left: int) -> None:
 
 def _check_messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
+        if messages == []:
+            raise InvalidRequest(
+                "Invalid 'messages': empty array. Expected an array with at least one message.",
+                param="messages",
+                code="empty_array",
+            )
         raise _missing_or_wrong("messages", messages, "a non-empty array")
     for i, message in enumerate(messages):
         param = f"messages[{i}]"

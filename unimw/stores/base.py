@@ -1,4 +1,4 @@
-"""The store protocols: what limits (and later caches) need from storage."""
+"""The store protocols: what limits and the response cache need from storage."""
 
 from __future__ import annotations
 
