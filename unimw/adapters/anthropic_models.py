@@ -90,15 +90,16 @@ def add_structured_output(body: JSON, response_format: JSON | None, model: Trait
     kind = (response_format or {}).get("type")
     if kind not in ("json_schema", "json_object"):
         return
-    spec = (response_format or {}).get("json_schema") or {}
-    given = spec.get("schema") or {"type": "object"}
+    spec = (response_format or {}).get("json_schema")
+    given = (spec.get("schema") if isinstance(spec, dict) else None) or {"type": "object"}
     if not isinstance(given, dict):
         raise InvalidRequest(f"Invalid type for '{_SCHEMA_PARAM}': expected an object.", param=_SCHEMA_PARAM)
     if kind == "json_schema" and model.native_json:
         schema = closed_schema(given, param=_SCHEMA_PARAM)
         body.setdefault("output_config", {})["format"] = {"type": "json_schema", "schema": schema}
         return
-    description = ("Give your final answer as this tool's input. " + str(spec.get("description") or "")).strip()
+    asked = spec.get("description") if isinstance(spec, dict) else None
+    description = ("Give your final answer as this tool's input. " + str(asked or "")).strip()
     tool = {"name": JSON_TOOL, "description": description, "input_schema": {"type": "object", **given}}
     choice = body.get("tool_choice") or {"type": "auto"}
     if "tools" not in body or choice["type"] == "none":

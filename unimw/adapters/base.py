@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Protocol
 
 from opentelemetry import trace
 
-from unimw.errors import UpstreamError
+from unimw.errors import InvalidRequest, UpstreamError
 from unimw.http import StreamReply, UpstreamClient
 from unimw.policy import Provider
 from unimw.wire import JSON, dumps, loads, now
@@ -77,6 +77,14 @@ def redact(text: str, secret: str | None) -> str:
     if secret and secret in text:
         return text.replace(secret, "***")
     return text
+
+
+def encode(body: JSON) -> bytes:
+    """``body`` as JSON for the vendor; a body JSON cannot carry (nested past 254 levels) is the caller's 400."""
+    try:
+        return dumps(body)
+    except TypeError as exc:
+        raise InvalidRequest("The request cannot be encoded for the upstream: it is nested too deeply.") from exc
 
 
 def merge_params(request: JSON, target: Target) -> JSON:
@@ -162,14 +170,14 @@ class HTTPAdapter:
 
     async def post(self, url: str, body: JSON) -> JSON:
         """POST ``body``; the answer's JSON object, or the vendor's error raised."""
-        reply = await self._client.post(url, dumps(body), {})
+        reply = await self._client.post(url, encode(body), {})
         if reply.status >= 400:
             raise self.error(reply.status, reply.body, reply.headers)
         return parse_object(reply.body)
 
     async def open_stream(self, url: str, body: JSON) -> StreamReply:
         """POST ``body`` for an event stream; the reply once the upstream accepted it."""
-        reply = await self._client.open_stream(url, dumps(body), _SSE_ACCEPT)
+        reply = await self._client.open_stream(url, encode(body), _SSE_ACCEPT)
         if reply.status >= 400:
             try:
                 raise self.error(reply.status, await reply.read(), reply.headers)

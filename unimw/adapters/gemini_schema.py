@@ -24,7 +24,6 @@ schema is refused with a 400 naming it, never converted halfway.
 
 from __future__ import annotations
 
-from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +39,8 @@ _SCHEMA_KEPT = (
 _FORMATS = {"STRING": {"enum", "date-time"}, "NUMBER": {"float", "double"}, "INTEGER": {"int32", "int64"}}
 
 #: Schema objects the conversions of one request may produce, a ``$ref`` target counted each time
-#: it is inlined. Real tool schemas have tens to hundreds (OpenAI's structured outputs stop at
-#: 5,000 properties); at about 5 us a node this keeps a request's conversion near 50 ms.
+#: it is inlined (each hop too). Real tool schemas have tens to hundreds of nodes, and OpenAI's
+#: structured outputs stop at 5,000 properties; at about 4 us a node the whole bound is some 40 ms.
 MAX_NODES = 10_000
 #: Characters of text (descriptions, enum values, defaults, property names) plus list items the
 #: converted schemas may carry: inlining shares these by reference, but the body sent repeats them.
@@ -157,14 +156,13 @@ def _convert(given: Any, walk: _Walk, seen: tuple[str, ...], depth: int) -> JSON
     return out
 
 
-def _resolve(node: JSON, walk: _Walk, seen: tuple[str, ...], depth: int) -> tuple[Mapping[str, Any], tuple[str, ...]]:
+def _resolve(node: JSON, walk: _Walk, seen: tuple[str, ...], depth: int) -> tuple[JSON, tuple[str, ...]]:
     """``node`` with its ``$ref`` inlined; sibling keywords (a description, say) win over the target's.
 
-    A loop rather than recursion, so a long chain of references costs depth, not stack. The
-    layers are chained rather than copied: a target is inlined without copying its keys.
+    A loop rather than recursion, so a long chain of references costs depth, not stack.
     """
-    layers: list[Mapping[str, Any]] = []
-    current: Mapping[str, Any] = node
+    layers: list[JSON] = []
+    current = node
     while isinstance(ref := current.get("$ref"), str):
         layers.append(current)
         if depth + len(seen) >= MAX_DEPTH:
@@ -178,7 +176,12 @@ def _resolve(node: JSON, walk: _Walk, seen: tuple[str, ...], depth: int) -> tupl
         current = walk.defs[name]
     if not layers:
         return node, seen
-    return ChainMap(*layers, current), seen
+    walk.budget.spend(walk.param, text=len(current) + sum(len(layer) for layer in layers))  # the keys copied
+    merged = dict(current)
+    for layer in reversed(layers):
+        merged.update(layer)
+    del merged["$ref"]
+    return merged, seen
 
 
 def _object(value: Any) -> Mapping[str, Any]:
