@@ -10,12 +10,12 @@ The spans of one call, named and shaped by the GenAI semantic conventions::
 The gateway span ends when the call is finished: after the answer for a plain
 call; when the stream ends, fails or is closed for a stream. An attempt span
 covers one upstream request: the whole exchange for a plain call, the opening
-of the stream up to its first chunk for a stream. It is the current span while
-the adapter runs, so :func:`unimw.adapters.base.note_dropped` lands on it.
+of the stream up to its first chunk for a stream; it carries the request fields
+its adapter had to leave out (the adapter's ``dropped_params``).
 
-Every attribute and metric name is in this module: the conventions' own are
-imported from ``opentelemetry-semantic-conventions`` (never typed out), and
-unimw's are in the table below. With no SDK configured the spans do not record
+Attribute and metric names: the conventions' own are imported from
+``opentelemetry-semantic-conventions`` (never typed out), and unimw's are in
+the one table of :mod:`unimw.attributes`. With no SDK configured the spans do not record
 and nothing is built for them: a call costs one no-op span and a few lookups.
 
 Secrets never reach telemetry: request headers are never read here, provider

@@ -1,8 +1,8 @@
 """Anthropic Messages API (``POST /v1/messages``), spoken to OpenAI clients.
 
 The request is rebuilt field by field, so nothing the Messages API does not
-know reaches it; fields with no counterpart are left out and recorded with
-:func:`note_dropped`. What needs a choice is documented where it is made:
+know reaches it; fields with no counterpart are left out, and
+:func:`translate` returns them for the attempt's span. What needs a choice is documented where it is made:
 messages and tools in :mod:`unimw.adapters.anthropic_messages`;
 structured output, thinking and sampling, which depend on the model, in
 :mod:`unimw.adapters.anthropic_models`; reading replies and stream events in
@@ -37,12 +37,11 @@ from unimw.adapters.base import (
     HTTPAdapter,
     Target,
     error_body,
-    note_dropped,
     parse_object,
     redact,
     retry_after,
 )
-from unimw.errors import InvalidRequest, UpstreamError, UpstreamUnavailable, is_retryable_status
+from unimw.errors import InvalidRequest, UnimwError, UpstreamError, UpstreamUnavailable, is_retryable_status
 from unimw.policy import Provider
 from unimw.wire import JSON, dumps, now, sse_events, usage_chunk
 
@@ -101,6 +100,13 @@ def to_request(
     chat: JSON, target: Target, *, version: str = DEFAULT_VERSION, default_max_tokens: int = DEFAULT_MAX_TOKENS
 ) -> JSON:
     """The Messages API body for an OpenAI chat request."""
+    return translate(chat, target, version=version, default_max_tokens=default_max_tokens)[0]
+
+
+def translate(
+    chat: JSON, target: Target, *, version: str = DEFAULT_VERSION, default_max_tokens: int = DEFAULT_MAX_TOKENS
+) -> tuple[JSON, tuple[str, ...]]:
+    """The Messages API body for an OpenAI chat request, and the request fields it had to leave out."""
     model = traits(target.model)
     dropped = sorted(k for k, v in chat.items() if k not in _HANDLED and v is not None)
     _refuse_unsupported(chat)
@@ -133,9 +139,7 @@ def to_request(
     body.setdefault("max_tokens", default_max_tokens)
     add_thinking(body, chat.get("reasoning_effort"), model, dropped, grow=grow)
     drop_sampling(body, model.sampling(version), model, dropped)
-    if dropped:
-        note_dropped(*dropped)
-    return body
+    return body, tuple(dropped)
 
 
 def _refuse_unsupported(chat: JSON) -> None:
@@ -302,6 +306,12 @@ class AnthropicAdapter(HTTPAdapter):
 
     def _body(self, request: JSON, target: Target) -> JSON:
         return to_request(request, target, version=self._version, default_max_tokens=self._max_tokens)
+
+    def dropped_params(self, request: JSON, target: Target) -> tuple[str, ...]:
+        try:
+            return translate(request, target, version=self._version, default_max_tokens=self._max_tokens)[1]
+        except UnimwError:
+            return ()  # the request itself is refused: the attempt says so
 
     async def complete(self, request: JSON, target: Target) -> JSON:
         return from_response(await self.post(self._url, self._body(request, target)))

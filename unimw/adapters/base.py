@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol
 
-from opentelemetry import trace
-
 from unimw.errors import InvalidRequest, UpstreamError
 from unimw.http import StreamReply, UpstreamClient
 from unimw.policy import Provider
@@ -59,17 +57,6 @@ class Adapter(Protocol):
     async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]: ...
 
     async def aclose(self) -> None: ...
-
-
-def note_dropped(*params: str) -> None:
-    """Record request fields an adapter had to leave out for this target.
-
-    They go on the current span (the upstream attempt's, once tracing is
-    on), so a dropped ``temperature`` is visible rather than silent.
-    """
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attribute("unimw.request.dropped_params", list(params))
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -34,7 +34,7 @@ penalties, ``logprobs``/``top_logprobs`` → ``generationConfig``;
 schema as given), or a converted ``responseSchema`` for models before 2.5;
 ``service_tier`` flex/priority → ``serviceTier``. Anything else (``user``,
 ``metadata``, ``logit_bias``, ``reasoning_effort`` for other models, ...) is
-left out and recorded with :func:`note_dropped`.
+left out, and :func:`translate` returns them for the attempt's span.
 
 A stream ends when every candidate has a ``finishReason``; one cut short
 raises :class:`UpstreamUnavailable`.
@@ -46,7 +46,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Seq
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from unimw.adapters.base import HTTPAdapter, Target, note_dropped, parse_object, redact, retry_after
+from unimw.adapters.base import HTTPAdapter, Target, parse_object, redact, retry_after
 from unimw.adapters.gemini_messages import to_calling_config, to_contents, to_declarations
 from unimw.adapters.gemini_replies import (
     blocked,
@@ -68,7 +68,7 @@ from unimw.adapters.gemini_thinking import (
     to_thinking,
     tool_call_id,
 )
-from unimw.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
+from unimw.errors import InvalidRequest, UnimwError, UpstreamError, UpstreamUnavailable
 from unimw.policy import Provider
 from unimw.wire import JSON, chunk, loads, now, sse_events, usage_chunk
 
@@ -139,6 +139,17 @@ def to_request(
     include_thoughts: bool = False,
 ) -> JSON:
     """The ``generateContent`` body for a (validated) chat request."""
+    return translate(chat, target, thinking_levels=thinking_levels, include_thoughts=include_thoughts)[0]
+
+
+def translate(
+    chat: JSON,
+    target: Target,
+    *,
+    thinking_levels: Mapping[str, Sequence[str]] = THINKING_LEVELS,
+    include_thoughts: bool = False,
+) -> tuple[JSON, tuple[str, ...]]:
+    """The ``generateContent`` body for a (validated) chat request, and the request fields it left out."""
     version = model_version(target.model)
     system, contents = to_contents(chat["messages"], version)
     body: JSON = {"contents": contents}
@@ -167,9 +178,7 @@ def to_request(
         body["generationConfig"] = config
     if chat.get("service_tier") in ("flex", "priority"):
         body["serviceTier"] = chat["service_tier"]
-    if dropped:
-        note_dropped(*sorted(dropped))
-    return _with_params(target.params, body) if target.params else body
+    return (_with_params(target.params, body) if target.params else body), tuple(sorted(dropped))
 
 
 def _generation_config(chat: JSON, version: tuple[int, int] | None) -> JSON:
@@ -391,6 +400,12 @@ class GeminiAdapter(HTTPAdapter):
 
     def _body(self, request: JSON, target: Target) -> JSON:
         return to_request(request, target, thinking_levels=self._levels, include_thoughts=self._include_thoughts)
+
+    def dropped_params(self, request: JSON, target: Target) -> tuple[str, ...]:
+        try:
+            return translate(request, target, thinking_levels=self._levels, include_thoughts=self._include_thoughts)[1]
+        except UnimwError:
+            return ()  # the request itself is refused: the attempt says so
 
     def _url(self, model: str, method: str) -> str:
         path = model if model.startswith(("models/", "tunedModels/")) else "models/" + model
