@@ -38,7 +38,6 @@ from unimw.adapters.base import (
     Target,
     error_body,
     parse_object,
-    redact,
     retry_after,
 )
 from unimw.errors import InvalidRequest, UnimwError, UpstreamError, UpstreamUnavailable, is_retryable_status
@@ -214,23 +213,20 @@ def _tool_call(block: JSON) -> JSON:
 
 
 async def from_events(
-    events: AsyncIterable[tuple[str | None, bytes]], *, include_usage: bool = False, secret: str | None = None
+    events: AsyncIterable[tuple[str | None, bytes]], *, include_usage: bool = False
 ) -> AsyncIterator[JSON]:
     """``chat.completion.chunk`` objects from the Messages API's named SSE events.
 
     The usage chunk (``choices: []``) comes last, and only with
     ``include_usage``. An ``error`` event raises; a stream that ends without
-    ``message_stop`` was cut short and raises too. ``secret`` (the API key)
-    is blanked out of error messages.
+    ``message_stop`` was cut short and raises too.
     """
     stream = Stream()
     async for name, data in events:
         event = parse_object(data)
         kind = event.get("type") or name
         if kind == "error":
-            error = _error_from_body(200, event, {})
-            error.message = redact(error.message, secret)
-            raise error
+            raise _error_from_body(200, event, {})
         handler = getattr(stream, f"on_{kind}", None)
         if handler is None:  # ping, and event types added after this was written
             continue
@@ -320,4 +316,4 @@ class AnthropicAdapter(HTTPAdapter):
         reply = await self.open_stream(self._url, {**self._body(request, target), "stream": True})
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         events = sse_events(reply.chunks())
-        return reply.guard(from_events(events, include_usage=include_usage, secret=self._api_key))
+        return reply.guard(from_events(events, include_usage=include_usage))

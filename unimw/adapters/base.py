@@ -59,13 +59,6 @@ class Adapter(Protocol):
     async def aclose(self) -> None: ...
 
 
-def redact(text: str, secret: str | None) -> str:
-    """``text`` with ``secret`` (a provider's API key) blanked out."""
-    if secret and secret in text:
-        return text.replace(secret, "***")
-    return text
-
-
 def encode(body: JSON) -> bytes:
     """``body`` as JSON for the vendor; a body JSON cannot carry (nested past 254 levels) is the caller's 400."""
     try:
@@ -128,9 +121,9 @@ class HTTPAdapter:
     """The HTTP exchange every vendor adapter makes, written once.
 
     One pooled client per provider with the vendor's auth headers; an error
-    status becomes the vendor module's ``to_error`` with the provider's key
-    blanked out of the message. Subclasses build URLs and bodies and
-    translate what comes back.
+    status becomes the vendor module's ``to_error`` (redacted by the
+    dispatcher, the one boundary for secrets). Subclasses build URLs and
+    bodies and translate what comes back.
     """
 
     supports_streaming: ClassVar[bool] = True
@@ -147,10 +140,10 @@ class HTTPAdapter:
 
     def __init__(self, provider: Provider, to_error: ToError, auth: Callable[[str], Mapping[str, str]]) -> None:
         self._to_error = to_error
-        self._api_key = provider.api_key.get_secret_value() if provider.api_key else None
+        api_key = provider.api_key.get_secret_value() if provider.api_key else None
         headers = {"content-type": "application/json", **provider.headers}
-        if self._api_key:
-            headers.update(auth(self._api_key))
+        if api_key:
+            headers.update(auth(api_key))
         self._client = UpstreamClient(
             timeout=provider.timeout, connect_timeout=provider.connect_timeout, headers=headers
         )
@@ -173,11 +166,7 @@ class HTTPAdapter:
         return reply
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
-        return self.redacted(self._to_error(status, body, headers))
-
-    def redacted(self, error: UpstreamError) -> UpstreamError:
-        error.message = redact(error.message, self._api_key)
-        return error
+        return self._to_error(status, body, headers)
 
     async def aclose(self) -> None:
         await self._client.aclose()

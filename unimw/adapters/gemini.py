@@ -46,7 +46,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Seq
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from unimw.adapters.base import HTTPAdapter, Target, parse_object, redact, retry_after
+from unimw.adapters.base import HTTPAdapter, Target, parse_object, retry_after
 from unimw.adapters.gemini_messages import to_calling_config, to_contents, to_declarations
 from unimw.adapters.gemini_replies import (
     blocked,
@@ -277,7 +277,6 @@ async def from_events(
     *,
     model: str = "",
     include_usage: bool = False,
-    secret: str | None = None,
 ) -> AsyncIterator[JSON]:
     """``chat.completion.chunk`` objects from ``streamGenerateContent?alt=sse`` events.
 
@@ -292,7 +291,7 @@ async def from_events(
         body = parse_object(data)
         if isinstance(body.get("error"), dict):
             code = body["error"].get("code")
-            raise _redacted(_error_from_body(code if isinstance(code, int) else 500, body, {}), secret)
+            raise _error_from_body(code if isinstance(code, int) else 500, body, {})
         id = id or completion_id_for(body)
         model = body.get("modelVersion") or model
         meta = body.get("usageMetadata") or meta
@@ -368,11 +367,6 @@ def _retry_delay(details: Iterable[JSON]) -> float | None:
     return None
 
 
-def _redacted(error: UpstreamError, secret: str | None) -> UpstreamError:
-    error.message = redact(error.message, secret)
-    return error
-
-
 class GeminiAdapter(HTTPAdapter):
     """``generateContent`` over HTTP to one Gemini API provider."""
 
@@ -396,7 +390,7 @@ class GeminiAdapter(HTTPAdapter):
         reply = await self.open_stream(url, self._body(request, target))
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         events = sse_events(reply.chunks())
-        return reply.guard(from_events(events, model=target.model, include_usage=include_usage, secret=self._api_key))
+        return reply.guard(from_events(events, model=target.model, include_usage=include_usage))
 
     def _body(self, request: JSON, target: Target) -> JSON:
         return to_request(request, target, thinking_levels=self._levels, include_thoughts=self._include_thoughts)
