@@ -11,8 +11,8 @@ import pytest
 from unimw import Gateway
 from unimw.asgi import _send_stream, read_body
 from unimw.calls import Call, CallStream
-from unimw.operations import CHAT
 from unimw.errors import InvalidRequest
+from unimw.operations import CHAT
 from unimw.wire import chunk, loads
 
 pytestmark = pytest.mark.anyio

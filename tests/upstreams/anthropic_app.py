@@ -267,7 +267,10 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 def leaking_error(key: str) -> dict[str, Any]:
     """An error that echoes the key in every field it has."""
-    return {"type": "error", "error": {"type": f"t-{key}", "message": f"Bad key {key}.", "details": {"error_code": key}}}
+    return {
+        "type": "error",
+        "error": {"type": f"t-{key}", "message": f"Bad key {key}.", "details": {"error_code": key}},
+    }
 
 
 async def stream(
