@@ -167,7 +167,7 @@ class Gateway:
         and no tenant means the policy's default one. For the answer as
         chunks, use :meth:`stream_chat_completions`.
         """
-        if body.get("stream") is True:
+        if isinstance(body, dict) and body.get("stream") is True:
             raise InvalidRequest("Use stream_chat_completions for a streamed answer.", param="stream")
         answer = await self.handle(CHAT, body, Inbound(caller=Caller(tenant, end_user)))
         assert isinstance(answer.body, dict)
@@ -183,7 +183,8 @@ class Gateway:
         you stop reading early (``contextlib.aclosing``), so the call is
         settled at once.
         """
-        answer = await self.handle(CHAT, {**body, "stream": True}, Inbound(caller=Caller(tenant, end_user)))
+        streamed = {**body, "stream": True} if isinstance(body, dict) else body  # anything else is refused as a 400
+        answer = await self.handle(CHAT, streamed, Inbound(caller=Caller(tenant, end_user)))
         assert isinstance(answer.body, CallStream)
         return answer.body
 
