@@ -22,7 +22,6 @@ import datetime
 import gc
 import importlib.metadata
 import importlib.util
-import inspect
 import os
 import platform
 import re
@@ -51,7 +50,6 @@ from bench.upstream import STREAM_CHUNKS
 from unimw import Gateway
 
 CHAT_PATH = "/v1/chat/completions"
-NOT_YET = "not yet available"
 US, MS = "µs", "ms"
 
 
@@ -467,15 +465,8 @@ async def bench_memory(env: Env) -> list[Item]:
     ]
 
 
-# --- 7: slots for features still to land --------------------------------------------------------
-# Each detects its feature and, when it is there, measures it with the policy outline of
-# DESIGN.md. A policy the feature refuses is reported as skipped with the reason; never a number.
-
-
-def _policy_has(section: str) -> bool:
-    from unimw.policy import Policy
-
-    return section in Policy.model_fields
+# --- 7: cache, limits, tracing ------------------------------------------------------------------
+# A policy the bench writes that is refused is reported as skipped with the reason; never a number.
 
 
 def _skip(keys: list[tuple[str, str]], reason: str) -> list[Item]:
@@ -485,8 +476,6 @@ def _skip(keys: list[tuple[str, str]], reason: str) -> list[Item]:
 async def bench_cache(env: Env) -> list[Item]:
     """Cache hit latency, in process and over HTTP, against the same call without a cache."""
     keys = [("cache.inproc.p50_us", "cache hit, in process"), ("cache.http.p50_us", "cache hit, over HTTP (serve)")]
-    if not _policy_has("cache"):
-        return _skip(keys, f"{NOT_YET}: the policy schema has no `cache` section")
     data = policy(env.upstream_v1, cache={"enabled": True, "store": "memory://", "ttl": "1h"})
     try:
         cached = Gateway.from_dict(data)
@@ -569,8 +558,6 @@ async def bench_limits(env: Env) -> list[Item]:
         ("limits.redis.p50_us", "budget + rate limit, Redis store"),
         ("limits.redis.round_trips", "Redis round trips per call"),
     ]
-    if not _policy_has("tenants"):
-        return _skip([memory, *redis], f"{NOT_YET}: the policy schema has no `tenants` section")
     # Limits no call here can reach: the figure is the cost of checking them, never a refusal.
     limits = [{"per": "minute", "requests": 10**9, "tokens": 10**12}, {"per": "month", "usd": 10**9}]
     tenants = {"limited": {"limits": limits}, "unlimited": {}}
@@ -616,8 +603,6 @@ async def bench_limits(env: Env) -> list[Item]:
 async def bench_tracing(env: Env) -> list[Item]:
     """Added cost per call with an SDK TracerProvider and a no-op exporter."""
     keys = [("tracing.sdk.p50_us", "tracing on (SDK provider, no-op exporter)")]
-    if "tracer_provider" not in inspect.signature(Gateway.from_dict).parameters:
-        return _skip(keys, f"{NOT_YET}: Gateway.from_dict takes no tracer_provider")
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 

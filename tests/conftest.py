@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
 import openai
@@ -16,6 +16,9 @@ from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.gemini_app import GeminiUpstream
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
+
+if TYPE_CHECKING:
+    import httpx2
 
 S = TypeVar("S", bound=ScriptedUpstream)
 
@@ -132,7 +135,14 @@ async def gateway(make_gateway: Callable[..., Gateway]) -> Gateway:
 async def client(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
     """The official async SDK, calling the gateway in process through its transport."""
     async with httpx.AsyncClient(transport=gateway.transport()) as http:
-        yield openai.AsyncOpenAI(base_url="http://unimw/v1", api_key="sk-client", http_client=http, max_retries=0)
+        yield openai.AsyncOpenAI(
+            base_url="http://unimw/v1", api_key="sk-client", http_client=sdk_http(http), max_retries=0
+        )
+
+
+def sdk_http(http: httpx.AsyncClient) -> httpx2.AsyncClient:
+    """``http`` for the SDK: it is typed against its httpx2 fork, whose client ``httpx.AsyncClient`` matches."""
+    return cast("httpx2.AsyncClient", http)
 
 
 class Clock:
@@ -152,7 +162,7 @@ def sdk(gateway: Gateway, api_key: str = "sk-client", **headers: str) -> openai.
     """The official async SDK on the gateway's in-process transport."""
     http = httpx.AsyncClient(transport=gateway.transport())
     return openai.AsyncOpenAI(
-        base_url="http://unimw/v1", api_key=api_key, http_client=http, max_retries=0, default_headers=headers
+        base_url="http://unimw/v1", api_key=api_key, http_client=sdk_http(http), max_retries=0, default_headers=headers
     )
 
 

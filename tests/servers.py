@@ -7,13 +7,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
 
 
 @contextmanager
-def serve(app: ASGIApp, *, lifespan: str = "auto") -> Iterator[str]:
+def serve(app: ASGIApp, *, lifespan: Literal["auto", "on", "off"] = "auto") -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 and yield its base URL; stop it on exit."""
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that
     # say they are TCP, and without it each response waits ~40 ms for an ACK.

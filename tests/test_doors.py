@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from starlette.types import Message
 
 from unimw import Gateway
 from unimw.asgi import _send_stream, read_body
@@ -30,12 +31,12 @@ async def test_an_unexpected_error_mid_stream_ends_with_a_server_error_event() -
 
     call = Call(CHAT, "req_1", {"model": "m", "messages": []})
     stream = CallStream(call, chunks(), CHAT.watch(call.request, assemble=False), finish)
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         await asyncio.sleep(10)
         return {"type": "http.disconnect"}
 
@@ -47,9 +48,11 @@ async def test_an_unexpected_error_mid_stream_ends_with_a_server_error_event() -
 
 
 async def test_a_client_leaving_mid_body_is_a_400() -> None:
-    messages = iter([{"type": "http.request", "body": b'{"model":', "more_body": True}, {"type": "http.disconnect"}])
+    messages: Iterator[Message] = iter(
+        [{"type": "http.request", "body": b'{"model":', "more_body": True}, {"type": "http.disconnect"}]
+    )
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return next(messages)
 
     with pytest.raises(InvalidRequest, match="disconnected"):
@@ -76,7 +79,7 @@ async def test_a_failure_after_the_status_line_sends_no_second_response(caplog: 
     app = gateway.asgi_app()
     body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
     received = iter([{"type": "http.request", "body": body, "more_body": False}])
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
     async def receive() -> dict[str, Any]:
         try:
@@ -85,7 +88,7 @@ async def test_a_failure_after_the_status_line_sends_no_second_response(caplog: 
             await asyncio.sleep(10)
             return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         if message["type"] == "http.response.body" and len(sent) > 1:
             raise RuntimeError("the server broke while sending")
         sent.append(message)

@@ -247,3 +247,177 @@ tenants:
     with pytest.raises(ConfigError) as caught:
         parse_policy(text, source="p.yaml", env={})
     assert (caught.value.line, caught.value.reason) == (7, "tenants.t.input: unknown field (and 1 more)")
+
+
+# -- provider options ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        (
+            "providers:\n  p:\n    kind: mock\n    options:\n      latency: 1s\n      delay: 2\n",
+            6,
+            "providers.p.options: unknown option(s) delay for kind 'mock'; it takes: chunk_delay, latency",
+        ),
+        (
+            "providers:\n  p:\n    kind: mock\n    options:\n      latency: 1s\n      chunk_delay: -1\n",
+            6,
+            "providers.p.options.chunk_delay: Input should be greater than or equal to 0",
+        ),
+        (
+            "providers:\n  p:\n    kind: mock\n    options:\n      latency: soon\n",
+            5,
+            "providers.p.options.latency: invalid duration 'soon': use a number of seconds or e.g. 250ms, 30s, 5m, 1h, 1d",
+        ),
+        (
+            "providers:\n  a:\n    kind: anthropic\n    options:\n      default_max_tokens: 0\n",
+            5,
+            "providers.a.options.default_max_tokens: Input should be greater than 0",
+        ),
+        (
+            "providers:\n  g:\n    kind: gemini\n    options:\n      thinking_levels:\n        gemini-3: [low, hihg]\n",
+            6,
+            "providers.g.options.thinking_levels.gemini-3.1: Input should be 'minimal', 'low', 'medium', 'high' or 'xhigh'",
+        ),
+        (
+            "providers:\n  o:\n    kind: openai\n    options:\n      azure: 1.5\n",
+            5,
+            "providers.o.options.azure: the azure option must be true or a mapping with api_version and/or deployment",
+        ),
+        (
+            "providers:\n  p:\n    kind: openia\n    options: {azure: true}\n",
+            3,
+            "providers.p.kind: unknown provider kind 'openia'; known kinds: anthropic, gemini, mock, openai",
+        ),
+    ],
+    ids=["unknown-option", "negative-delay", "bad-latency", "zero-max-tokens", "unknown-level", "azure-number", "kind"],
+)
+def test_options_are_checked_against_the_kind(text: str, line: int, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_policy(text, source="p.yaml", env={})
+    assert (caught.value.line, caught.value.reason) == (line, reason)
+
+
+def test_options_are_given_to_the_adapter_as_their_kind_reads_them() -> None:
+    """Durations in seconds, an unquoted date as the text it spells, a boolean from the environment as a boolean."""
+    text = """\
+providers:
+  m: {kind: mock, options: {latency: 250ms, chunk_delay: 2}}
+  a: {kind: anthropic, options: {anthropic_version: 2023-06-01, default_max_tokens: "1024"}}
+  g: {kind: gemini, options: {include_thoughts: "${THOUGHTS}", thinking_levels: {gemini-4: [low, high]}}}
+  z: {kind: openai, options: {azure: {api_version: 2024-10-21}}}
+  v1: {kind: openai, options: {azure: true}}
+  plain: {kind: openai}
+"""
+    policy = parse_policy(text, env={"THOUGHTS": "false"})
+    assert {name: p.options for name, p in policy.providers.items()} == {
+        "m": {"latency": 0.25, "chunk_delay": 2.0},
+        "a": {"anthropic_version": "2023-06-01", "default_max_tokens": 1024},
+        "g": {"include_thoughts": False, "thinking_levels": {"gemini-4": ["low", "high"]}},
+        "z": {"azure": {"api_version": "2024-10-21"}},
+        "v1": {"azure": True},
+        "plain": {},
+    }
+
+
+def isolated(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` with the ``unimw`` package's modules importable one by one, its ``__init__`` not run."""
+    root = Path(__file__).parent.parent / "unimw"
+    prelude = f"import sys, types; pkg = types.ModuleType('unimw'); pkg.__path__ = [{str(root)!r}]; sys.modules['unimw'] = pkg\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60)
+
+
+def test_the_policy_imports_no_adapter() -> None:
+    result = isolated("import unimw.policy; print(sorted(m for m in sys.modules if m.startswith('unimw.')))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['unimw.policy']"
+
+
+def test_checking_options_imports_no_adapter_module() -> None:
+    """The registry names adapter classes by path: reading a policy that uses every kind loads none of them."""
+    code = """\
+from unimw.loader import parse_policy
+parse_policy('''
+providers:
+  a: {kind: anthropic, options: {anthropic_version: "2023-06-01"}}
+  g: {kind: gemini, options: {include_thoughts: true}}
+  m: {kind: mock, options: {latency: 1}}
+  o: {kind: openai, options: {azure: true}}
+''', env={})
+print(sorted(m for m in sys.modules if m.startswith('unimw.adapters')))
+"""
+    result = isolated(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['unimw.adapters', 'unimw.adapters.options']"
+
+
+def test_importing_unimw_leaves_the_options_models_for_the_first_policy() -> None:
+    """Import time matters to the host app: the options models are built when a policy is first read."""
+    code = "import sys, unimw; print('unimw.adapters.options' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, "False"), result.stderr
+
+
+# -- hostile YAML ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("providers: &x {p: *x}\n", 1),
+        ("providers:\n  p: &x\n    kind: mock\n    options:\n      again: *x\n", 5),
+        ("limits: &x\n  - *x\n", 2),
+    ],
+    ids=["flow-mapping", "nested-mapping", "sequence"],
+)
+def test_an_alias_inside_its_own_anchor_is_refused(text: str, line: int) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_policy(text, source="p.yaml", env={})
+    assert (caught.value.line, caught.value.reason) == (line, "invalid YAML: a YAML alias refers to itself")
+
+
+def laughs(levels: int, width: int) -> str:
+    """A document whose aliases expand to ``width ** levels`` strings."""
+    lines = ['l0: &l0 "lol"']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_aliases_that_expand_without_bound_are_refused() -> None:
+    """A billion values from a dozen lines: refused before anything is built."""
+    with pytest.raises(ConfigError) as caught:
+        parse_policy(laughs(9, 10), source="p.yaml", env={})
+    assert caught.value.reason == "YAML aliases expand to 1234567911 values, more than 100000 beyond those written"
+
+
+def test_aliases_that_expand_a_little_are_accepted() -> None:
+    """Below the bound the aliased values are all there (the sections are refused only as unknown fields)."""
+    with pytest.raises(ConfigError) as caught:
+        parse_policy(laughs(2, 300), source="p.yaml", env={})
+    assert caught.value.reason == "l0: unknown field (and 2 more)"
+
+
+def test_a_document_nested_too_deeply_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_policy("providers: " + "[" * 5000 + "]" * 5000 + "\n", source="p.yaml", env={})
+    assert caught.value.reason == "invalid YAML: the document nests too deeply"
+
+
+def test_a_merged_key_can_be_overridden() -> None:
+    text = """\
+providers:
+  p: &p {kind: openai, timeout: 1s, base_url: "http://h"}
+  q:
+    <<: *p
+    timeout: 5s
+"""
+    policy = parse_policy(text, env={})
+    assert [(p.timeout, p.base_url) for p in policy.providers.values()] == [(1.0, "http://h"), (5.0, "http://h")]
+
+
+def test_a_key_written_twice_beside_a_merge_is_still_refused() -> None:
+    text = "providers:\n  p: &p {kind: openai}\n  q:\n    <<: *p\n    timeout: 5s\n    timeout: 6s\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_policy(text, source="p.yaml", env={})
+    assert (caught.value.line, caught.value.reason) == (6, "duplicate key 'timeout'")

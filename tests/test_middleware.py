@@ -14,7 +14,7 @@ import yaml
 from fastapi import FastAPI, WebSocket
 from websockets.sync.client import connect
 
-from tests.conftest import policy_for
+from tests.conftest import policy_for, sdk_http
 from tests.servers import serve
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway, UnimwMiddleware
@@ -80,7 +80,9 @@ async def test_the_app_can_be_mounted_instead(gateway: Gateway, upstream: OpenAI
     app = FastAPI()
     app.mount("/llm", gateway.asgi_app(prefix="/v1"))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as http:
-        client = openai.AsyncOpenAI(base_url="http://app/llm/v1", api_key="x", http_client=http, max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url="http://app/llm/v1", api_key="x", http_client=sdk_http(http), max_retries=0
+        )
         completion = await client.chat.completions.create(
             model="mock-echo", messages=[{"role": "user", "content": "hi"}]
         )

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Clock
 from tests.redis_support import require_redis, unique
@@ -23,7 +24,7 @@ from unimw.usage import Usage
 
 pytestmark = pytest.mark.anyio
 
-HELLO = [{"role": "user", "content": "hi"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 WORST = (8, 10)  #: a call's (prompt estimate, output cap) in tokens
 
 

@@ -30,9 +30,9 @@ from tests.servers import serve
 from tests.test_serve import ROOT, free_port, wait_until_up
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
-from unimw.tracing import content_modes
+from unimw.attributes import DURATION_BUCKETS, TOKEN_BUCKETS
 from unimw.tenants import hash_key
-from unimw.tracing import DURATION_BUCKETS, TOKEN_BUCKETS, self_hosted
+from unimw.tracing import content_modes, self_hosted
 from unimw.wire import JSON
 
 pytestmark = pytest.mark.anyio

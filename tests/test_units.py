@@ -9,8 +9,9 @@ from types import ModuleType
 import pytest
 
 import unimw
+from unimw.adapters.base import retry_after
 from unimw.adapters.mock import answer, count_tokens, sample
-from unimw.adapters.openai import from_response, retry_after, to_error
+from unimw.adapters.openai import from_response, to_error
 from unimw.errors import ModelNotFound, UpstreamError
 from unimw.loader import parse_policy
 from unimw.policy import parse_duration
@@ -30,8 +31,11 @@ def test_public_names_read_as_unimw_and_every_error_is_exported() -> None:
     public = [getattr(unimw, name) for name in unimw.__all__ if not name.startswith("__")]
     assert {value.__name__: value.__module__ for value in public} == {value.__name__: "unimw" for value in public}
 
-    def subclasses(cls: type) -> set[type]:
-        return {cls}.union(*(subclasses(sub) for sub in cls.__subclasses__()))
+    def subclasses(cls: type[Exception]) -> set[type[Exception]]:
+        found: set[type[Exception]] = {cls}
+        for sub in cls.__subclasses__():
+            found |= subclasses(sub)
+        return found
 
     exported = set(public)
     assert subclasses(unimw.UnimwError) <= exported

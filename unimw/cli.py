@@ -1,16 +1,17 @@
-"""The ``unimw`` command: ``serve`` a policy, or ``check`` one."""
+"""The ``unimw`` command: ``serve`` a policy, ``check`` one, or print the ``schema`` of one."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from unimw.loader import ConfigError, load_policy
+from unimw.loader import ConfigError, load_policy, policy_schema
 from unimw.policy import Policy
 
 if TYPE_CHECKING:
@@ -73,12 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     usage.add_argument("--config", default="policies.yaml")
     usage.add_argument("--tenant", help="only this tenant")
 
+    commands.add_parser("schema", help="print the JSON Schema of policy files, for editors to check them with")
+
     hash_key = commands.add_parser("hash-key", help="print the sha256: form of an API key, for tenants.*.api_keys")
     hash_key.add_argument("key")
 
     args = parser.parse_args(argv)
     if args.command == "check":
         return run_check(args.config)
+    if args.command == "schema":
+        print(json.dumps(policy_schema(), indent=2, ensure_ascii=False))
+        return 0
     if args.command == "usage":
         return asyncio.run(run_usage(args.config, args.tenant))
     if args.command == "hash-key":

@@ -6,6 +6,11 @@ replaced from the environment: after parsing, so a value can never inject
 YAML. Every problem (bad YAML, a duplicate key, a missing variable, a
 wrong field, a dangling reference) is a :class:`ConfigError` naming the
 file, the line and the reason.
+
+A provider's ``kind`` and ``options`` are checked here, against the adapter
+registry, so that the policy itself depends on no adapter. The YAML is
+bounded before anything is built from it: an alias inside its own anchor,
+or aliases that multiply a few lines into millions of values, are refused.
 """
 
 from __future__ import annotations
@@ -17,11 +22,16 @@ from pathlib import Path as FilePath
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from unimw.policy import Path, Policy, PolicyError
+from unimw.adapters import ADAPTERS
+from unimw.policy import Path, Policy, PolicyError, Provider
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: Values aliases may add beyond those the file writes out: plenty for sharing settings, and a bound on
+#: the work of building (each aliased value is built again at every place it is used).
+MAX_ALIASED_VALUES = 100_000
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 class ConfigError(ValueError):
@@ -60,18 +70,77 @@ def build_policy(data: Any, *, source: str = "<policy>", lines: Mapping[Path, in
         raise ConfigError("the policy must be a mapping of sections (providers, models, ...)", source=source, line=1)
     try:
         policy = Policy.model_validate(data)
-        policy.check()
     except ValidationError as exc:
-        error = exc.errors()[0]
-        path = tuple(error["loc"])
-        # A tagged union repeats its tag in the path (resolve.0.header.header): say it once.
-        parts = [str(p) for i, p in enumerate(path) if i == 0 or p != path[i - 1]]
-        where = ".".join(parts) or "policy"
-        extra = "" if exc.error_count() == 1 else f" (and {exc.error_count() - 1} more)"
-        raise ConfigError(f"{where}: {_reason(error)}{extra}", source=source, line=_line(lines, path)) from exc
+        raise _validation_error(exc, (), source, lines) from exc
+    policy = policy.model_copy(
+        update={"providers": {name: _with_options(name, p, source, lines) for name, p in policy.providers.items()}}
+    )
+    try:
+        policy.check()
     except PolicyError as exc:
         raise ConfigError(exc.message, source=source, line=_line(lines, exc.path)) from exc
     return policy
+
+
+def _with_options(name: str, provider: Provider, source: str, lines: Mapping[Path, int]) -> Provider:
+    """The provider with its kind checked and its options as its adapter reads them (durations in seconds, ...)."""
+    kind = ADAPTERS.get(provider.kind)
+    if kind is None:
+        path: Path = ("providers", name, "kind")
+        reason = f"unknown provider kind {provider.kind!r}; known kinds: {', '.join(sorted(ADAPTERS))}"
+        raise ConfigError(f"{'.'.join(map(str, path))}: {reason}", source=source, line=_line(lines, path))
+    where: Path = ("providers", name, "options")
+    model = kind.options_model()
+    takes = model.model_fields
+    if unknown := sorted(set(provider.options) - takes.keys()):
+        reason = (
+            f"unknown option(s) {', '.join(unknown)} for kind {provider.kind!r}; it takes: {', '.join(sorted(takes))}"
+        )
+        line = _line(lines, (*where, unknown[0]))
+        raise ConfigError(f"{'.'.join(map(str, where))}: {reason}", source=source, line=line)
+    try:
+        options = model.model_validate(provider.options)
+    except ValidationError as exc:
+        raise _validation_error(exc, where, source, lines) from exc
+    # Only what the file sets (null is unset): each adapter keeps its own defaults for the rest.
+    return provider.model_copy(update={"options": options.model_dump(exclude_unset=True, exclude_none=True)})
+
+
+def _validation_error(exc: ValidationError, at: Path, source: str, lines: Mapping[Path, int]) -> ConfigError:
+    """The first of pydantic's errors, for a value at path ``at``, as a ConfigError at its line."""
+    error = exc.errors()[0]
+    path = (*at, *error["loc"])
+    # A tagged union repeats its tag in the path (resolve.0.header.header): say it once.
+    parts = [str(p) for i, p in enumerate(path) if i == 0 or p != path[i - 1]]
+    where = ".".join(parts) or "policy"
+    extra = "" if exc.error_count() == 1 else f" (and {exc.error_count() - 1} more)"
+    return ConfigError(f"{where}: {_reason(error)}{extra}", source=source, line=_line(lines, path))
+
+
+def policy_schema() -> dict[str, Any]:
+    """The JSON Schema of a policy file, for editors and ``unimw schema``.
+
+    The :class:`~unimw.policy.Policy` model's, with what the registry adds:
+    the known kinds, and for each the options it takes.
+    """
+    schema = Policy.model_json_schema()
+    defs = schema["$defs"]
+    provider = defs["Provider"]
+    provider["properties"]["kind"]["enum"] = sorted(ADAPTERS)
+    provider["allOf"] = [_options_rule(name, kind.options_model(), defs) for name, kind in sorted(ADAPTERS.items())]
+    return {"$schema": schema.pop("$schema"), **schema}
+
+
+def _options_rule(kind: str, options: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
+    """``options`` follows ``options``' model when the provider is of ``kind``; the model joins ``defs``."""
+    schema = options.model_json_schema(ref_template="#/$defs/{model}")
+    for name, definition in {**schema.pop("$defs", {}), options.__name__: schema}.items():
+        if defs.setdefault(name, definition) != definition:
+            raise ValueError(f"two schema definitions are named {name}")
+    return {
+        "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+        "then": {"properties": {"options": {"$ref": f"#/$defs/{options.__name__}"}}},
+    }
 
 
 def _reason(error: Any) -> str:
@@ -90,12 +159,30 @@ def _line(lines: Mapping[Path, int], path: Path) -> int | None:
     return lines.get((), None)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing an alias met inside the node its anchor names.
+
+    PyYAML builds such a node into a container that holds itself, which no
+    walk over it can finish.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            target = self.anchors.get(event.anchor)
+            # A collection gets its end mark once its last child is composed.
+            if target is not None and target.end_mark is None:
+                raise yaml.composer.ComposerError(None, None, "a YAML alias refers to itself", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def _compose(text: str, source: str, env: Mapping[str, str]) -> tuple[Any, dict[Path, int]]:
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None, {}
+        _check_keys_and_size(loader, node, source)
         data = loader.construct_document(node)
         lines: dict[Path, int] = {(): node.start_mark.line + 1}
         return _walk(loader, node, data, (), lines, source, env), lines
@@ -105,8 +192,52 @@ def _compose(text: str, source: str, env: Mapping[str, str]) -> tuple[Any, dict[
         raise ConfigError(reason, source=source, line=mark.line + 1 if mark else None) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", source=source) from exc
+    except RecursionError as exc:
+        # PyYAML composes nested collections by recursion, as the checks below walk them.
+        raise ConfigError("invalid YAML: the document nests too deeply", source=source) from exc
     finally:
         loader.dispose()
+
+
+def _check_keys_and_size(loader: yaml.SafeLoader, root: yaml.Node, source: str) -> None:
+    """Refuse a key written twice in one mapping, and aliases that expand past :data:`MAX_ALIASED_VALUES`.
+
+    Runs on the composed nodes, before anything is built: building merges
+    ``<<`` keys into their mappings (a merged key may then be written again,
+    to override it), and repeats an aliased node at every place it is used.
+    """
+    sizes: dict[int, int] = {}  # id(node) -> values it expands to, each node counted once
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(loader, node, source)
+            total += sum(size(key) + size(value) for key, value in node.value)
+        sizes[id(node)] = total
+        return total
+
+    expanded = size(root)
+    if expanded - len(sizes) > MAX_ALIASED_VALUES:
+        raise ConfigError(
+            f"YAML aliases expand to {expanded} values, more than {MAX_ALIASED_VALUES} beyond those written",
+            source=source,
+            line=root.start_mark.line + 1,
+        )
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, source: str) -> None:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
+            continue  # a collection as a key is refused when built; merges may repeat
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise ConfigError(f"duplicate key {key!r}", source=source, line=key_node.start_mark.line + 1)
+        seen.add(key)
 
 
 def _walk(
@@ -118,7 +249,7 @@ def _walk(
     source: str,
     env: Mapping[str, str],
 ) -> Any:
-    """Record each value's line, refuse duplicate keys, and return the value with its strings interpolated.
+    """Record each value's line and return the value with its strings interpolated.
 
     Mappings and lists are rebuilt, never changed in place: an alias makes
     one constructed container appear at several paths, and interpolating it
@@ -126,11 +257,13 @@ def _walk(
     visit. Each path is still walked, so it records its own lines.
     """
     if isinstance(node, yaml.MappingNode) and isinstance(value, dict):
+        # Merged (``<<``) pairs come first: a later pair with the same key overrides, as when built.
+        pairs = [(loader.construct_object(key_node), key_node, value_node) for key_node, value_node in node.value]
+        last = {key: i for i, (key, _, _) in enumerate(pairs)}
         built: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node)
-            if key in built:
-                raise ConfigError(f"duplicate key {key!r}", source=source, line=key_node.start_mark.line + 1)
+        for i, (key, key_node, value_node) in enumerate(pairs):
+            if last[key] != i:
+                continue
             child = (*path, str(key))
             lines[child] = key_node.start_mark.line + 1
             # A key equal to no key (NaN) cannot be looked up: its value is built again.

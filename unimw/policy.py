@@ -3,7 +3,12 @@
 Field-level problems are pydantic's to find. Problems that need the whole
 file (a model naming a provider that does not exist, an alias cycle) are
 raised as :class:`PolicyError` with the path of the offending value, so the
-loader can point at its line.
+loader can point at its line. A provider's ``kind`` and ``options`` are
+plain data here: the loader checks them against the adapter registry, so
+the policy depends on no adapter.
+
+Every field has a description: :meth:`Policy.model_json_schema` is the
+published schema (``unimw schema``), and docs/policy.md is checked against it.
 """
 
 from __future__ import annotations
@@ -22,17 +27,16 @@ from pydantic import (
     Field,
     SecretStr,
     Tag,
-    ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
-
-from unimw.adapters import ADAPTERS, adapter_class
 
 Path = tuple[str | int, ...]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+DURATION_HELP = "seconds, or a duration such as 250ms, 30s, 5m, 1h, 1d"
 
 
 class PolicyError(ValueError):
@@ -54,7 +58,26 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
-Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+#: Seconds, written as a number or as a duration; published as either, since users write ``1h``.
+Seconds = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(ge=0),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}],
+            "description": DURATION_HELP,
+        }
+    ),
+]
+
+
+def duration_field(default: float | None, meaning: str) -> Any:
+    """A :data:`Seconds` field whose description says what it is for and how it is written.
+
+    A field's description replaces its type's in the schema, so the type's is repeated here.
+    """
+    return Field(default=default, description=f"{meaning} In {DURATION_HELP}.")
 
 
 def _store_url(url: str) -> str:
@@ -97,38 +120,36 @@ class _Frozen(BaseModel):
 class Provider(_Frozen):
     """Where requests go: one upstream endpoint speaking one wire protocol."""
 
-    kind: str
-    base_url: str | None = None
-    api_key: SecretStr | None = None
-    headers: dict[str, str] = {}
-    timeout: Seconds = 60.0
-    connect_timeout: Seconds = 5.0
-    retries: int | None = Field(default=None, ge=0, le=10)
-    #: Adapter-specific settings (e.g. ``latency`` for ``mock``).
-    options: dict[str, Any] = {}
-    #: Send the call's W3C ``traceparent`` to this provider. Unset: ``tracing.propagate`` decides, and
-    #: when that is unset too, only self-hosted providers get it (see :mod:`unimw.tracing`).
-    propagate_trace: bool | None = None
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, kind: str) -> str:
-        if kind not in ADAPTERS:
-            raise ValueError(f"unknown provider kind {kind!r}; known kinds: {', '.join(sorted(ADAPTERS))}")
-        return kind
-
-    @field_validator("options")
-    @classmethod
-    def _options_for_kind(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        kind = info.data.get("kind")
-        if kind is None:
-            return options  # the kind itself was refused
-        adapter = adapter_class(kind)
-        if unknown := sorted(set(options) - adapter.option_names):
-            known = ", ".join(sorted(adapter.option_names)) or "none"
-            raise ValueError(f"unknown option(s) {', '.join(unknown)} for kind {kind!r}; it takes: {known}")
-        adapter.check_options(options)
-        return options
+    kind: str = Field(
+        description="The wire protocol, which picks the adapter: openai (OpenAI and every compatible server), "
+        "anthropic, gemini or mock."
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="The endpoint (http:// or https://); unset: the vendor's own. Required for a compatible "
+        "server other than OpenAI.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="The provider's key; write ${VAR} to take it from the environment, never the key itself.",
+    )
+    headers: dict[str, str] = Field(default={}, description="Extra headers sent on every call to this provider.")
+    timeout: Seconds = duration_field(60.0, "Per attempt: the longest wait for the next bytes of the answer.")
+    connect_timeout: Seconds = duration_field(5.0, "To open a connection.")
+    retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="Extra attempts on this provider (0 to 10), instead of dispatch.retries; unset: dispatch.retries.",
+    )
+    options: dict[str, Any] = Field(
+        default={}, description="Settings of the kind (e.g. azure for openai, latency for mock); see its options."
+    )
+    propagate_trace: bool | None = Field(
+        default=None,
+        description="Send the call's W3C traceparent to this provider. Unset: tracing.propagate decides, and when "
+        "that is unset too, only self-hosted providers get it.",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -141,26 +162,38 @@ class Provider(_Frozen):
 class Price(_Frozen):
     """USD per 1M tokens."""
 
-    input: float = Field(default=0.0, ge=0)
-    output: float = Field(default=0.0, ge=0)
-    cached_input: float | None = Field(default=None, ge=0)
+    input: float = Field(default=0.0, ge=0, description="USD per 1M input (prompt) tokens.")
+    output: float = Field(default=0.0, ge=0, description="USD per 1M output tokens, reasoning included.")
+    cached_input: float | None = Field(
+        default=None, ge=0, description="USD per 1M input tokens read from the vendor's prompt cache; unset: input."
+    )
 
 
 class Model(_Frozen):
     """A public model name, served by one provider under its own name."""
 
-    provider: str
-    model: str
-    price: Price | None = None
-    #: Request fields merged into every request for this model (the
-    #: caller's own fields win), e.g. vendor-specific extras.
-    params: dict[str, Any] = {}
-    owned_by: str | None = None
+    provider: str = Field(description="The provider that serves it: a name under providers.")
+    model: str = Field(description="The vendor's model id (for Azure deployments API: the deployment name).")
+    price: Price | None = Field(
+        default=None,
+        description="What its tokens cost, for budgets and usage records; unset: the built-in list price of "
+        "well-known models, else 0.",
+    )
+    params: dict[str, Any] = Field(
+        default={},
+        description="Request fields merged into every request for this model (the caller's own fields win), "
+        "in the vendor's own request format.",
+    )
+    owned_by: str | None = Field(default=None, description="owned_by in /v1/models; unset: the provider's name.")
 
 
 class WeightedTarget(_Frozen):
-    model: str
-    weight: float = Field(default=1.0, gt=0)
+    """One target of an alias; a bare string is a target of weight 1."""
+
+    model: str = Field(description="A model or another alias.")
+    weight: float = Field(
+        default=1.0, gt=0, description="Relative share of first attempts under the weighted strategy."
+    )
 
 
 def _target(value: Any) -> Any:
@@ -170,25 +203,43 @@ def _target(value: Any) -> Any:
 class Alias(_Frozen):
     """One public name for several targets, tried by a strategy."""
 
-    targets: list[Annotated[WeightedTarget, BeforeValidator(_target)]] = Field(min_length=1)
-    strategy: Literal["fallback", "weighted"] = "fallback"
+    targets: list[Annotated[WeightedTarget, BeforeValidator(_target, json_schema_input_type=str | WeightedTarget)]] = (
+        Field(min_length=1, description="Models or aliases, as names or as {model, weight}; aliases are flattened.")
+    )
+    strategy: Literal["fallback", "weighted"] = Field(
+        default="fallback",
+        description="fallback: in order, the next on failure; weighted: the first drawn by weight, the rest "
+        "as fallbacks.",
+    )
 
 
 class Dispatch(_Frozen):
     """How hard to try: retries per target, backoff, cooldown of failed targets."""
 
-    retries: int = Field(default=1, ge=0, le=10)
-    backoff: Seconds = 0.25
-    max_backoff: Seconds = 8.0
-    #: Longest ``Retry-After`` honoured before moving on to the next target.
-    max_retry_after: Seconds = 10.0
-    #: After a retryable failure a target is skipped for this long while
-    #: other targets of its alias remain. 0 turns cooldown off.
-    cooldown: Seconds = 5.0
+    retries: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="Extra attempts on the same target (0 to 10) after a 5xx, a timeout or a broken connection.",
+    )
+    backoff: Seconds = duration_field(0.25, "Wait before the first retry; doubled on each retry, with jitter.")
+    max_backoff: Seconds = duration_field(8.0, "The longest wait between retries.")
+    max_retry_after: Seconds = duration_field(
+        10.0, "The longest Retry-After honoured before moving on to the next target."
+    )
+    cooldown: Seconds = duration_field(
+        5.0,
+        "After a retryable failure a target is skipped for this long while other targets of its alias remain; "
+        "0 turns cooldown off.",
+    )
 
 
 class Server(_Frozen):
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    """Bounds of what the doors accept."""
+
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, description="Largest request body, in bytes; a larger one gets 413."
+    )
 
 
 Window = Literal["minute", "hour", "day", "month"]
@@ -201,12 +252,16 @@ class Limit(_Frozen):
     ``day`` and ``month`` are calendar windows in ``tenancy.reset_timezone``.
     """
 
-    per: Window
-    requests: int | None = Field(default=None, gt=0)
-    tokens: int | None = Field(default=None, gt=0)
-    usd: float | None = Field(default=None, gt=0)
-    #: ``tenant``: one counter for the tenant; ``end_user``: one per end user of the tenant.
-    scope: Literal["tenant", "end_user"] = "tenant"
+    per: Window = Field(
+        description="The window: minute and hour slide, day and month are calendar windows in tenancy.reset_timezone."
+    )
+    requests: int | None = Field(default=None, gt=0, description="Requests per window.")
+    tokens: int | None = Field(default=None, gt=0, description="Tokens (input plus output) per window.")
+    usd: float | None = Field(default=None, gt=0, description="Spend per window, in USD.")
+    scope: Literal["tenant", "end_user"] = Field(
+        default="tenant",
+        description="tenant: one counter for the tenant; end_user: one per end user of the tenant.",
+    )
 
     @model_validator(mode="after")
     def _something_limited(self) -> Limit:
@@ -218,8 +273,8 @@ class Limit(_Frozen):
 class GlobalLimit(Limit):
     """A limit shared by every tenant, on one public model or one provider."""
 
-    model: str | None = None
-    provider: str | None = None
+    model: str | None = Field(default=None, description="The model limited (exactly one of model or provider).")
+    provider: str | None = Field(default=None, description="The provider limited (exactly one of model or provider).")
 
     @model_validator(mode="after")
     def _one_subject(self) -> GlobalLimit:
@@ -234,18 +289,25 @@ API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 class Tenant(_Frozen):
     """One customer: how it authenticates, what it may use, how much."""
 
-    api_keys: list[str] = []
-    #: Public models and aliases this tenant may use; all when absent.
-    models: list[str] | None = None
-    #: Cap on output tokens per request (the request's own cap is lowered to it).
-    max_tokens: int | None = Field(default=None, gt=0)
-    limits: list[Limit] = []
+    api_keys: list[Annotated[str, Field(pattern=API_KEY_HASH.pattern)]] = Field(
+        default=[],
+        description="Keys that identify this tenant, stored hashed as sha256:<64 hex digits> "
+        "(unimw hash-key <key> prints it).",
+    )
+    models: list[str] | None = Field(
+        default=None, description="Public models and aliases this tenant may use; unset: all."
+    )
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="Cap on output tokens per request (the request's own cap is lowered to it)."
+    )
+    limits: list[Limit] = Field(default=[], description="Rate limits and budgets of this tenant.")
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", mode="before")
     @classmethod
-    def _hashed(cls, keys: list[str]) -> list[str]:
-        for key in keys:
-            if not API_KEY_HASH.match(key):
+    def _hashed(cls, keys: Any) -> Any:
+        # Before the pattern, so a plain key gets this message rather than the pattern's.
+        for key in keys if isinstance(keys, list) else ():
+            if isinstance(key, str) and not API_KEY_HASH.match(key):
                 raise ValueError(
                     "api_keys are stored hashed: write sha256:<64 lowercase hex digits> "
                     "(python -m unimw.cli hash-key <key> prints it)"
@@ -254,11 +316,17 @@ class Tenant(_Frozen):
 
 
 class HeaderSource(_Frozen):
-    header: str
+    """The tenant's name is the value of a request header, set by the app's own auth in front."""
+
+    header: str = Field(description="The header's name, e.g. X-Tenant-Id.")
 
 
 class CallableSource(_Frozen):
-    callable: CallablePath
+    """The tenant's name is what a function of the app returns."""
+
+    callable: CallablePath = Field(
+        description="A module:function given the ASGI scope (sync or async), returning a tenant name or None."
+    )
 
 
 def _source_kind(value: Any) -> str:
@@ -280,27 +348,44 @@ TenantSource = Annotated[
 class Alerts(_Frozen):
     """Budget thresholds: fractions of a limit that fire an alert once per window."""
 
-    at: list[Annotated[float, Field(gt=0, le=1)]] = [0.8, 1.0]
-    call: CallablePath | None = None
+    at: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default=[0.8, 1.0], description="Fractions of a limit (above 0, at most 1) at which an alert fires."
+    )
+    call: CallablePath | None = Field(
+        default=None, description="A module:function called with each BudgetAlert, besides the log and the span."
+    )
 
 
 class Tenancy(_Frozen):
     """How callers are identified and how their limits are kept."""
 
-    #: Tried in order; the first that names a tenant wins.
-    resolve: list[TenantSource] = ["api_key"]
-    #: Tenant for callers no source identifies; without it they get 401.
-    default: str | None = None
-    #: Where an end user's id comes from, besides the request's ``user`` field.
-    end_user_header: str | None = "X-End-User"
-    #: Output tokens reserved for a request that sets no cap (and the cap
-    #: it is given when the tenant has token or USD limits).
-    default_max_tokens: int = Field(default=4096, gt=0)
-    reset_timezone: str = "UTC"
-    store: StoreURL = "memory://"
-    #: When the store cannot be reached: ``closed`` refuses with 503, ``open`` lets calls through unmetered.
-    on_store_error: Literal["closed", "open"] = "closed"
-    alerts: Alerts = Alerts()
+    resolve: list[TenantSource] = Field(
+        default=["api_key"],
+        description="Where the tenant comes from, tried in order; the first that names a tenant wins: api_key "
+        "(the bearer key, matched by SHA-256), {header: X-Tenant-Id} or {callable: module:function}.",
+    )
+    default: str | None = Field(
+        default=None, description="Tenant for callers no source identifies; unset: they get 401."
+    )
+    end_user_header: str | None = Field(
+        default="X-End-User", description="Where an end user's id comes from, besides the request's user field."
+    )
+    default_max_tokens: int = Field(
+        default=4096,
+        gt=0,
+        description="Output tokens reserved for a request that sets no cap (and the cap it is given when the "
+        "tenant has token or USD limits).",
+    )
+    reset_timezone: str = Field(default="UTC", description="The IANA time zone in which day and month windows reset.")
+    store: StoreURL = Field(
+        default="memory://",
+        description="Where counters are kept: memory:// (this process) or redis://host:port/db (shared by replicas).",
+    )
+    on_store_error: Literal["closed", "open"] = Field(
+        default="closed",
+        description="When the store cannot be reached: closed refuses with 503, open lets calls through unmetered.",
+    )
+    alerts: Alerts = Field(default=Alerts(), description="Budget alerts.")
 
     @field_validator("reset_timezone")
     @classmethod
@@ -317,65 +402,89 @@ class Tenancy(_Frozen):
 class CacheRule(_Frozen):
     """Cache settings for one model or alias; unset fields follow the cache section."""
 
-    enabled: bool | None = None
-    ttl: Seconds | None = None
-    scope: Literal["tenant", "global"] | None = None
-    when: Literal["always", "temperature_zero"] | None = None
+    enabled: bool | None = Field(default=None, description="Cache this model; unset: cache.enabled.")
+    ttl: Seconds | None = duration_field(None, "How long its entries live; unset: cache.ttl.")
+    scope: Literal["tenant", "global"] | None = Field(default=None, description="Its scope; unset: cache.scope.")
+    when: Literal["always", "temperature_zero"] | None = Field(
+        default=None, description="Which of its requests are cached; unset: cache.when."
+    )
 
 
 class Cache(_Frozen):
     """The response cache: exact-match, per tenant unless a model says global."""
 
-    enabled: bool = False
-    store: StoreURL = "memory://"
-    ttl: Seconds = 3600.0
-    max_entries: int = Field(default=10_000, gt=0)
-    max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
-    #: ``tenant``: one tenant never sees another's entries; ``global``: shared.
-    scope: Literal["tenant", "global"] = "tenant"
-    #: Which requests are cached: all, or only those asking for ``temperature: 0``.
-    when: Literal["always", "temperature_zero"] = "always"
-    #: A hit is ``free`` (no tokens, no cost) or charged ``full`` as the original call was.
-    charge: Literal["free", "full"] = "free"
-    #: How long identical concurrent requests wait for the one call in flight.
-    wait: Seconds = 30.0
-    models: dict[str, CacheRule] = {}
+    enabled: bool = Field(default=False, description="Cache answers (models can opt in or out under models).")
+    store: StoreURL = Field(
+        default="memory://",
+        description="memory:// (in process, LRU and TTL) or redis://host:port/db (shared by every replica).",
+    )
+    ttl: Seconds = duration_field(3600.0, "How long an entry lives.")
+    max_entries: int = Field(default=10_000, gt=0, description="Entries the memory store holds at most.")
+    max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="Bytes the memory store holds at most.")
+    scope: Literal["tenant", "global"] = Field(
+        default="tenant", description="tenant: one tenant never sees another's entries; global: shared."
+    )
+    when: Literal["always", "temperature_zero"] = Field(
+        default="always", description="Which requests are cached: all, or only those asking for temperature 0."
+    )
+    charge: Literal["free", "full"] = Field(
+        default="free",
+        description="A hit is free (no tokens, no budget, no rate limit) or charged in full as the original call was.",
+    )
+    wait: Seconds = duration_field(30.0, "How long identical concurrent requests wait for the one call in flight.")
+    models: dict[str, CacheRule] = Field(default={}, description="Settings per model or alias, over these.")
 
 
 class UsageSinks(_Frozen):
     """Where a record of every settled call goes."""
 
-    #: ``"module:function"`` called with each :class:`~unimw.usage.UsageRecord`.
-    call: CallablePath | None = None
-    #: A file that gets one JSON line per call.
-    jsonl: str | None = None
+    call: CallablePath | None = Field(
+        default=None, description="A module:function called with each UsageRecord, off the response path."
+    )
+    jsonl: str | None = Field(default=None, description="A file that gets one JSON line per call.")
 
 
 class TracingSettings(_Frozen):
     """OpenTelemetry: what spans may carry, and whether the trace goes upstream."""
 
-    #: Prompts and completions on the gateway span (``gen_ai.input.messages``, ...). Off by default;
-    #: ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``, when set, decides instead.
-    capture_content: bool = False
-    #: W3C ``traceparent`` for the providers that do not set ``propagate_trace``: true for all of
-    #: them, false for none. Unset: only self-hosted ones get it, not third-party vendors.
-    propagate: bool | None = None
+    capture_content: bool = Field(
+        default=False,
+        description="Prompts and completions on the call span (gen_ai.input.messages, ...); "
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT, when set, decides instead.",
+    )
+    propagate: bool | None = Field(
+        default=None,
+        description="W3C traceparent for the providers that do not set propagate_trace: true for all of them, "
+        "false for none; unset: only self-hosted ones get it, not third-party vendors.",
+    )
 
 
 class Policy(_Frozen):
-    """The whole policy file."""
+    """An unimw policy (policies.yaml): providers, models, aliases, tenants and their limits, cache and tracing."""
 
-    providers: dict[str, Provider] = {}
-    models: dict[str, Model] = {}
-    aliases: dict[str, Alias] = {}
-    dispatch: Dispatch = Dispatch()
-    server: Server = Server()
-    tenancy: Tenancy = Tenancy()
-    tenants: dict[str, Tenant] = {}
-    limits: list[GlobalLimit] = []
-    usage: UsageSinks = UsageSinks()
-    cache: Cache = Cache()
-    tracing: TracingSettings = TracingSettings()
+    model_config = ConfigDict(
+        title="unimw policy", json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    )
+
+    providers: dict[str, Provider] = Field(
+        default={}, description="Upstream endpoints by name: where requests go and how."
+    )
+    models: dict[str, Model] = Field(
+        default={}, description="Public model names, each served by one provider under the vendor's id."
+    )
+    aliases: dict[str, Alias] = Field(
+        default={}, description="Public names for several targets, tried in order or by weight."
+    )
+    dispatch: Dispatch = Field(default=Dispatch(), description="Retries, backoff and cooldown.")
+    server: Server = Field(default=Server(), description="Bounds of the HTTP doors.")
+    tenancy: Tenancy = Field(default=Tenancy(), description="How callers are identified and their limits kept.")
+    tenants: dict[str, Tenant] = Field(default={}, description="Customers by name: keys, models and limits.")
+    limits: list[GlobalLimit] = Field(
+        default=[], description="Limits shared by every tenant, on one model or one provider."
+    )
+    usage: UsageSinks = Field(default=UsageSinks(), description="Where a record of every call goes.")
+    cache: Cache = Field(default=Cache(), description="The response cache.")
+    tracing: TracingSettings = Field(default=TracingSettings(), description="OpenTelemetry settings.")
 
     def check(self) -> None:
         """Raise :class:`PolicyError` for the first cross-reference problem."""

@@ -13,7 +13,7 @@ def tenant_from_scope(scope: dict[str, Any]) -> str | None:
     """The host app's own auth, as a tenant source: here, an organisation header."""
     for name, value in scope.get("headers", []):
         if name == b"x-user-org":
-            return value.decode()
+            return str(value.decode())
     return None
 
 

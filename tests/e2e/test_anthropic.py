@@ -11,6 +11,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from tests.conftest import sdk_http
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from unimw import Gateway
 
@@ -83,7 +84,9 @@ async def gateway(_anthropic_server: tuple[AnthropicUpstream, str]) -> AsyncIter
 @pytest.fixture
 async def client(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
     async with httpx.AsyncClient(transport=gateway.transport()) as http:
-        yield openai.AsyncOpenAI(base_url="http://unimw/v1", api_key="sk-client", http_client=http, max_retries=0)
+        yield openai.AsyncOpenAI(
+            base_url="http://unimw/v1", api_key="sk-client", http_client=sdk_http(http), max_retries=0
+        )
 
 
 async def test_chat_and_usage(client: openai.AsyncOpenAI, claude: AnthropicUpstream) -> None:

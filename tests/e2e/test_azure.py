@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.conftest import sdk_http
 from tests.servers import serve
 from unimw import Gateway
 
@@ -128,7 +129,9 @@ async def make_client(azure: tuple[AzureUpstream, str]) -> AsyncIterator[MakeCli
         )
         http = httpx.AsyncClient(transport=gateway.transport())
         made.append((gateway, http))
-        return openai.AsyncOpenAI(base_url="http://unimw/v1", api_key="sk-client", http_client=http, max_retries=0)
+        return openai.AsyncOpenAI(
+            base_url="http://unimw/v1", api_key="sk-client", http_client=sdk_http(http), max_retries=0
+        )
 
     yield make
     for gateway, http in made:

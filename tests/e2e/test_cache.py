@@ -10,6 +10,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Clock, sdk
 from tests.redis_support import require_redis, unique
@@ -19,7 +20,7 @@ from unimw.tenants import hash_key
 
 pytestmark = pytest.mark.anyio
 
-HELLO = [{"role": "user", "content": "What is the capital of France?"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
 ANSWER = "Hello from up-main! The capital of France is Paris."
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 
@@ -154,9 +155,8 @@ async def test_entries_are_per_tenant_unless_global(
     assert (await create(a))[0] == "miss"
     assert (await create(b))[0] == "miss"  # B never gets A's entry
     assert (await create(a))[0] == "hit"
-    shared = {"model": "gpt-backup", "messages": HELLO}
-    await a.chat.completions.create(**shared)  # type: ignore[arg-type]
-    raw = await b.chat.completions.with_raw_response.create(**shared)  # type: ignore[arg-type]
+    await a.chat.completions.create(model="gpt-backup", messages=HELLO)
+    raw = await b.chat.completions.with_raw_response.create(model="gpt-backup", messages=HELLO)
     assert raw.headers["x-unimw-cache"] == "hit"
     assert upstream.calls == {"up-main": 2, "up-backup": 1}
 

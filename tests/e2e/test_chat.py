@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 from pydantic import BaseModel
 from starlette.applications import Starlette
 
@@ -19,7 +20,7 @@ from unimw import Gateway, UnimwMiddleware
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = [
+TOOLS: list[ChatCompletionToolParam] = [
     {
         "type": "function",
         "function": {
@@ -32,7 +33,7 @@ TOOLS = [
         "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
     },
 ]
-HELLO = [{"role": "user", "content": "What is the capital of France?"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 async def test_chat_completion(client: openai.AsyncOpenAI, upstream: OpenAIUpstream) -> None:
@@ -79,7 +80,7 @@ async def test_stream_ends_with_done(gateway: Gateway, upstream: OpenAIUpstream)
 
 
 async def test_tool_calls_pass_through(client: openai.AsyncOpenAI, upstream: OpenAIUpstream) -> None:
-    completion = await client.chat.completions.create(model="gpt-main", messages=HELLO, tools=TOOLS)  # type: ignore[arg-type]
+    completion = await client.chat.completions.create(model="gpt-main", messages=HELLO, tools=TOOLS)
     calls = completion.choices[0].message.tool_calls
     assert completion.choices[0].finish_reason == "tool_calls"
     assert calls is not None and [c.function.name for c in calls] == ["get_weather", "get_time"]  # type: ignore[union-attr]
@@ -87,7 +88,7 @@ async def test_tool_calls_pass_through(client: openai.AsyncOpenAI, upstream: Ope
 
 
 async def test_streamed_tool_calls_accumulate(client: openai.AsyncOpenAI, upstream: OpenAIUpstream) -> None:
-    async with client.chat.completions.stream(model="gpt-main", messages=HELLO, tools=TOOLS) as stream:  # type: ignore[arg-type]
+    async with client.chat.completions.stream(model="gpt-main", messages=HELLO, tools=TOOLS) as stream:
         final = await stream.get_final_completion()
     calls = final.choices[0].message.tool_calls or []
     assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
@@ -130,13 +131,13 @@ def served_gateway(upstream_url: str, tmp_path: Path) -> Iterator[str]:
 
 def test_sync_sdk_over_a_real_socket(served_gateway: str, upstream: OpenAIUpstream) -> None:
     client = openai.OpenAI(base_url=served_gateway + "/v1", api_key="sk-client", max_retries=0)
-    completion = client.chat.completions.create(model="smart", messages=HELLO)  # type: ignore[arg-type]
+    completion = client.chat.completions.create(model="smart", messages=HELLO)
     assert completion.choices[0].message.content == "Hello from up-main! The capital of France is Paris."
-    with client.chat.completions.create(model="smart", messages=HELLO, stream=True) as stream:  # type: ignore[arg-type]
+    with client.chat.completions.create(model="smart", messages=HELLO, stream=True) as stream:
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == completion.choices[0].message.content
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="missing", messages=HELLO)  # type: ignore[arg-type]
+        client.chat.completions.create(model="missing", messages=HELLO)
     client.close()
 
 
@@ -147,7 +148,7 @@ async def test_async_sdk_over_a_real_socket(served_gateway: str, upstream: OpenA
             messages=HELLO,
             stream=True,
             stream_options={"include_usage": True},
-            tools=TOOLS,  # type: ignore[arg-type]
+            tools=TOOLS,
         )
         chunks = [c async for c in stream]
     assert chunks[-1].usage is not None

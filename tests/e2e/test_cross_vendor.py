@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import sdk
 from tests.upstreams.anthropic_app import AnthropicUpstream
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 SONNET = "claude-sonnet-4-5-20250929"
 FLASH = "gemini-3-flash-preview"
-HELLO = [{"role": "user", "content": "What is the capital of France?"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture
@@ -47,11 +48,11 @@ async def test_overloaded_anthropic_falls_back_to_gemini(
     claude.plan(SONNET, "529", "529")
     client = sdk(gateway)
     if stream:
-        chunks = [c async for c in await client.chat.completions.create(model="smart", messages=HELLO, stream=True)]  # type: ignore[arg-type]
+        chunks = [c async for c in await client.chat.completions.create(model="smart", messages=HELLO, stream=True)]
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         model = chunks[0].model
     else:
-        completion = await client.chat.completions.create(model="smart", messages=HELLO)  # type: ignore[arg-type]
+        completion = await client.chat.completions.create(model="smart", messages=HELLO)
         text, model = completion.choices[0].message.content or "", completion.model
     assert text == f"Hello from {FLASH}! The capital of France is Paris."
     assert model == FLASH

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import collect, policy_for
 from tests.upstreams.openai_app import OpenAIUpstream
@@ -13,12 +14,12 @@ from unimw import Gateway, UpstreamError
 
 pytestmark = pytest.mark.anyio
 
-HELLO = [{"role": "user", "content": "hi"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 async def test_retries_a_5xx_on_the_same_target(client: openai.AsyncOpenAI, upstream: OpenAIUpstream) -> None:
     upstream.plan("up-main", "500")
-    completion = await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+    completion = await client.chat.completions.create(model="gpt-main", messages=HELLO)
     assert completion.model == "up-main"
     assert upstream.calls == {"up-main": 2}
 
@@ -62,7 +63,7 @@ async def test_too_long_a_retry_after_is_not_waited_for(
 @pytest.mark.parametrize("fault", ["429", "500", "hang", "badjson"])
 async def test_falls_back_to_the_next_target(client: openai.AsyncOpenAI, upstream: OpenAIUpstream, fault: str) -> None:
     upstream.plan("up-main", fault, fault)
-    completion = await client.chat.completions.create(model="smart", messages=HELLO)  # type: ignore[arg-type]
+    completion = await client.chat.completions.create(model="smart", messages=HELLO)
     assert completion.choices[0].message.content == "Hello from up-backup! The capital of France is Paris."
     # 429 and timeouts move on at once; 5xx and bad answers get their retry first.
     assert upstream.calls["up-main"] == (1 if fault in ("429", "hang") else 2)
@@ -72,13 +73,13 @@ async def test_falls_back_to_the_next_target(client: openai.AsyncOpenAI, upstrea
 async def test_a_client_error_does_not_fall_back(client: openai.AsyncOpenAI, upstream: OpenAIUpstream) -> None:
     upstream.plan("up-main", "400")
     with pytest.raises(openai.BadRequestError):
-        await client.chat.completions.create(model="smart", messages=HELLO)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="smart", messages=HELLO)
     assert upstream.calls == {"up-main": 1}
 
 
 async def test_a_stream_falls_back_before_its_first_chunk(client: openai.AsyncOpenAI, upstream: OpenAIUpstream) -> None:
     upstream.plan("up-main", "503", "503")
-    stream = await client.chat.completions.create(model="smart", messages=HELLO, stream=True)  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(model="smart", messages=HELLO, stream=True)
     text = "".join([c.choices[0].delta.content or "" async for c in stream])
     assert text == "Hello from up-backup! The capital of France is Paris."
     assert upstream.calls == {"up-main": 2, "up-backup": 1}

@@ -5,18 +5,20 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
+from tests.conftest import sdk_http
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
 
 pytestmark = pytest.mark.anyio
 
-HELLO = [{"role": "user", "content": "hi"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 async def test_unknown_model_is_404(client: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        await client.chat.completions.create(model="gpt-nope", messages=HELLO)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="gpt-nope", messages=HELLO)
     assert (caught.value.status_code, caught.value.type, caught.value.code, caught.value.param) == (
         404,
         "invalid_request_error",
@@ -113,7 +115,7 @@ async def test_upstream_errors_reach_the_client(
 ) -> None:
     upstream.plan("up-main", fault, fault)  # the first attempt and its one retry
     with pytest.raises(exception) as caught:
-        await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="gpt-main", messages=HELLO)
     assert caught.value.status_code == status
     assert caught.value.code == code
 
@@ -123,9 +125,9 @@ async def test_upstream_is_unreachable(make_gateway: object) -> None:
         providers={"primary": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "timeout": 2}}
     )
     async with httpx.AsyncClient(transport=gateway.transport()) as http:
-        client = openai.AsyncOpenAI(base_url="http://unimw/v1", api_key="x", http_client=http, max_retries=0)
+        client = openai.AsyncOpenAI(base_url="http://unimw/v1", api_key="x", http_client=sdk_http(http), max_retries=0)
         with pytest.raises(openai.APIStatusError) as caught:
-            await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+            await client.chat.completions.create(model="gpt-main", messages=HELLO)
     assert caught.value.status_code == 502
     assert caught.value.code == "upstream_unreachable"
 
@@ -133,7 +135,7 @@ async def test_upstream_is_unreachable(make_gateway: object) -> None:
 async def test_the_upstream_key_is_never_echoed(client: openai.AsyncOpenAI, upstream: OpenAIUpstream) -> None:
     upstream.plan("up-main", "401")
     with pytest.raises(openai.AuthenticationError) as caught:
-        await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="gpt-main", messages=HELLO)
     assert upstream.headers[0]["authorization"] == "Bearer sk-primary-secret"
     assert "sk-primary-secret" not in str(caught.value.body) and "sk-primary-secret" not in caught.value.message
     assert "***" in caught.value.message
@@ -141,7 +143,7 @@ async def test_the_upstream_key_is_never_echoed(client: openai.AsyncOpenAI, upst
 
 async def test_an_error_mid_stream_is_an_sse_error_event(client: openai.AsyncOpenAI, upstream: OpenAIUpstream) -> None:
     upstream.plan("up-main", "drop")
-    stream = await client.chat.completions.create(model="smart", messages=HELLO, stream=True)  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(model="smart", messages=HELLO, stream=True)
     received: list[str] = []
     with pytest.raises(openai.APIError) as caught:
         async for chunk in stream:

@@ -15,6 +15,7 @@ from openai.types.chat import (
 )
 from pydantic import BaseModel
 
+from tests.conftest import sdk_http
 from tests.upstreams.gemini_app import GeminiUpstream, signature
 from unimw import Gateway
 
@@ -72,7 +73,9 @@ async def make_client(_gemini_server: tuple[GeminiUpstream, str]) -> AsyncIterat
         )
         http = httpx.AsyncClient(transport=gateway.transport())
         made.append((gateway, http))
-        return openai.AsyncOpenAI(base_url="http://unimw/v1", api_key="sk-client", http_client=http, max_retries=0)
+        return openai.AsyncOpenAI(
+            base_url="http://unimw/v1", api_key="sk-client", http_client=sdk_http(http), max_retries=0
+        )
 
     yield make
     for gateway, http in made:

@@ -12,15 +12,16 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
-from tests.conftest import Clock, sdk
+from tests.conftest import Clock, sdk, sdk_http
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
 from unimw.tenants import hash_key
 
 pytestmark = pytest.mark.anyio
 
-HELLO = [{"role": "user", "content": "What is the capital of France?"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
 ACME_KEY = "sk-acme-0123456789"
 GLOBEX_KEY = "sk-globex-9876543210"
 
@@ -37,16 +38,16 @@ def tenancy(**tenants: Any) -> dict[str, Any]:
 
 async def test_tenant_by_key_hash_and_header(make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream) -> None:
     gateway = make_gateway(**tenancy())
-    completion = await sdk(gateway, ACME_KEY).chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+    completion = await sdk(gateway, ACME_KEY).chat.completions.create(model="gpt-main", messages=HELLO)
     assert completion.model == "up-main"
     by_header = sdk(gateway, "not-a-key", **{"X-Tenant-Id": "globex"})
-    assert (await by_header.chat.completions.create(model="gpt-backup", messages=HELLO)).model == "up-backup"  # type: ignore[arg-type]
+    assert (await by_header.chat.completions.create(model="gpt-backup", messages=HELLO)).model == "up-backup"
 
 
 async def test_a_wrong_key_is_401(make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream) -> None:
     gateway = make_gateway(**tenancy())
     with pytest.raises(openai.AuthenticationError) as caught:
-        await sdk(gateway, "sk-wrong").chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+        await sdk(gateway, "sk-wrong").chat.completions.create(model="gpt-main", messages=HELLO)
     assert caught.value.code == "invalid_api_key"
     assert "sk-wrong" not in caught.value.message
     with pytest.raises(openai.AuthenticationError):
@@ -81,7 +82,7 @@ async def test_models_a_tenant_may_not_use_are_hidden_and_refused(
     globex = sdk(gateway, GLOBEX_KEY)
     assert [m.id for m in (await globex.models.list()).data] == ["gpt-backup"]
     with pytest.raises(openai.NotFoundError) as caught:
-        await globex.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+        await globex.chat.completions.create(model="gpt-main", messages=HELLO)
     assert caught.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         await globex.models.retrieve("smart")
@@ -95,9 +96,9 @@ async def test_max_tokens_guard_caps_the_request(
 ) -> None:
     gateway = make_gateway(**tenancy(acme={"max_tokens": 3}))
     client = sdk(gateway, ACME_KEY)
-    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=100)  # type: ignore[arg-type]
-    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_completion_tokens=2)  # type: ignore[arg-type]
-    await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=100)
+    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_completion_tokens=2)
+    await client.chat.completions.create(model="gpt-main", messages=HELLO)
     assert [(r.get("max_tokens"), r.get("max_completion_tokens")) for r in upstream.requests] == [
         (3, None),
         (None, 2),
@@ -113,22 +114,22 @@ async def test_rate_limit_refusal_reaches_the_sdk_with_headers(
         clock=clock, **tenancy(acme={"limits": [{"per": "minute", "requests": 2, "tokens": 100000}]})
     )
     client = sdk(gateway, ACME_KEY)
-    raw = await client.chat.completions.with_raw_response.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+    raw = await client.chat.completions.with_raw_response.create(model="gpt-main", messages=HELLO)
     assert raw.headers["x-ratelimit-limit-requests"] == "2"
     assert raw.headers["x-ratelimit-remaining-requests"] == "1"
     assert raw.headers["x-ratelimit-limit-tokens"] == "100000"
     assert raw.headers["x-ratelimit-reset-requests"] == "1m0s"
     clock.advance(10)
-    await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+    await client.chat.completions.create(model="gpt-main", messages=HELLO)
     with pytest.raises(openai.RateLimitError) as caught:
-        await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="gpt-main", messages=HELLO)
     error = caught.value
     assert (error.status_code, error.code, error.type) == (429, "rate_limit_exceeded", "requests")
     assert error.response.headers["retry-after"] == "50"  # the first call leaves the window 60 s after it was made
     assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert upstream.calls == {"up-main": 2}
     clock.advance(50)
-    await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+    await client.chat.completions.create(model="gpt-main", messages=HELLO)
 
 
 async def test_budget_refusal_is_insufficient_quota(
@@ -139,10 +140,10 @@ async def test_budget_refusal_is_insufficient_quota(
         **tenancy(acme={"limits": [{"per": "month", "usd": 10}]}),
     )
     client = sdk(gateway, ACME_KEY)
-    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=5)  # type: ignore[arg-type]
-    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=5)  # type: ignore[arg-type]
+    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=5)
+    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=5)
     with pytest.raises(openai.RateLimitError) as caught:
-        await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=5)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=5)
     assert (caught.value.code, caught.value.type) == ("insufficient_quota", "insufficient_quota")
     assert upstream.calls == {"up-main": 2}
 
@@ -164,11 +165,13 @@ async def test_exactly_n_of_300_concurrent_calls_fit_the_budget(
         **priced(usage={"jsonl": str(records)}, **tenancy(acme={"limits": [{"per": "month", "usd": 185}]}))
     )
     async with httpx.AsyncClient(transport=gateway.transport()) as http:
-        client = openai.AsyncOpenAI(base_url="http://unimw/v1", api_key=ACME_KEY, http_client=http, max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url="http://unimw/v1", api_key=ACME_KEY, http_client=sdk_http(http), max_retries=0
+        )
 
         async def one() -> str:
             try:
-                await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=5)  # type: ignore[arg-type]
+                await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=5)
                 return "ok"
             except openai.RateLimitError as error:
                 return str(error.code)
@@ -199,7 +202,7 @@ async def test_streams_are_charged_from_the_usage_chunk_which_is_stripped(
         **priced(usage={"jsonl": str(records)}, **tenancy(acme={"limits": [{"per": "month", "usd": 100}]}))
     )
     client = sdk(gateway, ACME_KEY)
-    stream = await client.chat.completions.create(model="gpt-main", messages=HELLO, stream=True, max_tokens=4)  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(model="gpt-main", messages=HELLO, stream=True, max_tokens=4)
     chunks = [c async for c in stream]
     assert all(c.choices for c in chunks)  # the client did not ask for usage, so none is sent
     assert upstream.requests[0]["stream_options"] == {"include_usage": True}  # but unimw asked upstream
@@ -217,7 +220,7 @@ async def test_a_client_leaving_mid_stream_is_charged_what_was_produced(
     )
     upstream.plan("up-main", "slow")
     client = sdk(gateway, ACME_KEY)
-    stream = await client.chat.completions.create(model="gpt-main", messages=HELLO, stream=True)  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(model="gpt-main", messages=HELLO, stream=True)
     text = ""
     async for chunk in stream:
         text += chunk.choices[0].delta.content or ""
@@ -246,7 +249,7 @@ async def test_an_upstream_failure_mid_stream_charges_only_what_came(
     )
     upstream.plan("up-main", "drop")
     client = sdk(gateway, ACME_KEY)
-    stream = await client.chat.completions.create(model="gpt-main", messages=HELLO, stream=True)  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(model="gpt-main", messages=HELLO, stream=True)
     with pytest.raises(openai.APIError):
         async for _ in stream:
             pass
@@ -270,7 +273,7 @@ async def test_a_fallback_is_charged_once_for_the_target_that_answered(
         **tenancy(acme={"limits": [{"per": "day", "usd": 100}]}),
     )
     upstream.plan("up-main", "503", "503")
-    await sdk(gateway, ACME_KEY).chat.completions.create(model="smart", messages=HELLO, max_tokens=3)  # type: ignore[arg-type]
+    await sdk(gateway, ACME_KEY).chat.completions.create(model="smart", messages=HELLO, max_tokens=3)
     await gateway.flush()
     (record,) = [json.loads(line) for line in records.read_text().splitlines()]
     assert (record["provider"], record["upstream_model"], record["cost_usd"]) == ("backup", "up-backup", 6.0)
@@ -282,7 +285,7 @@ async def test_a_failed_call_costs_nothing(make_gateway: Callable[..., Gateway],
     gateway = make_gateway(**priced(**tenancy(acme={"limits": [{"per": "day", "usd": 10_000, "requests": 10}]})))
     upstream.plan("up-main", "400")
     with pytest.raises(openai.BadRequestError):
-        await sdk(gateway, ACME_KEY).chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+        await sdk(gateway, ACME_KEY).chat.completions.create(model="gpt-main", messages=HELLO)
     requests, usd = await gateway._limiter.store.totals(await _acme_counters(gateway), gateway._limiter._clock())
     assert (requests, usd) == (1, 0)
 
@@ -290,23 +293,23 @@ async def test_a_failed_call_costs_nothing(make_gateway: Callable[..., Gateway],
 async def test_end_user_limits_are_kept_apart(make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream) -> None:
     gateway = make_gateway(**tenancy(acme={"limits": [{"per": "hour", "requests": 1, "scope": "end_user"}]}))
     client = sdk(gateway, ACME_KEY)
-    await client.chat.completions.create(model="gpt-main", messages=HELLO, user="alice")  # type: ignore[arg-type]
-    await client.chat.completions.create(model="gpt-main", messages=HELLO, user="bob")  # type: ignore[arg-type]
+    await client.chat.completions.create(model="gpt-main", messages=HELLO, user="alice")
+    await client.chat.completions.create(model="gpt-main", messages=HELLO, user="bob")
     with pytest.raises(openai.RateLimitError):
-        await client.chat.completions.create(model="gpt-main", messages=HELLO, user="alice")  # type: ignore[arg-type]
+        await client.chat.completions.create(model="gpt-main", messages=HELLO, user="alice")
     bob_by_header = sdk(gateway, ACME_KEY, **{"X-End-User": "bob"})
     with pytest.raises(openai.RateLimitError):
-        await bob_by_header.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+        await bob_by_header.chat.completions.create(model="gpt-main", messages=HELLO)
 
 
 async def test_global_limits_on_a_model_apply_to_every_tenant(
     make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream
 ) -> None:
     gateway = make_gateway(limits=[{"model": "gpt-main", "per": "minute", "requests": 1}], **tenancy())
-    await sdk(gateway, ACME_KEY).chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+    await sdk(gateway, ACME_KEY).chat.completions.create(model="gpt-main", messages=HELLO)
     with pytest.raises(openai.RateLimitError):
-        await sdk(gateway, "x", **{"X-Tenant-Id": "acme"}).chat.completions.create(model="smart", messages=HELLO)  # type: ignore[arg-type]
-    await sdk(gateway, GLOBEX_KEY).chat.completions.create(model="gpt-backup", messages=HELLO)  # type: ignore[arg-type]
+        await sdk(gateway, "x", **{"X-Tenant-Id": "acme"}).chat.completions.create(model="smart", messages=HELLO)
+    await sdk(gateway, GLOBEX_KEY).chat.completions.create(model="gpt-backup", messages=HELLO)
 
 
 async def test_alerts_fire_once_per_window(make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream) -> None:
@@ -318,8 +321,8 @@ async def test_alerts_fire_once_per_window(make_gateway: Callable[..., Gateway],
     gateway = make_gateway(**policy)
     client = sdk(gateway, ACME_KEY)
     for _ in range(2):  # 3 USD, then 6 USD: past 50 % once
-        await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=3)  # type: ignore[arg-type]
-    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=3)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=3)
+    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=3)
     assert [(a.threshold, a.used, a.limit, a.quantity, a.tenant) for a in tenant_hooks.alerts] == [
         (0.5, 6.0, 10.0, "usd", "acme")
     ]
@@ -334,9 +337,9 @@ async def test_keys_never_appear_in_logs_errors_or_records(
         usage={"jsonl": str(records)}, **tenancy(acme={"limits": [{"per": "minute", "requests": 1}]})
     )
     client = sdk(gateway, ACME_KEY)
-    await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+    await client.chat.completions.create(model="gpt-main", messages=HELLO)
     with pytest.raises(openai.RateLimitError) as caught:
-        await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="gpt-main", messages=HELLO)
     await gateway.flush()
     seen = records.read_text() + caplog.text + str(caught.value.body) + repr(gateway.policy)
     assert ACME_KEY not in seen and "sk-primary-secret" not in seen
@@ -350,7 +353,7 @@ async def test_an_upstream_without_usage_is_charged_an_estimate(
         **priced(usage={"jsonl": str(records)}, **tenancy(acme={"limits": [{"per": "month", "usd": 10_000}]}))
     )
     upstream.plan("up-main", "nousage")
-    await sdk(gateway, ACME_KEY).chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=100)  # type: ignore[arg-type]
+    await sdk(gateway, ACME_KEY).chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=100)
     await gateway.flush()
     record = json.loads(records.read_text())
     # "Hello from up-main! The capital of France is Paris." is 52 bytes: 13 tokens at 4 bytes a token.
@@ -376,8 +379,8 @@ async def test_the_default_cap_applies_only_to_requests_without_one(
         tenancy={"resolve": ["api_key"], "default_max_tokens": 100}, tenants=tenancy(**budget)["tenants"]
     )
     client = sdk(gateway, ACME_KEY)
-    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_completion_tokens=500)  # type: ignore[arg-type]
-    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=50)  # type: ignore[arg-type]
-    await client.chat.completions.create(model="gpt-main", messages=HELLO)  # type: ignore[arg-type]
+    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_completion_tokens=500)
+    await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=50)
+    await client.chat.completions.create(model="gpt-main", messages=HELLO)
     caps = [(r.get("max_completion_tokens"), r.get("max_tokens")) for r in upstream.requests]
     assert caps == [(500, None), (None, 50), (100, None)]

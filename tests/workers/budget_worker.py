@@ -14,12 +14,15 @@ import time
 import httpx
 import openai
 
+from tests.conftest import sdk_http
 from unimw import Gateway
 
 
 async def main(policy: dict[str, object], api_key: str, calls: int, start_at: float) -> dict[str, int]:
     async with Gateway.from_dict(policy) as gateway, httpx.AsyncClient(transport=gateway.transport()) as http:
-        client = openai.AsyncOpenAI(base_url="http://unimw/v1", api_key=api_key, http_client=http, max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url="http://unimw/v1", api_key=api_key, http_client=sdk_http(http), max_retries=0
+        )
         messages = [{"role": "user", "content": "What is the capital of France?"}]
 
         async def one() -> str:

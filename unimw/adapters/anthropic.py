@@ -290,7 +290,6 @@ class AnthropicAdapter(HTTPAdapter):
 
     provider_name: ClassVar[str] = "anthropic"
     default_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
-    option_names: ClassVar[frozenset[str]] = frozenset({"anthropic_version", "default_max_tokens"})
 
     def __init__(self, provider: Provider) -> None:
         # ``…/v1`` is accepted as well, as OpenAI-style base URLs end in it.

@@ -36,15 +36,8 @@ class Adapter(Protocol):
     supports_tools: ClassVar[bool]
     #: The vendor as ``gen_ai.provider.name`` calls it (a well-known value of the GenAI conventions).
     provider_name: ClassVar[str]
-    #: The keys ``providers.<name>.options`` may hold for this kind; others are refused with their line.
-    option_names: ClassVar[frozenset[str]]
     #: The vendor's own endpoint, used when a provider gives no ``base_url`` (None: there is none).
     default_base_url: ClassVar[str | None]
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` for options this adapter cannot use (called when the policy is read)."""
-        ...
 
     def __init__(self, provider: Provider) -> None: ...
 
@@ -128,12 +121,7 @@ class HTTPAdapter:
 
     supports_streaming: ClassVar[bool] = True
     supports_tools: ClassVar[bool] = True
-    option_names: ClassVar[frozenset[str]] = frozenset()
     default_base_url: ClassVar[str | None] = None
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        return None
 
     def dropped_params(self, request: JSON, target: Target) -> tuple[str, ...]:
         return ()

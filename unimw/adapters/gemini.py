@@ -372,7 +372,6 @@ class GeminiAdapter(HTTPAdapter):
 
     provider_name: ClassVar[str] = "gcp.gemini"  # the Gemini API (generativelanguage), not Vertex AI
     default_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
-    option_names: ClassVar[frozenset[str]] = frozenset({"thinking_levels", "include_thoughts"})
 
     def __init__(self, provider: Provider) -> None:
         self._base_url = provider.base_url or DEFAULT_BASE_URL

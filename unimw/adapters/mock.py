@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from unimw.adapters.base import Target
@@ -167,13 +167,6 @@ class MockAdapter:
     supports_tools: ClassVar[bool] = True
     provider_name: ClassVar[str] = "unimw.mock"  # no vendor: a name of our own
     default_base_url: ClassVar[str | None] = None  # offline: no server
-    option_names: ClassVar[frozenset[str]] = frozenset({"latency", "chunk_delay"})
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        for name in ("latency", "chunk_delay"):
-            if not isinstance(options.get(name, 0), (int, float)):
-                raise ValueError(f"{name} is a number of seconds")
 
     def dropped_params(self, request: JSON, target: Target) -> tuple[str, ...]:
         return ()

@@ -122,11 +122,6 @@ class OpenAIAdapter(HTTPAdapter):
 
     provider_name: ClassVar[str] = "openai"
     default_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
-    option_names: ClassVar[frozenset[str]] = frozenset({"azure"})
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        azure_options(options)
 
     def __init__(self, provider: Provider) -> None:
         self._base_url = provider.base_url or DEFAULT_BASE_URL
