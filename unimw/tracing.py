@@ -29,13 +29,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
-from opentelemetry import context, metrics, trace
+from opentelemetry import context, trace
 from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
     GEN_AI_OPERATION_NAME,
     GEN_AI_PROVIDER_NAME,
@@ -44,17 +42,11 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
     GEN_AI_RESPONSE_ID,
     GEN_AI_RESPONSE_MODEL,
     GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK,
-    GEN_AI_TOKEN_TYPE,
     GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
     GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_OUTPUT_TOKENS,
     GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
     GenAiTokenTypeValues,
-)
-from opentelemetry.semconv._incubating.metrics.gen_ai_metrics import (
-    GEN_AI_CLIENT_OPERATION_DURATION,
-    GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK,
-    GEN_AI_CLIENT_TOKEN_USAGE,
 )
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
@@ -67,19 +59,14 @@ from unimw.attributes import (
     BUDGET_DECISION,
     BUDGET_LIMIT,
     BUDGET_QUANTITY,
-    BUDGET_REFUSALS,
     BUDGET_THRESHOLD,
     BUDGET_USED,
     CACHE_HIT,
-    CACHE_REQUESTS,
     CACHE_STATUS,
-    COST,
     COST_USD,
     DROPPED_PARAMS,
-    DURATION_BUCKETS,
     END_USER,
     OPERATION_DETAILS,
-    OTHER,
     PROVIDER,
     REQUEST_ID,
     ROUTE_STRATEGY,
@@ -87,10 +74,10 @@ from unimw.attributes import (
     STATUS,
     TARGET,
     TENANT,
-    TOKEN_BUCKETS,
 )
-from unimw.errors import KNOWN_CODES, BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError, UpstreamError
+from unimw.errors import BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError
 from unimw.http import PROPAGATE_TRACE
+from unimw.metrics import Metrics, Upstream, error_type
 from unimw.usage import MICRO
 from unimw.wire import JSON
 
@@ -152,43 +139,13 @@ def self_hosted(url: str | None) -> bool:
     return address.is_private or address.is_loopback or address.is_link_local
 
 
-def error_type(error: BaseException | None) -> str:
-    """``error.type``: the OpenAI error code, the upstream's HTTP status, or the exception's class."""
-    if isinstance(error, UpstreamError):
-        return error.code or str(error.status)
-    if isinstance(error, UnimwError):
-        return error.code or error.type
-    if error is None:
-        return OTHER
-    cls = type(error)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def metric_error_type(error: BaseException | None) -> str:
-    """``error.type`` with bounded values, for metrics: a vendor's own code that unimw does not know
-    becomes the HTTP status (every other value is already one of a fixed set)."""
-    if isinstance(error, UpstreamError) and error.code not in KNOWN_CODES:
-        return str(error.status)
-    return error_type(error)
-
-
 def _description(error: BaseException | None) -> str:
     # Only our own messages (upstream ones already redacted by the dispatcher): another exception's text
     # could hold anything.
     return error.message if isinstance(error, UnimwError) else error_type(error)
 
 
-@dataclass(frozen=True, slots=True)
-class _Upstream:
-    """What spans say about one provider of the policy."""
-
-    name: str  #: gen_ai.provider.name
-    address: str | None
-    port: int | None
-    propagate: bool  #: whether requests to it carry traceparent
-
-
-def _upstream(provider: Provider, adapter: type[Adapter], propagate_all: bool | None) -> _Upstream:
+def _upstream(provider: Provider, adapter: type[Adapter], propagate_all: bool | None) -> Upstream:
     url = provider.base_url or adapter.default_base_url
     address = port = None
     if url:
@@ -204,7 +161,7 @@ def _upstream(provider: Provider, adapter: type[Adapter], propagate_all: bool | 
         propagate = propagate_all
     else:
         propagate = self_hosted(provider.base_url)
-    return _Upstream(adapter.provider_name, address, port, propagate)
+    return Upstream(adapter.provider_name, address, port, propagate)
 
 
 def _number(value: Any) -> bool:
@@ -232,7 +189,6 @@ class Tracing:
     ) -> None:
         self._adapters = adapters
         self._tracer = trace.get_tracer("unimw", tracer_provider=tracer_provider, schema_url=SCHEMA_URL)
-        meter = metrics.get_meter("unimw", meter_provider=meter_provider, schema_url=SCHEMA_URL)
         settings = policy.tracing
         self.content_on_span, self.content_in_event = content_modes(settings.capture_content, environ)
         self._upstreams = {
@@ -241,31 +197,7 @@ class Tracing:
         #: Per public name: what its spans say about its route (whatever the operation).
         self._routes = {name: self._route_facts(route) for name, route in routes.items()}
         self._starts: dict[tuple[str, str], Attributes] = {}
-        self._duration = meter.create_histogram(
-            GEN_AI_CLIENT_OPERATION_DURATION,
-            unit="s",
-            description="GenAI operation duration.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self._first_chunk = meter.create_histogram(
-            GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK,
-            unit="s",
-            description="Time to receive the first chunk of a streamed response.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self._tokens = meter.create_histogram(
-            GEN_AI_CLIENT_TOKEN_USAGE,
-            unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
-        )
-        self._cache_requests = meter.create_counter(
-            CACHE_REQUESTS, unit="{request}", description="Response cache lookups, by hit."
-        )
-        self._refusals = meter.create_counter(
-            BUDGET_REFUSALS, unit="{request}", description="Calls refused by a rate limit or budget."
-        )
-        self._cost = meter.create_counter(COST, unit="USD", description="What tenants were charged for calls.")
+        self._metrics = Metrics(meter_provider, self._routes)
 
     def propagates(self, provider: str) -> bool:
         """Whether requests to ``provider`` (its name in the policy) carry the trace context."""
@@ -323,7 +255,7 @@ class Tracing:
         decision = _budget_decision(call)
         cost_usd = cost / MICRO if call.answered else 0.0
         try:
-            self._record(call, upstream, failure, decision, cost_usd)
+            self._metrics.record(call, upstream, decision, cost_usd)
             if span.is_recording():
                 span.set_attributes(self._outcome(call, upstream, failure, decision, cost_usd))
                 for alert in call.alerts:
@@ -346,11 +278,8 @@ class Tracing:
             span.end()
 
     def cache_lookup(self, call: Call, hit: bool) -> None:
-        """Count one response-cache lookup in ``unimw.cache.requests``."""
-        attributes: Attributes = {CACHE_HIT: hit, GEN_AI_REQUEST_MODEL: self._model(call)}
-        if call.caller.tenant is not None:
-            attributes[TENANT] = call.caller.tenant
-        self._cache_requests.add(1, attributes)
+        """Count one response-cache lookup."""
+        self._metrics.cache_lookup(call, hit)
 
     # ── attempt spans ────────────────────────────────────────────────────────
 
@@ -426,7 +355,7 @@ class Tracing:
         return attributes
 
     def _outcome(
-        self, call: Call, upstream: _Upstream | None, failure: str | None, decision: str, cost_usd: float
+        self, call: Call, upstream: Upstream | None, failure: str | None, decision: str, cost_usd: float
     ) -> Attributes:
         attributes: Attributes = {
             STATUS: call.status,
@@ -474,46 +403,6 @@ class Tracing:
             span.set_attributes(content)
         if self.content_in_event:
             span.add_event(OPERATION_DETAILS, content)
-
-    # ── metrics ──────────────────────────────────────────────────────────────
-
-    def _model(self, call: Call) -> str:
-        """The public name called, for metrics: a name not in the policy is ``_OTHER`` (bounded cardinality)."""
-        model = call.request.get("model")
-        return model if isinstance(model, str) and model in self._routes else OTHER
-
-    def _record(
-        self, call: Call, upstream: _Upstream | None, failure: str | None, decision: str, cost_usd: float
-    ) -> None:
-        model = self._model(call)
-        attributes: Attributes = {GEN_AI_OPERATION_NAME: call.operation.name, GEN_AI_REQUEST_MODEL: model}
-        if upstream is not None:
-            attributes[GEN_AI_PROVIDER_NAME] = upstream.name
-            if upstream.address is not None and upstream.port is not None:
-                attributes[SERVER_ADDRESS] = upstream.address
-                attributes[SERVER_PORT] = upstream.port
-        elif (route := self._routes.get(model)) is not None:  # no target was called: what the route says
-            attributes.update((k, route[k]) for k in (GEN_AI_PROVIDER_NAME, SERVER_ADDRESS, SERVER_PORT) if k in route)
-        if call.reading.response_model:
-            attributes[GEN_AI_RESPONSE_MODEL] = call.reading.response_model
-        if failure is not None:
-            attributes[ERROR_TYPE] = metric_error_type(call.error)
-        self._duration.record(time.perf_counter() - call.started, attributes)
-        if call.stream and call.first_chunk_at is not None:
-            self._first_chunk.record(call.first_chunk_at - call.started, attributes)
-        if call.usage is not None and not call.cache_hit:
-            self._tokens.record(call.usage.input_tokens, {**attributes, GEN_AI_TOKEN_TYPE: INPUT})
-            self._tokens.record(call.usage.output_tokens, {**attributes, GEN_AI_TOKEN_TYPE: OUTPUT})
-        if cost_usd or decision == "refused":
-            by_tenant: Attributes = {GEN_AI_REQUEST_MODEL: model}
-            if call.caller.tenant is not None:
-                by_tenant[TENANT] = call.caller.tenant
-            if cost_usd and call.target is not None and upstream is not None:
-                self._cost.add(
-                    cost_usd, {**by_tenant, GEN_AI_PROVIDER_NAME: upstream.name, PROVIDER: call.target.provider}
-                )
-            if decision == "refused" and failure is not None:
-                self._refusals.add(1, {**by_tenant, ERROR_TYPE: metric_error_type(call.error)})
 
 
 def _budget_decision(call: Call) -> str:

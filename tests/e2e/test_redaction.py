@@ -22,9 +22,9 @@ from tests.otel import Telemetry
 from tests.upstreams import ScriptedUpstream
 from unimw import Gateway
 from unimw.errors import UpstreamError
+from unimw.metrics import error_type, metric_error_type
 from unimw.policy import Provider
 from unimw.redaction import MASK, Redactor, provider_secrets
-from unimw.tracing import error_type, metric_error_type
 
 pytestmark = pytest.mark.anyio
 

@@ -1,0 +1,164 @@
+"""The GenAI client metrics and unimw's own, recorded once per finished call.
+
+Instruments and their advised buckets follow ``gen-ai-metrics.md``; every
+attribute has a bounded set of values (a model not in the policy is
+``_OTHER``, a vendor's own error code is its HTTP status), so a caller
+cannot grow a metric's cardinality.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from opentelemetry import metrics
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_PROVIDER_NAME,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_TOKEN_TYPE,
+    GenAiTokenTypeValues,
+)
+from opentelemetry.semconv._incubating.metrics.gen_ai_metrics import (
+    GEN_AI_CLIENT_OPERATION_DURATION,
+    GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK,
+    GEN_AI_CLIENT_TOKEN_USAGE,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+
+from unimw.attributes import (
+    BUDGET_REFUSALS,
+    CACHE_HIT,
+    CACHE_REQUESTS,
+    COST,
+    DURATION_BUCKETS,
+    OTHER,
+    PROVIDER,
+    SCHEMA_URL,
+    TENANT,
+    TOKEN_BUCKETS,
+)
+from unimw.errors import KNOWN_CODES, UnimwError, UpstreamError
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.util.types import AttributeValue
+
+    from unimw.calls import Call
+
+    Attributes = dict[str, AttributeValue]
+
+INPUT: Final = GenAiTokenTypeValues.INPUT.value
+OUTPUT: Final = GenAiTokenTypeValues.COMPLETION.value
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """What telemetry says about one provider of the policy."""
+
+    name: str  #: gen_ai.provider.name
+    address: str | None
+    port: int | None
+    propagate: bool  #: whether requests to it carry traceparent
+
+
+def error_type(error: BaseException | None) -> str:
+    """``error.type``: the OpenAI error code, the upstream's HTTP status, or the exception's class."""
+    if isinstance(error, UpstreamError):
+        return error.code or str(error.status)
+    if isinstance(error, UnimwError):
+        return error.code or error.type
+    if error is None:
+        return OTHER
+    cls = type(error)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def metric_error_type(error: BaseException | None) -> str:
+    """``error.type`` with bounded values, for metrics: a vendor's own code that unimw does not know
+    becomes the HTTP status (every other value is already one of a fixed set)."""
+    if isinstance(error, UpstreamError) and error.code not in KNOWN_CODES:
+        return str(error.status)
+    return error_type(error)
+
+
+class Metrics:
+    """The instruments of one gateway, on the host's meter provider unless given another."""
+
+    def __init__(self, meter_provider: MeterProvider | None, routes: Mapping[str, Attributes]) -> None:
+        meter = metrics.get_meter("unimw", meter_provider=meter_provider, schema_url=SCHEMA_URL)
+        self._routes = routes
+        self._duration = meter.create_histogram(
+            GEN_AI_CLIENT_OPERATION_DURATION,
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._first_chunk = meter.create_histogram(
+            GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK,
+            unit="s",
+            description="Time to receive the first chunk of a streamed response.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._tokens = meter.create_histogram(
+            GEN_AI_CLIENT_TOKEN_USAGE,
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self._cache_requests = meter.create_counter(
+            CACHE_REQUESTS, unit="{request}", description="Response cache lookups, by hit."
+        )
+        self._refusals = meter.create_counter(
+            BUDGET_REFUSALS, unit="{request}", description="Calls refused by a rate limit or budget."
+        )
+        self._cost = meter.create_counter(COST, unit="USD", description="What tenants were charged for calls.")
+
+    def cache_lookup(self, call: Call, hit: bool) -> None:
+        """Count one response-cache lookup in ``unimw.cache.requests``."""
+        attributes: Attributes = {CACHE_HIT: hit, GEN_AI_REQUEST_MODEL: self._model(call)}
+        if call.caller.tenant is not None:
+            attributes[TENANT] = call.caller.tenant
+        self._cache_requests.add(1, attributes)
+
+    def record(self, call: Call, upstream: Upstream | None, decision: str, cost_usd: float) -> None:
+        """Duration, time to first chunk, tokens, cost and refusals of one finished call."""
+        model = self._model(call)
+        attributes: Attributes = {GEN_AI_OPERATION_NAME: call.operation.name, GEN_AI_REQUEST_MODEL: model}
+        if upstream is not None:
+            attributes[GEN_AI_PROVIDER_NAME] = upstream.name
+            if upstream.address is not None and upstream.port is not None:
+                attributes[SERVER_ADDRESS] = upstream.address
+                attributes[SERVER_PORT] = upstream.port
+        elif (route := self._routes.get(model)) is not None:  # no target was called: what the route says
+            attributes.update((k, route[k]) for k in (GEN_AI_PROVIDER_NAME, SERVER_ADDRESS, SERVER_PORT) if k in route)
+        if call.reading.response_model:
+            attributes[GEN_AI_RESPONSE_MODEL] = call.reading.response_model
+        failed = call.status == "error"
+        if failed:
+            attributes[ERROR_TYPE] = metric_error_type(call.error)
+        self._duration.record(time.perf_counter() - call.started, attributes)
+        if call.stream and call.first_chunk_at is not None:
+            self._first_chunk.record(call.first_chunk_at - call.started, attributes)
+        if call.usage is not None and not call.cache_hit:
+            self._tokens.record(call.usage.input_tokens, {**attributes, GEN_AI_TOKEN_TYPE: INPUT})
+            self._tokens.record(call.usage.output_tokens, {**attributes, GEN_AI_TOKEN_TYPE: OUTPUT})
+        if cost_usd or decision == "refused":
+            by_tenant: Attributes = {GEN_AI_REQUEST_MODEL: model}
+            if call.caller.tenant is not None:
+                by_tenant[TENANT] = call.caller.tenant
+            if cost_usd and call.target is not None and upstream is not None:
+                self._cost.add(
+                    cost_usd, {**by_tenant, GEN_AI_PROVIDER_NAME: upstream.name, PROVIDER: call.target.provider}
+                )
+            if decision == "refused" and failed:
+                self._refusals.add(1, {**by_tenant, ERROR_TYPE: metric_error_type(call.error)})
+
+    def _model(self, call: Call) -> str:
+        """The public name called: a name not in the policy is ``_OTHER`` (bounded cardinality)."""
+        model = call.request.get("model")
+        return model if isinstance(model, str) and model in self._routes else OTHER
