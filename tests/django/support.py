@@ -1,0 +1,83 @@
+"""Servers and policies for the Django tests: a threaded WSGI server, the policy file, records to compare."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socketserver
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import yaml
+from django.core.handlers.wsgi import WSGIHandler
+
+from tests.conftest import policy_for
+from tests.django.conftest import POLICY
+from unimw.django.models import UsageRecord as Row
+from unimw.tenants import hash_key
+
+ACME_KEY = "sk-acme-django"
+TIGHT_KEY = "sk-tight-django"
+
+
+def write_policy(upstream_url: str, records: Path) -> None:
+    """The tests' policy: acme and tight by API key, web (the default) and globex for logged-in users."""
+    policy = policy_for(
+        upstream_url,
+        usage={"jsonl": str(records)},
+        tenants={
+            "acme": {"api_keys": [hash_key(ACME_KEY)]},
+            "tight": {"api_keys": [hash_key(TIGHT_KEY)], "limits": [{"per": "minute", "requests": 1}]},
+            "web": {},
+            "globex": {},
+        },
+        tenancy={"default": "web"},
+    )
+    POLICY.write_text(yaml.safe_dump(policy))
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def wsgi_server() -> Iterator[str]:
+    """Django's WSGI application on a threaded wsgiref server on loopback; stopped on exit."""
+    server = make_server("127.0.0.1", 0, WSGIHandler(), server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def jsonl_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def row_records(database: str = "default") -> list[dict[str, Any]]:
+    """The rows as UsageRecord dicts (what the JSONL sink wrote for the same calls), in request order."""
+    rows = Row.objects.using(database).order_by("timestamp", "request_id")
+    return [{name: getattr(row, name) for name in Row.RECORD_FIELDS} for row in rows]
+
+
+def by_request(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {record["request_id"]: record for record in records}
+
+
+def record_fields() -> tuple[str, ...]:
+    from unimw.records import UsageRecord
+
+    return tuple(field.name for field in dataclasses.fields(UsageRecord))
