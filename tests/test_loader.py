@@ -90,6 +90,12 @@ def test_env_values_are_not_parsed_as_yaml() -> None:
         ("tenants:\n  t:\n    limits:\n      - {per: day}\n", 4, "at least one of requests, tokens or usd"),
         ("tenancy: {reset_timezone: Mars/Olympus}\n", 1, "unknown time zone 'Mars/Olympus'"),
         ("cache: {store: ftp://x}\n", 1, "store must be memory:// or redis://"),
+        ("tenancy:\n  store: memory://?max_countrs=5\n", 2, "unknown memory:// store option 'max_countrs'"),
+        (
+            "cache:\n  enabled: true\n  store: redis://127.0.0.1:6379/0?pool_timeout=5\n",
+            3,
+            "unknown Redis store option(s) pool_timeout",
+        ),
         (
             "providers:\n  a:\n    kind: anthropic\n    options: {anthropic_verison: '2023-06-01'}\n",
             4,
@@ -123,6 +129,8 @@ def test_env_values_are_not_parsed_as_yaml() -> None:
         "empty-limit",
         "bad-timezone",
         "bad-store-url",
+        "bad-memory-store-option",
+        "bad-redis-store-option",
         "unknown-option",
         "bad-azure-option",
     ],

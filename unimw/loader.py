@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from unimw.adapters import ADAPTERS
 from unimw.policy import Path, Policy, PolicyError, Provider
+from unimw.stores import check_url
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: Values aliases may add beyond those the file writes out: plenty for sharing settings, and a bound on
@@ -79,6 +80,11 @@ def build_policy(data: Any, *, source: str = "<policy>", lines: Mapping[Path, in
         policy.check()
     except PolicyError as exc:
         raise ConfigError(exc.message, source=source, line=_line(lines, exc.path)) from exc
+    for path, url in ((("tenancy", "store"), policy.tenancy.store), (("cache", "store"), policy.cache.store)):
+        try:
+            check_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"{'.'.join(path)}: {exc}", source=source, line=_line(lines, path)) from exc
     return policy
 
 

@@ -36,6 +36,27 @@ def cache_store(url: str, *, max_entries: int, max_bytes: int, clock: Callable[[
     return RedisCacheStore(url)
 
 
+#: The query options a ``redis://`` store URL may carry: those the Redis client reads from a URL, plus its name.
+REDIS_OPTIONS = frozenset(
+    {
+        "db", "health_check_interval", "max_connections", "protocol", "retry_on_timeout", "socket_connect_timeout",
+        "socket_keepalive", "socket_read_size", "socket_timeout", "ssl_check_hostname", "timeout", "client_name",
+    }
+)  # fmt: skip
+
+
+def check_url(url: str) -> None:
+    """Raise ``ValueError`` for a store URL whose options the store would refuse (or, for Redis, fail on
+    only at its first call): checked when the policy is read, so ``unimw check`` names the line."""
+    if url.startswith("memory://"):
+        _memory_options(url)
+        return
+    if unknown := sorted({name for name, _ in parse_qsl(urlsplit(url).query)} - REDIS_OPTIONS):
+        raise ValueError(
+            f"unknown Redis store option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(REDIS_OPTIONS))}"
+        )
+
+
 def _memory_options(url: str) -> dict[str, int]:
     """The options of a ``memory://`` limit store URL; an unknown or malformed one is a configuration error."""
     options: dict[str, int] = {}
