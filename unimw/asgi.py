@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from unimw.calls import CallStream
 from unimw.errors import InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnimwError
 from unimw.gateway import Gateway, Inbound
-from unimw.wire import JSON, SSE_DONE, dumps, loads, request_id, sse_event
+from unimw.operations import Operation
+from unimw.wire import JSON, dumps, loads, request_id, sse_event
 
 logger = logging.getLogger("unimw")
 
@@ -80,12 +81,23 @@ class GatewayApp:
                 await _send_stream(receive, send, answer.body, rid, answer.response_headers())
             else:
                 await _send_json(send, 200, answer.body, rid, answer.response_headers())
+        elif (found := self._resource(path)) is not None:
+            operation, rest = found
+            inbound = Inbound(_headers(scope), scope, rid)
+            await _send_json(send, 200, await gateway.handle_resource(operation, method, rest, inbound), rid)
         elif path == self._models or path.startswith(self._models + "/"):
             _allow(method, "GET", path)
             name = path[len(self._models) + 1 :] if path != self._models else None
             await _send_json(send, 200, await gateway.handle_models(Inbound(_headers(scope), scope, rid), name), rid)
         else:
             raise NotFound(f"Invalid URL ({method} {path})")
+
+    def _resource(self, path: str) -> tuple[Operation, str] | None:
+        """The operation whose path ``path`` is below (``/v1/responses/{id}``), and the rest of it."""
+        for operation_path, operation in self._operations.items():
+            if path.startswith(operation_path + "/"):
+                return operation, path[len(operation_path) + 1 :]
+        return None
 
 
 class UnimwMiddleware:
@@ -176,27 +188,30 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 async def _send_stream(receive: Receive, send: Send, chunks: CallStream, rid: str, extra: dict[str, str]) -> None:
-    """Chunks as SSE events as they come, ending in ``[DONE]``; a failure mid-stream as an error event.
+    """Items as SSE events as they come, framed by the call's operation (chat ends in ``[DONE]``); a failure
+    mid-stream as the operation's error event.
 
     The client going away (``http.disconnect``, or a failed send) stops the
     stream where it is; the stream is closed in every case, so the call is
     settled even if not one chunk was sent.
     """
     headers = [*_SSE_HEADERS, (b"x-request-id", rid.encode()), *_encode(extra)]
+    operation = chunks.call.operation
 
     async def produce() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
             async for chunk in chunks:
-                await send({"type": "http.response.body", "body": sse_event(chunk), "more_body": True})
+                await send({"type": "http.response.body", "body": operation.encode_event(chunk), "more_body": True})
         except UnimwError as error:
-            await send({"type": "http.response.body", "body": sse_event(error.to_dict()), "more_body": False})
+            body = operation.error_event(error, chunks.watch)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         except Exception:
             logger.exception("unimw: unexpected error while streaming")
             await send({"type": "http.response.body", "body": sse_event(_SERVER_ERROR), "more_body": False})
             return
-        await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+        await send({"type": "http.response.body", "body": operation.stream_end, "more_body": False})
 
     async def watch() -> None:
         while (await receive())["type"] != "http.disconnect":

@@ -92,12 +92,12 @@ class CallStream:
     the upstream and settles what was produced, even if no chunk was read.
     """
 
-    __slots__ = ("_chunks", "_done", "_finish", "_watch", "call")
+    __slots__ = ("_chunks", "_done", "_finish", "call", "watch")
 
     def __init__(self, call: Call, chunks: AsyncIterator[JSON], watch: StreamWatch, finish: Finish) -> None:
         self.call = call
         self._chunks = chunks
-        self._watch = watch
+        self.watch = watch  #: the operation's watcher, which doors hand back to the operation for an error event
         self._finish = finish
         self._done = False
 
@@ -112,7 +112,7 @@ class CallStream:
                 chunk = await anext(self._chunks)
                 if self.call.first_chunk_at is None:
                     self.call.first_chunk_at = time.perf_counter()
-                if (seen := self._watch.see(chunk)) is not None:
+                if (seen := self.watch.see(chunk)) is not None:
                     return seen
         except StopAsyncIteration:
             await self._end(None)
@@ -133,12 +133,12 @@ class CallStream:
         call = self.call
         if error is not None:
             call.failed(error)
-        call.reading = self._watch.reading()
+        call.reading = self.watch.reading()
         if not call.cache_hit:
             call.answered = True  # the first chunk reached the caller: the prompt was used
-        call.usage = call.reading.usage or call.estimate(self._watch.produced())
+        call.usage = call.reading.usage or call.estimate(self.watch.produced())
         if error is None:
-            call.answer = self._watch.answer()
+            call.answer = self.watch.answer()
         try:
             if error is not None:
                 await aclose(self._chunks)

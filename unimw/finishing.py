@@ -1,4 +1,4 @@
-"""The one place a call ends: settle, release or fill the cache, record, trace.
+"""The one place a call ends: settle, release or fill the cache, let the operation keep it, record, trace.
 
 :meth:`Finisher.finish` runs once per call, whatever ended it (an answer, an
 error, a refusal, a cache hit, the end of a stream, a reader that left).
@@ -59,6 +59,13 @@ class Finisher:
             cancelled = exc
         except Exception:
             logger.exception("unimw: the cache step failed for call %s", call.request_id)
+        try:
+            if call.status == "ok" and call.answered:
+                await call.operation.remember(call)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+        except Exception:
+            logger.exception("unimw: the %s operation could not keep call %s", call.operation.name, call.request_id)
         try:
             for alert in call.alerts:
                 self._hooks.budget_alert(alert)

@@ -114,7 +114,7 @@ class Gateway:
     ) -> None:
         self.policy = policy
         self.created = int(time.time())
-        self.operations: dict[str, Operation] = {op.path: op for op in (*DEFAULT_OPERATIONS, *operations)}
+        self.operations: dict[str, Operation] = {op.path: op.bind(policy) for op in (*DEFAULT_OPERATIONS, *operations)}
         self._tenants = Tenants(policy)
         self._limiter = Limiter(policy, limit_store or stores.limit_store(policy.tenancy.store), clock)
         self._router = Router(policy)
@@ -214,7 +214,9 @@ class Gateway:
         call.caller = await self._identify(inbound, body)
         call.request = request = call.operation.validate(body)
         call.route = route = self._router.resolve(request["model"])
-        call.request = request = self._authorize(call)
+        call.request = self._authorize(call)
+        await call.operation.prepare(call)
+        request = call.request
         call.stream = call.operation.is_stream(request)
         answer = Answer(request, {})
         if self._cache_on and self._cache.applies(route):
@@ -289,6 +291,11 @@ class Gateway:
             answer.body = cached
         return answer
 
+    async def handle_resource(self, operation: Operation, method: str, path: str, inbound: Inbound) -> JSON:
+        """``method`` on something an operation keeps (``GET /responses/{id}``), for the caller a door received."""
+        caller = await self._identify(inbound, None)
+        return await operation.resource(method, path, caller)
+
     # ── models ───────────────────────────────────────────────────────────────
 
     def models(self, *, tenant: str | None = None) -> JSON:
@@ -335,6 +342,8 @@ class Gateway:
     async def aclose(self) -> None:
         for adapter in self._adapters.values():
             await adapter.aclose()
+        for operation in self.operations.values():
+            await operation.aclose()
         await self._hooks.aclose()
         await self._recorder.aclose()
         await self._limiter.aclose()

@@ -16,14 +16,17 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from unimw.errors import InvalidRequest
+from unimw.errors import InvalidRequest, NotFound, UnimwError
 from unimw.usage import Usage
-from unimw.wire import JSON, dumps
+from unimw.wire import JSON, SSE_DONE, dumps, sse_event
 
 if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
 
     from unimw.adapters.base import Adapter, Target
+    from unimw.calls import Call
+    from unimw.policy import Policy
+    from unimw.tenants import Caller
 
 #: unimw's own per-request field (cache directives): read by the cache step, never sent upstream.
 CONTROL_FIELD = "unimw_cache"
@@ -73,6 +76,15 @@ class Operation:
     path: ClassVar[str]
     #: Request fields that cannot change the answer, so do not split the cache.
     not_in_cache_key: ClassVar[frozenset[str]] = frozenset({"model", "user", "metadata", CONTROL_FIELD})
+    #: What a door sends after the last event of a stream (``data: [DONE]`` for the OpenAI chat wire).
+    stream_end: ClassVar[bytes] = SSE_DONE
+
+    def bind(self, policy: Policy) -> Operation:
+        """This operation for one gateway's policy (an operation with state, a store say, builds it here)."""
+        return self
+
+    async def aclose(self) -> None:
+        """Release what :meth:`bind` built."""
 
     def validate(self, body: Any) -> JSON:
         """``body`` if it is a well-formed request (it names a ``model``), else :class:`InvalidRequest`."""
@@ -85,6 +97,17 @@ class Operation:
     def is_stream(self, request: JSON) -> bool:
         """Whether the caller asked for the answer as a stream."""
         return False
+
+    async def prepare(self, call: Call) -> None:
+        """Complete ``call.request`` once the caller and route are known, before the cache and the limits see it
+        (e.g. a conversation's earlier turns, from a store)."""
+
+    async def remember(self, call: Call) -> None:
+        """Keep what a finished call leaves behind (a finishing step: isolated, after the answer went out)."""
+
+    async def resource(self, method: str, path: str, caller: Caller) -> JSON:
+        """Answer ``method`` on ``{operation path}/{path}`` (a stored object, say) for ``caller``."""
+        raise NotFound(f"Invalid URL ({method} {self.path}/{path})")
 
     # ── what a call may cost, before it is made ──────────────────────────────
 
@@ -139,6 +162,16 @@ class Operation:
     def replay(self, answer: JSON) -> Iterator[JSON]:
         """The chunks a stream of ``answer`` would have had (usage included), for a cached answer."""
         raise NotImplementedError
+
+    # ── the wire, for doors ──────────────────────────────────────────────────
+
+    def encode_event(self, item: JSON) -> bytes:
+        """One stream item as a server-sent event."""
+        return sse_event(item)
+
+    def error_event(self, error: UnimwError, watch: StreamWatch) -> bytes:
+        """The event that ends a stream which failed after it began (never a clean end)."""
+        return sse_event(error.to_dict())
 
     # ── what its spans say ───────────────────────────────────────────────────
 
