@@ -181,6 +181,7 @@ def test_durations_are_published_as_numbers_or_strings(schema: dict[str, Any]) -
         "providers.*.options.chunk_delay",
         "providers.*.options.latency",
         "providers.*.timeout",
+        "responses.ttl",
     ]
     pattern = re.compile(durations["cache.ttl"]["anyOf"][1]["pattern"])
     for path, node in durations.items():

@@ -152,7 +152,7 @@ class ResponseCache:
         ignored = operation.not_in_cache_key
         canonical = {k: v for k, v in request.items() if k not in ignored}
         payload = orjson.dumps(
-            [scope or "global", operation.name, self._fingerprints[route.name], canonical],
+            [scope or "global", operation.path, self._fingerprints[route.name], canonical],
             option=orjson.OPT_SORT_KEYS,
         )
         return "unimw:cache:" + hashlib.sha256(payload).hexdigest()

@@ -435,6 +435,18 @@ class Cache(_Frozen):
     models: dict[str, CacheRule] = Field(default={}, description="Settings per model or alias, over these.")
 
 
+class ResponsesSettings(_Frozen):
+    """Where /v1/responses keeps stored responses (store: true), for previous_response_id and GET."""
+
+    store: StoreURL = Field(
+        default="memory://",
+        description="memory:// (in process, LRU and TTL) or redis://host:port/db (shared by every replica).",
+    )
+    ttl: Seconds = duration_field(30 * 86400.0, "How long a stored response (and the conversation to it) is kept.")
+    max_entries: int = Field(default=10_000, gt=0, description="Responses the memory store holds at most.")
+    max_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="Bytes the memory store holds at most.")
+
+
 class UsageSinks(_Frozen):
     """Where a record of every settled call goes."""
 
@@ -484,6 +496,9 @@ class Policy(_Frozen):
     )
     usage: UsageSinks = Field(default=UsageSinks(), description="Where a record of every call goes.")
     cache: Cache = Field(default=Cache(), description="The response cache.")
+    responses: ResponsesSettings = Field(
+        default=ResponsesSettings(), description="The store of /v1/responses (previous_response_id, GET, DELETE)."
+    )
     tracing: TracingSettings = Field(default=TracingSettings(), description="OpenTelemetry settings.")
 
     def check(self) -> None:

@@ -58,6 +58,11 @@ class OpenAIOptions(Options):
         "(base_url …/openai/v1), or a mapping with api_version (and deployment) for the "
         "deployments API.",
     )
+    responses: bool | None = Field(
+        default=None,
+        description="Whether this server speaks the Responses API (POST /responses): /v1/responses calls are then "
+        "passed to it natively, else translated to chat completions. Unset: only OpenAI's own endpoint does.",
+    )
 
     @field_validator("azure", mode="before")
     @classmethod

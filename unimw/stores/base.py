@@ -42,6 +42,10 @@ class CacheStore(Protocol):
 
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
 
+    async def delete(self, key: str) -> bool:
+        """Forget ``key``; whether it was there."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

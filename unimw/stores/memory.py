@@ -259,5 +259,8 @@ class MemoryCacheStore:
             self._entries.popitem()
         self._entries[key] = (value, ttl)
 
+    async def delete(self, key: str) -> bool:
+        return self._entries.pop(key, None) is not None
+
     async def aclose(self) -> None:
         return None

@@ -182,6 +182,9 @@ class RedisCacheStore:
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await _guard(self._redis, self._redis.set(key, value, px=max(1, int(ttl * 1000))))
 
+    async def delete(self, key: str) -> bool:
+        return bool(await _guard(self._redis, self._redis.delete(key)))
+
     async def aclose(self) -> None:
         await self._redis.aclose()
 
