@@ -33,9 +33,14 @@ _NUMBERS: dict[str, tuple[bool, float | None, float | None]] = {
     "seed": (True, None, None),
     "top_logprobs": (True, 0, 20),
 }
-_OBJECTS = ("stream_options", "response_format", "metadata", "logit_bias", "prediction", "audio")
-_BOOLEANS = ("stream", "parallel_tool_calls", "logprobs", "store")
-_STRINGS = ("reasoning_effort", "user", "safety_identifier", "service_tier", "verbosity")
+#: Top-level fields by the JSON type they must have (numbers are in _NUMBERS).
+_TYPED: dict[str, tuple[type, str]] = {
+    **dict.fromkeys(
+        ("stream_options", "response_format", "metadata", "logit_bias", "prediction", "audio"), (dict, "an object")
+    ),
+    **dict.fromkeys(("stream", "parallel_tool_calls", "logprobs", "store"), (bool, "a boolean")),
+    **dict.fromkeys(("reasoning_effort", "user", "safety_identifier", "service_tier", "verbosity"), (str, "a string")),
+}
 _TOOL_CHOICES = frozenset({"none", "auto", "required"})
 #: Content part type → the field holding its payload, and whether that field is text (else an object).
 _PARTS: dict[str, tuple[str, bool]] = {
@@ -59,20 +64,17 @@ def validate_chat(body: Any) -> JSON:
     if not isinstance(model, str) or not model:
         raise _missing_or_wrong("model", model, "a non-empty string")
     _check_messages(body.get("messages"))
-    stream = body.get("stream")
-    for name in _BOOLEANS:
-        if (value := body.get(name)) is not None and not isinstance(value, bool):
-            raise _wrong(name, value, "a boolean")
-    for name in _STRINGS:
-        if (value := body.get(name)) is not None and not isinstance(value, str):
-            raise _wrong(name, value, "a string")
-    for name, (integer, low, high) in _NUMBERS.items():
-        if (value := body.get(name)) is not None:
-            _check_number(name, value, integer, low, high)
-    for name in _OBJECTS:
-        if (value := body.get(name)) is not None and not isinstance(value, dict):
-            raise _wrong(name, value, "an object")
-    if body.get("stream_options") is not None and not stream:
+    # Only the fields the body has: a request sets a handful of the dozens checked (measured: 71 dict
+    # lookups a call when every known field was looked up, for a two-field body).
+    for name, value in body.items():
+        if value is None:
+            continue
+        if (typed := _TYPED.get(name)) is not None:
+            if not isinstance(value, typed[0]):
+                raise _wrong(name, value, typed[1])
+        elif (bounds := _NUMBERS.get(name)) is not None:
+            _check_number(name, value, *bounds)
+    if body.get("stream_options") is not None and not body.get("stream"):
         raise InvalidRequest(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
         )
