@@ -364,4 +364,7 @@ class Gateway:
         else:
             model = self.policy.models[name]
             owner = model.owned_by or route.targets[0].provider
-        return model_object(name, owner, self.created)
+        adapters = {type(self._adapters[t.provider]) for t in route.targets}
+        served = [op.path.lstrip("/") for op in self.operations.values() if any(op.serves(a) for a in adapters)]
+        # An extension field (SDKs ignore it): which of the gateway's routes this model answers.
+        return {**model_object(name, owner, self.created), "x_unimw": {"operations": served}}

@@ -31,6 +31,10 @@ DEFAULT_PRICES: dict[str, Price] = {
     "claude-opus-4-0": Price(input=15.00, cached_input=1.50, output=75.00),
     "gemini-2.5-flash": Price(input=0.30, cached_input=0.075, output=2.50),
     "gemini-2.5-pro": Price(input=1.25, cached_input=0.31, output=10.00),
+    # Embedding models: input only (an embedding has no output tokens).
+    "text-embedding-3-small": Price(input=0.02),
+    "text-embedding-3-large": Price(input=0.13),
+    "gemini-embedding-001": Price(input=0.15),
 }
 
 FREE = Price()

@@ -26,6 +26,11 @@ Faults, planned per model with ``upstream.plan("m", "503", "ok")``:
             stream with such an error object as its first event, or after the first words)
 ``cut``     a stream that ends before any ``finishReason``
 ==========  ================================================================
+
+``:embedContent`` answers ``{"embedding": {"values"}}`` and
+``:batchEmbedContents`` ``{"embeddings": [{"values"}, ...]}``, the vectors
+being :func:`vector` (``outputDimensionality`` long), with no token counts,
+as the Gemini API answers them.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from starlette.routing import Route
 from tests.upstreams import ScriptedUpstream
 
 DUMMY_SIGNATURE = "skip_thought_signature_validator"
+#: The length of this server's embeddings when the request sets no ``outputDimensionality``.
+EMBEDDING_DIMENSIONS = 12
 
 
 def signature(model: str, name: str) -> str:
@@ -56,7 +63,29 @@ class GeminiUpstream(ScriptedUpstream):
 
     def __init__(self) -> None:
         super().__init__()
-        self.app = Starlette(routes=[Route("/v1beta/models/{call}", self.generate, methods=["POST"])])
+        self.app = Starlette(
+            routes=[
+                Route("/v1beta/models/{model}:embedContent", self.embed_content, methods=["POST"]),
+                Route("/v1beta/models/{model}:batchEmbedContents", self.batch_embed_contents, methods=["POST"]),
+                Route("/v1beta/models/{call}", self.generate, methods=["POST"]),
+            ]
+        )
+
+    async def embed_content(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        body = await request.json()
+        if fault := _fault(*self.received(model, body, request), model, ""):
+            return fault
+        return JSONResponse({"embedding": {"values": _embedding(model, body)}})
+
+    async def batch_embed_contents(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        body = await request.json()
+        if fault := _fault(*self.received(model, body, request), model, ""):
+            return fault
+        if any(r.get("model") != f"models/{model}" for r in body["requests"]):
+            return _error(400, "Model in each request must match the model in the URL.", "INVALID_ARGUMENT")
+        return JSONResponse({"embeddings": [{"values": _embedding(model, r)} for r in body["requests"]]})
 
     async def generate(self, request: Request) -> Response:
         model, _, method = request.path_params["call"].rpartition(":")
@@ -83,6 +112,17 @@ class GeminiUpstream(ScriptedUpstream):
         return JSONResponse(
             {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": response_id}
         )
+
+
+def vector(model: str, text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """This server's embedding of ``text``: multiples of 1/512, so exact in float32."""
+    digest = hashlib.shake_256(json.dumps([model, text]).encode()).digest(dimensions)
+    return [(byte - 128) / 512 for byte in digest]
+
+
+def _embedding(model: str, request: dict[str, Any]) -> list[float]:
+    (part,) = request["content"]["parts"]
+    return vector(model, part["text"], request.get("outputDimensionality") or EMBEDDING_DIMENSIONS)
 
 
 def answer(body: dict[str, Any], model: str) -> list[dict[str, Any]]:

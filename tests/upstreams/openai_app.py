@@ -23,12 +23,19 @@ answer 429, then normally. Faults:
 ``filtered`` a completion stopped by the content filter
 ``nousage`` a completion without ``usage``
 =========  ==============================================================
+
+``POST /v1/embeddings`` answers a ``CreateEmbeddingResponse`` whose vectors
+are :func:`vector` (floats, or packed float32 base64 when asked), honours
+``dimensions`` and counts usage; its faults are ``429`` and ``nousage``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,10 +44,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.upstreams import ScriptedUpstream
+from tests.upstreams import ScriptedUpstream, openai_responses
 
 CREATED = 1741570283
 FINGERPRINT = "fp_fc9f1d7035"
+#: The length of this server's embeddings when the request sets no ``dimensions``.
+EMBEDDING_DIMENSIONS = 6
 
 
 class OpenAIUpstream(ScriptedUpstream):
@@ -48,7 +57,38 @@ class OpenAIUpstream(ScriptedUpstream):
 
     def __init__(self) -> None:
         super().__init__()
-        self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/responses", self.responses, methods=["POST"]),
+            ]
+        )
+
+    async def embeddings(self, request: Request) -> Response:
+        body = await request.json()
+        model = body["model"]
+        name, _ = self.received(model, body, request)
+        if name == "429":
+            return _error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded")
+        inputs = body["input"]
+        items = [inputs] if isinstance(inputs, str) or isinstance(inputs[0], int) else inputs
+        dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS
+        if dimensions > 3072:
+            return _error(400, "Invalid 'dimensions'.", "invalid_request_error", "invalid_value", param="dimensions")
+        packed = body.get("encoding_format") == "base64"
+        data = []
+        for i, item in enumerate(items):
+            values = vector(model, item, dimensions)
+            data.append({"object": "embedding", "index": i, "embedding": pack(values) if packed else values})
+        tokens = sum(len(item) if isinstance(item, list) else len(item) // 4 + 1 for item in items)
+        answer: dict[str, Any] = {"object": "list", "data": data, "model": model}
+        if name != "nousage":
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(answer)
+
+    async def responses(self, request: Request) -> Response:
+        return await openai_responses.answer(self, request)
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
@@ -131,6 +171,17 @@ class OpenAIUpstream(ScriptedUpstream):
         if name == "drop":
             return StreamingResponse(_broken(json.dumps(completion).encode()), media_type="application/json")
         return JSONResponse(completion)
+
+
+def vector(model: str, item: str | list[int], dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """This server's embedding of ``item``: multiples of 1/1024, so exact in float32 (and through base64)."""
+    digest = hashlib.shake_256(json.dumps([model, item]).encode()).digest(dimensions)
+    return [(byte - 128) / 1024 for byte in digest]
+
+
+def pack(values: list[float]) -> str:
+    """OpenAI's ``base64`` embedding: little-endian float32."""
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
 
 
 def answer(body: dict[str, Any]) -> tuple[dict[str, Any], str]:

@@ -290,6 +290,7 @@ class AnthropicAdapter(HTTPAdapter):
 
     provider_name: ClassVar[str] = "anthropic"
     default_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
+    supports_embeddings: ClassVar[bool] = False  # Anthropic has no embeddings API
 
     def __init__(self, provider: Provider) -> None:
         # ``…/v1`` is accepted as well, as OpenAI-style base URLs end in it.

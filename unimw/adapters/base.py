@@ -34,6 +34,8 @@ class Adapter(Protocol):
 
     supports_streaming: ClassVar[bool]
     supports_tools: ClassVar[bool]
+    #: Whether :meth:`embed` works: operations skip targets whose adapter cannot serve them.
+    supports_embeddings: ClassVar[bool]
     #: The vendor as ``gen_ai.provider.name`` calls it (a well-known value of the GenAI conventions).
     provider_name: ClassVar[str]
     #: The vendor's own endpoint, used when a provider gives no ``base_url`` (None: there is none).
@@ -48,6 +50,10 @@ class Adapter(Protocol):
     async def complete(self, request: JSON, target: Target) -> JSON: ...
 
     async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]: ...
+
+    async def embed(self, request: JSON, target: Target) -> JSON:
+        """A ``CreateEmbeddingResponse`` (``data`` in input order) for a validated embeddings request."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -121,6 +127,7 @@ class HTTPAdapter:
 
     supports_streaming: ClassVar[bool] = True
     supports_tools: ClassVar[bool] = True
+    supports_embeddings: ClassVar[bool] = False
     default_base_url: ClassVar[str | None] = None
 
     def dropped_params(self, request: JSON, target: Target) -> tuple[str, ...]:
@@ -155,6 +162,10 @@ class HTTPAdapter:
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return self._to_error(status, body, headers)
+
+    async def embed(self, request: JSON, target: Target) -> JSON:
+        """Refused: a vendor that has embeddings overrides this and sets ``supports_embeddings``."""
+        raise InvalidRequest(f"`{target.name}` cannot create embeddings.", param="model", code="unsupported_model")
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -38,6 +38,10 @@ left out, and :func:`translate` returns them for the attempt's span.
 
 A stream ends when every candidate has a ``finishReason``; one cut short
 raises :class:`UpstreamUnavailable`.
+
+Embeddings go to ``:embedContent`` (one input) or ``:batchEmbedContents``
+(several); see :func:`to_embed_requests`. The answer's vectors are floats,
+and its usage the ``usageMetadata`` when Gemini sends one.
 """
 
 from __future__ import annotations
@@ -77,7 +81,9 @@ __all__ = [
     "SKIP_SIGNATURE",
     "THINKING_LEVELS",
     "GeminiAdapter",
+    "embed_dropped",
     "finish_reason",
+    "from_embed_response",
     "from_events",
     "from_response",
     "model_version",
@@ -85,6 +91,7 @@ __all__ = [
     "thinking_budget",
     "thinking_level",
     "to_contents",
+    "to_embed_requests",
     "to_error",
     "to_request",
     "to_schema",
@@ -310,6 +317,63 @@ async def from_events(
         yield usage_chunk(id, model, created, to_usage(meta))
 
 
+# -- embeddings ----------------------------------------------------------------
+
+#: Embeddings request fields :func:`to_embed_requests` translates (``encoding_format`` unimw handles itself).
+_EMBED_TRANSLATED = frozenset({"model", "input", "dimensions", "encoding_format"})
+
+
+def to_embed_requests(embeddings: JSON, target: Target) -> list[JSON]:
+    """One ``EmbedContentRequest`` per input of a (validated) OpenAI embeddings request.
+
+    The model's ``params`` are ``EmbedContentRequest`` fields (``taskType``,
+    ``title``, ``outputDimensionality``) put in each request, under the
+    caller's ``dimensions``. Gemini embeds text only: token ids are a 400.
+    """
+    inputs = embeddings["input"]
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not all(isinstance(text, str) for text in texts):
+        raise InvalidRequest(
+            "This model embeds text only: send 'input' as strings, not token ids.", param="input", code="invalid_value"
+        )
+    extra: JSON = dict(target.params)
+    if (dimensions := embeddings.get("dimensions")) is not None:
+        extra["outputDimensionality"] = dimensions
+    model = _model_path(target.model)
+    return [{**extra, "model": model, "content": {"parts": [{"text": text}]}} for text in texts]
+
+
+def from_embed_response(body: JSON, count: int, model: str) -> JSON:
+    """A ``CreateEmbeddingResponse`` (float vectors) from ``embedContent`` or ``batchEmbedContents``."""
+    found = [body["embedding"]] if isinstance(body.get("embedding"), dict) else body.get("embeddings")
+    if not isinstance(found, list) or len(found) != count:
+        raise UpstreamError(
+            f"The upstream sent {len(found) if isinstance(found, list) else 'no'} embeddings for {count} inputs.",
+            status=502,
+            code="bad_upstream_response",
+        )
+    data = [
+        {"object": "embedding", "index": i, "embedding": item.get("values") if isinstance(item, dict) else None}
+        for i, item in enumerate(found)
+    ]
+    if any(not isinstance(item["embedding"], list) for item in data):
+        raise UpstreamError("The upstream sent an embedding without values.", status=502, code="bad_upstream_response")
+    out: JSON = {"object": "list", "data": data, "model": model}
+    meta = body.get("usageMetadata")
+    if isinstance(meta, dict) and isinstance(tokens := meta.get("promptTokenCount"), int):
+        out["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return out  # no usage: Gemini does not always count, and the operation estimates it
+
+
+def embed_dropped(embeddings: JSON) -> tuple[str, ...]:
+    """The embeddings request fields Gemini has no place for (``user``, and any unknown field)."""
+    return tuple(sorted(k for k in embeddings if k not in _EMBED_TRANSLATED))
+
+
+def _model_path(model: str) -> str:
+    return model if model.startswith(("models/", "tunedModels/")) else "models/" + model
+
+
 # -- errors --------------------------------------------------------------------
 
 
@@ -372,6 +436,7 @@ class GeminiAdapter(HTTPAdapter):
 
     provider_name: ClassVar[str] = "gcp.gemini"  # the Gemini API (generativelanguage), not Vertex AI
     default_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
+    supports_embeddings: ClassVar[bool] = True
 
     def __init__(self, provider: Provider) -> None:
         self._base_url = provider.base_url or DEFAULT_BASE_URL
@@ -391,15 +456,26 @@ class GeminiAdapter(HTTPAdapter):
         events = sse_events(reply.chunks())
         return reply.guard(from_events(events, model=target.model, include_usage=include_usage))
 
+    async def embed(self, request: JSON, target: Target) -> JSON:
+        """``:embedContent`` for one input, ``:batchEmbedContents`` for several."""
+        requests = to_embed_requests(request, target)
+        if len(requests) == 1:
+            single = {k: v for k, v in requests[0].items() if k != "model"}  # the URL names the model
+            body = await self.post(self._url(target.model, "embedContent"), single)
+        else:
+            body = await self.post(self._url(target.model, "batchEmbedContents"), {"requests": requests})
+        return from_embed_response(body, len(requests), target.model)
+
     def _body(self, request: JSON, target: Target) -> JSON:
         return to_request(request, target, thinking_levels=self._levels, include_thoughts=self._include_thoughts)
 
     def dropped_params(self, request: JSON, target: Target) -> tuple[str, ...]:
+        if "messages" not in request:  # an embeddings request
+            return embed_dropped(request)
         try:
             return translate(request, target, thinking_levels=self._levels, include_thoughts=self._include_thoughts)[1]
         except UnimwError:
             return ()  # the request itself is refused: the attempt says so
 
     def _url(self, model: str, method: str) -> str:
-        path = model if model.startswith(("models/", "tunedModels/")) else "models/" + model
-        return f"{self._base_url}/{quote(path)}:{method}"
+        return f"{self._base_url}/{quote(_model_path(model))}:{method}"

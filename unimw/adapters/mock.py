@@ -11,6 +11,10 @@ counts, streaming, tool calls and structured output:
   fits the schema's types;
 * otherwise it answers a short sentence quoting the last user message.
 
+Embeddings are deterministic too (:func:`embedding`): each input's vector
+comes from a hash of it, :data:`EMBEDDING_DIMENSIONS` long unless the
+request asks for ``dimensions``, with usage counted from the text.
+
 Options (``providers.<name>.options``): ``latency`` (seconds before the
 answer) and ``chunk_delay`` (seconds between streamed chunks).
 """
@@ -31,6 +35,10 @@ from unimw.wire import JSON, chunk, dumps, now, usage, usage_chunk
 #: levels, and real schemas stay under 10.
 MAX_DEPTH = 64
 _SCHEMA_PARAM = "response_format.json_schema.schema"
+#: The length of a mock embedding when the request sets no ``dimensions``.
+EMBEDDING_DIMENSIONS = 8
+#: The longest mock embedding (as long as OpenAI's largest), so a request cannot make it build a huge one.
+MAX_EMBEDDING_DIMENSIONS = 3072
 
 
 def count_tokens(text: str) -> int:
@@ -143,6 +151,12 @@ def answer(request: JSON) -> tuple[JSON, str]:
     return {"role": "assistant", "content": text, "refusal": None}, "stop"
 
 
+def embedding(item: str | list[int], dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The mock's vector for one input: hash bytes as multiples of 1/128 in [-1, 1), exact in float32."""
+    digest = hashlib.shake_256(dumps(item)).digest(dimensions)
+    return [(byte - 128) / 128 for byte in digest]
+
+
 def _encoded(value: Any, param: str) -> str:
     try:
         return dumps(value).decode()
@@ -161,10 +175,11 @@ def _id(request: JSON) -> str:
 
 
 class MockAdapter:
-    """Answers from :func:`answer`, as a chat completion or a stream of chunks."""
+    """Answers from :func:`answer`, as a chat completion or a stream of chunks; embeddings from :func:`embedding`."""
 
     supports_streaming: ClassVar[bool] = True
     supports_tools: ClassVar[bool] = True
+    supports_embeddings: ClassVar[bool] = True
     provider_name: ClassVar[str] = "unimw.mock"  # no vendor: a name of our own
     default_base_url: ClassVar[str | None] = None  # offline: no server
 
@@ -229,6 +244,27 @@ class MockAdapter:
         if (request.get("stream_options") or {}).get("include_usage"):
             used = usage(count_tokens(prompt_text(request)), n * count_tokens(_output_text(message)))
             yield usage_chunk(id, model, created, used)
+
+    async def embed(self, request: JSON, target: Target) -> JSON:
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        dimensions = request.get("dimensions") or EMBEDDING_DIMENSIONS
+        if dimensions > MAX_EMBEDDING_DIMENSIONS:
+            raise InvalidRequest(
+                f"The mock makes embeddings of at most {MAX_EMBEDDING_DIMENSIONS} dimensions.",
+                param="dimensions",
+                code="invalid_value",
+            )
+        inputs = request["input"]
+        items = [inputs] if isinstance(inputs, str) or isinstance(inputs[0], int) else inputs
+        data = [{"object": "embedding", "index": i, "embedding": embedding(x, dimensions)} for i, x in enumerate(items)]
+        tokens = sum(len(x) if isinstance(x, list) else count_tokens(x) for x in items)
+        return {
+            "object": "list",
+            "data": data,
+            "model": target.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
     async def _pause(self) -> None:
         if self._chunk_delay:

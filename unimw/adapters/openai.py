@@ -3,7 +3,8 @@
 OpenAI itself, Azure OpenAI, vLLM, Ollama, llama.cpp, Groq, DeepSeek,
 Mistral, OpenRouter and the rest are all ``kind: openai`` rows in
 policies.yaml. The request is forwarded as the caller sent it, unknown fields
-included, with only the model id replaced.
+included, with only the model id replaced; so are embeddings requests, to
+``{base_url}/embeddings`` (Azure: the deployment's ``/embeddings``).
 
 Azure OpenAI is the ``azure`` option: the key goes in the ``api-key`` header
 instead of ``Authorization: Bearer``. With ``api_version`` it is the classic
@@ -39,11 +40,21 @@ def to_request(chat: JSON, target: Target) -> JSON:
 
 def chat_url(base_url: str, azure: Mapping[str, Any] | None, model: str) -> str:
     """Where chat requests for ``model`` go; see the module docstring for Azure."""
+    return endpoint_url(base_url, azure, model, "/chat/completions")
+
+
+def embeddings_url(base_url: str, azure: Mapping[str, Any] | None, model: str) -> str:
+    """Where embeddings requests for ``model`` go (the same deployment rules as chat)."""
+    return endpoint_url(base_url, azure, model, "/embeddings")
+
+
+def endpoint_url(base_url: str, azure: Mapping[str, Any] | None, model: str, path: str) -> str:
+    """``path`` under the provider's endpoint for ``model``: plain, or Azure's deployment with api-version."""
     if azure is None or "api_version" not in azure:
-        return base_url + "/chat/completions"
+        return base_url + path
     if "/deployments/" not in base_url:
         base_url += "/deployments/" + quote(str(azure.get("deployment") or model), safe="")
-    return f"{base_url}/chat/completions?api-version={quote(str(azure['api_version']), safe='')}"
+    return f"{base_url}{path}?api-version={quote(str(azure['api_version']), safe='')}"
 
 
 def azure_options(options: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -68,6 +79,15 @@ def from_response(body: JSON) -> JSON:
         if isinstance(message, dict):
             message.setdefault("refusal", None)
         choice.setdefault("logprobs", None)
+    return body
+
+
+def from_embeddings(body: JSON) -> JSON:
+    """A ``CreateEmbeddingResponse``; compatible servers sometimes omit the constant ``object`` keys."""
+    body.setdefault("object", "list")
+    for item in body.get("data") or ():
+        if isinstance(item, dict):
+            item.setdefault("object", "embedding")
     return body
 
 
@@ -122,6 +142,7 @@ class OpenAIAdapter(HTTPAdapter):
 
     provider_name: ClassVar[str] = "openai"
     default_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
+    supports_embeddings: ClassVar[bool] = True
 
     def __init__(self, provider: Provider) -> None:
         self._base_url = provider.base_url or DEFAULT_BASE_URL
@@ -130,6 +151,9 @@ class OpenAIAdapter(HTTPAdapter):
         per_model = "api_version" in azure and not azure.get("deployment") and "/deployments/" not in self._base_url
         #: ``None`` when the URL names each model's own deployment.
         self._url = None if per_model else chat_url(self._base_url, self._azure, "")
+        self._embeddings_url = None if per_model else embeddings_url(self._base_url, self._azure, "")
+        #: Whether /v1/responses calls go to this server as they are (else they are translated to chat).
+        self.speaks_responses = speaks_responses(provider, self._azure)
         super().__init__(provider, to_error, _azure_auth if self._azure is not None else _bearer)
 
     async def complete(self, request: JSON, target: Target) -> JSON:
@@ -139,8 +163,50 @@ class OpenAIAdapter(HTTPAdapter):
         reply = await self.open_stream(self._url or self._chat_url(target), to_request(request, target))
         return reply.guard(from_events(sse_events(reply.chunks())))
 
+    async def embed(self, request: JSON, target: Target) -> JSON:
+        """The caller's request, ``encoding_format`` included, with the vendor's model id."""
+        url = self._embeddings_url or embeddings_url(self._base_url, self._azure, target.model)
+        return from_embeddings(await self.post(url, merge_params(request, target)))
+
+    async def respond(self, request: JSON, target: Target) -> JSON:
+        """A Responses API request, sent as it is with the vendor's model id; the ``Response`` it answers."""
+        return await self.post(self._base_url + "/responses", merge_params(request, target))
+
+    async def stream_responses(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
+        """A streamed Responses API request: its events, once the upstream accepted it."""
+        reply = await self.open_stream(self._base_url + "/responses", merge_params({**request, "stream": True}, target))
+        return reply.guard(response_events(sse_events(reply.chunks())))
+
     def _chat_url(self, target: Target) -> str:
         return chat_url(self._base_url, self._azure, target.model)
+
+
+def speaks_responses(provider: Provider, azure: Mapping[str, Any] | None) -> bool:
+    """The provider's ``responses`` option; unset, only OpenAI's own endpoint (Azure's deployments API never)."""
+    if azure is not None and "api_version" in azure:
+        return False
+    option = provider.options.get("responses")
+    return bool(option) if option is not None else provider.base_url in (None, DEFAULT_BASE_URL)
+
+
+async def response_events(events: AsyncIterable[tuple[str | None, bytes]]) -> AsyncIterator[JSON]:
+    """The events of a Responses stream, passed through; an error or a failed response raises, and a stream
+    that ends before its terminal event was cut short."""
+    try:
+        async for _event, data in events:
+            event = parse_object(data)
+            kind = event.get("type")
+            if kind == "error":
+                raise _error_from_body(500, {"error": event}, {})
+            if kind == "response.failed":
+                failed = event.get("response")
+                raise _error_from_body(500, {"error": failed.get("error") if isinstance(failed, dict) else None}, {})
+            yield event
+            if kind in ("response.completed", "response.incomplete"):
+                return
+    finally:
+        await aclose(events)
+    raise UpstreamUnavailable("The upstream closed the stream before it was complete.")
 
 
 def _bearer(key: str) -> dict[str, str]:

@@ -6,8 +6,22 @@ See :mod:`unimw.operations.base` for what an operation supplies, and
 
 from unimw.operations.base import CONTROL_FIELD, Operation, Reading, StreamWatch
 from unimw.operations.chat import CHAT, ChatCompletions
+from unimw.operations.embeddings import EMBEDDINGS, Embeddings
+from unimw.operations.responses import RESPONSES, Responses
 
 #: The operations every door serves, by their path below the door's prefix.
-DEFAULT_OPERATIONS: tuple[Operation, ...] = (CHAT,)
+DEFAULT_OPERATIONS: tuple[Operation, ...] = (CHAT, RESPONSES, EMBEDDINGS)
 
-__all__ = ["CHAT", "CONTROL_FIELD", "DEFAULT_OPERATIONS", "ChatCompletions", "Operation", "Reading", "StreamWatch"]
+__all__ = [
+    "CHAT",
+    "CONTROL_FIELD",
+    "DEFAULT_OPERATIONS",
+    "EMBEDDINGS",
+    "RESPONSES",
+    "ChatCompletions",
+    "Embeddings",
+    "Operation",
+    "Reading",
+    "Responses",
+    "StreamWatch",
+]

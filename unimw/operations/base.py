@@ -98,6 +98,10 @@ class Operation:
         """Whether the caller asked for the answer as a stream."""
         return False
 
+    def serves(self, adapter: type[Adapter]) -> bool:
+        """Whether models behind ``adapter`` can answer this operation (listed on ``/v1/models``)."""
+        return True
+
     async def prepare(self, call: Call) -> None:
         """Complete ``call.request`` once the caller and route are known, before the cache and the limits see it
         (e.g. a conversation's earlier turns, from a store)."""

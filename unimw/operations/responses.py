@@ -1,0 +1,412 @@
+"""``POST /responses``: the Responses API, for every model of the policy.
+
+An ``openai``-kind provider that speaks Responses (its ``responses`` option;
+by default only OpenAI's own endpoint) gets the request as it came. Every
+other target (Anthropic, Gemini, chat-only compatible servers, ``mock``) is
+served by translating to Chat Completions and back
+(:mod:`~unimw.operations.responses_chat`, :mod:`~unimw.operations.responses_events`).
+
+Conversation state is unimw's own: with ``store`` (the default, as OpenAI's)
+each answer is kept with the input items that led to it, in the response
+store of the policy (``responses.store``), under the tenant's name. So
+``previous_response_id`` works on every vendor, a conversation may fall
+back from one vendor to another mid-way, and another tenant's id is a 404
+like an unknown one. Native targets get the whole conversation too (with
+``store: false``), since the earlier turns may have been another vendor's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_CONVERSATION_ID,
+    GEN_AI_OUTPUT_TYPE,
+    GEN_AI_REQUEST_MAX_TOKENS,
+    GEN_AI_REQUEST_STREAM,
+    GEN_AI_REQUEST_TEMPERATURE,
+    GEN_AI_REQUEST_TOP_P,
+    GenAiOperationNameValues,
+    GenAiOutputTypeValues,
+)
+
+from unimw.errors import InvalidRequest, NotFound, UnimwError, UpstreamUnavailable
+from unimw.operations.base import CONTROL_FIELD, Operation, Reading
+from unimw.operations.chat_streams import replay
+from unimw.operations.responses_chat import from_chat, to_chat
+from unimw.operations.responses_events import ResponseEvents, encode
+from unimw.operations.responses_validation import validate_responses
+from unimw.usage import Usage
+from unimw.wire import JSON, aclose, dumps, loads
+
+if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
+
+    from unimw.adapters.base import Adapter, Target
+    from unimw.calls import Call
+    from unimw.policy import Policy
+    from unimw.stores.base import CacheStore
+    from unimw.tenants import Caller
+
+#: unimw's own fields on a Responses request while it is in the pipeline; no upstream sees them.
+#: The conversation before this turn (resolved from previous_response_id: part of the cache key)...
+HISTORY: Final = "unimw_history"
+#: ...and this call's response id and creation time (not part of it).
+IDENTITY: Final = "unimw_response"
+_PRIVATE: Final = frozenset({HISTORY, IDENTITY})
+_OUTPUT_TYPES: Final = {"text": GenAiOutputTypeValues.TEXT.value, "json_object": GenAiOutputTypeValues.JSON.value,
+                        "json_schema": GenAiOutputTypeValues.JSON.value}  # fmt: skip
+
+
+class Responses(Operation):
+    """The Responses API, natively where the target speaks it, else through Chat Completions."""
+
+    # The GenAI conventions name the operation of the Responses API as they name Chat Completions'.
+    name: ClassVar[str] = GenAiOperationNameValues.CHAT.value
+    path: ClassVar[str] = "/responses"
+    not_in_cache_key: ClassVar[frozenset[str]] = frozenset(
+        {"model", "stream", "stream_options", "user", "safety_identifier", "metadata", "store", "service_tier",
+         "previous_response_id", "prompt_cache_key", IDENTITY, CONTROL_FIELD}
+    )  # fmt: skip
+    stream_end: ClassVar[bytes] = b""  # the terminal event ends a Responses stream: no [DONE]
+
+    def __init__(self, store: CacheStore | None = None, ttl: float = 30 * 86400.0) -> None:
+        self._store = store
+        self._ttl = ttl
+
+    def bind(self, policy: Policy) -> Responses:
+        from unimw.stores import cache_store
+
+        settings = policy.responses
+        store = cache_store(
+            settings.store, max_entries=settings.max_entries, max_bytes=settings.max_bytes, clock=time.time
+        )
+        return Responses(store, settings.ttl)
+
+    async def aclose(self) -> None:
+        if self._store is not None:
+            await self._store.aclose()
+
+    # ── the request ──────────────────────────────────────────────────────────
+
+    def validate(self, body: Any) -> JSON:
+        return validate_responses(body)
+
+    def is_stream(self, request: JSON) -> bool:
+        return request.get("stream") is True
+
+    async def prepare(self, call: Call) -> None:
+        request = call.request
+        history: list[JSON] = []
+        if (previous := request.get("previous_response_id")) is not None:
+            stored = await self._load(call.caller, previous)
+            if stored is None:
+                raise InvalidRequest(
+                    f"Previous response with id '{previous}' not found.",
+                    param="previous_response_id",
+                    code="previous_response_not_found",
+                )
+            history = [*stored["input"], *stored["response"]["output"]]
+        identity = {"id": "resp_" + call.request_id.removeprefix("req_"), "created_at": int(time.time())}
+        call.request = {**request, HISTORY: history, IDENTITY: identity}
+
+    def prompt_tokens(self, request: JSON) -> int:
+        return len(dumps([request.get("instructions"), request.get(HISTORY), request.get("input")])) // 4 + 8
+
+    def output_cap(self, request: JSON) -> int | None:
+        value = request.get("max_output_tokens")
+        return value if isinstance(value, int) else None
+
+    def with_output_cap(self, request: JSON, cap: int) -> JSON:
+        current = self.output_cap(request)
+        return request if current is not None and current <= cap else {**request, "max_output_tokens": cap}
+
+    # ── asking the adapters ──────────────────────────────────────────────────
+
+    async def complete(self, adapter: Adapter, request: JSON, target: Target) -> JSON:
+        if _native(adapter):
+            return await adapter.respond(_native_request(request), target)  # type: ignore[attr-defined,no-any-return]
+        completion = await adapter.complete(to_chat(_public(request), request[HISTORY]), target)
+        return from_chat(completion, _public(request), **_ids(request))
+
+    async def stream(self, adapter: Adapter, request: JSON, target: Target) -> AsyncIterator[JSON]:
+        if _native(adapter):
+            return await adapter.stream_responses(_native_request(request), target)  # type: ignore[attr-defined,no-any-return]
+        chat = to_chat({**_public(request), "stream": True}, request[HISTORY])
+        chunks = await adapter.stream(chat, target)
+        return _translated(chunks, ResponseEvents(_public(request), **_ids(request)))
+
+    # ── reading answers ──────────────────────────────────────────────────────
+
+    def read(self, answer: JSON) -> Reading:
+        return Reading(
+            usage_of(answer.get("usage")),
+            answer.get("id") if isinstance(answer.get("id"), str) else None,
+            answer.get("model") if isinstance(answer.get("model"), str) else None,
+            (str(answer.get("status")),),
+        )
+
+    def output_text(self, answer: JSON) -> str:
+        return dumps(answer.get("output") or []).decode()
+
+    def watch(self, request: JSON, *, assemble: bool) -> ResponsesWatch:
+        return ResponsesWatch()
+
+    def cacheable(self, answer: JSON) -> bool:
+        return answer.get("status") == "completed"
+
+    def replay(self, answer: JSON) -> Iterator[JSON]:
+        events = ResponseEvents(
+            answer, response_id=answer["id"], created_at=answer.get("created_at") or 0,
+            previous_response_id=answer.get("previous_response_id"),
+        )  # fmt: skip
+        for chunk in replay(_as_completion(answer), include_usage=True):
+            yield from events.feed(chunk)
+        yield from events.finish()
+
+    # ── state ────────────────────────────────────────────────────────────────
+
+    async def remember(self, call: Call) -> None:
+        request, answer = call.request, call.answer
+        if self._store is None or answer is None or request.get("store") is False:
+            return
+        record = {"input": [*request.get(HISTORY, ()), *_items(request.get("input"))], "response": answer}
+        await self._store.set(_key(call.caller, answer["id"]), dumps(record), self._ttl)
+
+    async def resource(self, method: str, path: str, caller: Caller) -> JSON:
+        response_id, _, rest = path.partition("/")
+        if not response_id or rest not in ("", "input_items") or (rest and method != "GET"):
+            raise NotFound(f"Invalid URL ({method} {self.path}/{path})")
+        if method == "DELETE" and not rest:
+            if self._store is None or not await self._store.delete(_key(caller, response_id)):
+                raise _missing(response_id)
+            return {"id": response_id, "object": "response.deleted", "deleted": True}
+        if method != "GET":
+            raise NotFound(f"Invalid URL ({method} {self.path}/{path})")
+        stored = await self._load(caller, response_id)
+        if stored is None:
+            raise _missing(response_id)
+        if not rest:
+            return dict(stored["response"])
+        items = [_with_id(item, response_id, i) for i, item in enumerate(stored["input"])]
+        items.reverse()  # newest first, as OpenAI lists them by default
+        return {
+            "object": "list",
+            "data": items,
+            "first_id": items[0]["id"] if items else None,
+            "last_id": items[-1]["id"] if items else None,
+            "has_more": False,
+        }
+
+    async def _load(self, caller: Caller, response_id: str) -> JSON | None:
+        if self._store is None or not isinstance(response_id, str):
+            return None
+        raw = await self._store.get(_key(caller, response_id))
+        return loads(raw) if raw is not None else None
+
+    # ── the wire, for doors ──────────────────────────────────────────────────
+
+    def encode_event(self, item: JSON) -> bytes:
+        return encode(item)
+
+    def error_event(self, error: UnimwError, watch: Any) -> bytes:
+        if isinstance(watch, ResponsesWatch):
+            return encode(watch.failed(error))
+        return encode({"type": "error", "code": error.code, "message": error.message, "param": error.param,
+                       "sequence_number": 0})  # fmt: skip
+
+    # ── what its spans say ───────────────────────────────────────────────────
+
+    def request_attributes(self, request: JSON) -> dict[str, AttributeValue]:
+        attributes: dict[str, AttributeValue] = {}
+        for field, name in (("temperature", GEN_AI_REQUEST_TEMPERATURE), ("top_p", GEN_AI_REQUEST_TOP_P),
+                            ("max_output_tokens", GEN_AI_REQUEST_MAX_TOKENS)):  # fmt: skip
+            value = request.get(field)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                attributes[name] = value
+        if request.get("stream") is True:
+            attributes[GEN_AI_REQUEST_STREAM] = True
+        text_format = (request.get("text") or {}).get("format") if isinstance(request.get("text"), dict) else None
+        if isinstance(text_format, dict) and text_format.get("type") in _OUTPUT_TYPES:
+            attributes[GEN_AI_OUTPUT_TYPE] = _OUTPUT_TYPES[text_format["type"]]
+        if isinstance(previous := request.get("previous_response_id"), str):
+            attributes[GEN_AI_CONVERSATION_ID] = previous
+        return attributes
+
+
+class ResponsesWatch:
+    """Follows Responses stream events: usage from the terminal event, the text produced, the final response."""
+
+    __slots__ = ("_final", "_produced", "_response", "_sequence")
+
+    def __init__(self) -> None:
+        self._produced: list[str] = []
+        self._final: JSON | None = None
+        self._response: JSON | None = None  #: the latest response object an event carried
+        self._sequence = 0
+
+    def see(self, event: JSON) -> JSON | None:
+        kind = event.get("type")
+        if isinstance(sequence := event.get("sequence_number"), int):
+            self._sequence = sequence + 1
+        if isinstance(response := event.get("response"), dict):
+            self._response = response
+            if kind in ("response.completed", "response.incomplete"):
+                self._final = response
+        if kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+            self._produced.append(str(event.get("delta") or ""))
+        return event
+
+    def failed(self, error: UnimwError) -> JSON:
+        """The event that ends a stream broken after it began: ``response.failed`` once a response was
+        announced, else an ``error`` event."""
+        if self._response is None:
+            return {"type": "error", "code": error.code, "message": error.message, "param": error.param,
+                    "sequence_number": self._sequence}  # fmt: skip
+        failed = {**self._response, "status": "failed", "error": {"code": error.code or "server_error",
+                                                                    "message": error.message}}  # fmt: skip
+        return {"type": "response.failed", "sequence_number": self._sequence, "response": failed}
+
+    def reading(self) -> Reading:
+        response = self._final or self._response or {}
+        status = response.get("status")
+        head = (_text(response.get("id")), _text(response.get("model")))
+        return Reading(usage_of((self._final or {}).get("usage")), *head, (str(status),) if self._final else ())
+
+    def produced(self) -> str:
+        return "".join(self._produced)
+
+    def answer(self) -> JSON | None:
+        return self._final
+
+
+def usage_of(usage: Any) -> Usage | None:
+    """A Responses ``usage`` object as unimw's :class:`Usage`; None when there is none."""
+    if not isinstance(usage, dict):
+        return None
+    inputs, outputs = usage.get("input_tokens_details"), usage.get("output_tokens_details")
+    inputs = inputs if isinstance(inputs, dict) else {}
+    outputs = outputs if isinstance(outputs, dict) else {}
+    return Usage(
+        _int(usage.get("input_tokens")),
+        _int(usage.get("output_tokens")),
+        _int(inputs.get("cached_tokens")),
+        _int(outputs.get("reasoning_tokens")),
+    )
+
+
+async def _translated(chunks: AsyncIterator[JSON], events: ResponseEvents) -> AsyncIterator[JSON]:
+    """The Responses events of a chat chunk stream; a cut stream raises (the door then sends ``response.failed``)."""
+    try:
+        async for chunk in chunks:
+            for event in events.feed(chunk):
+                yield event
+    finally:
+        await aclose(chunks)
+    closing = events.finish()
+    if closing and closing[-1]["type"] == "response.failed":
+        raise UpstreamUnavailable("The upstream closed the stream before it was complete.")
+    for event in closing:
+        yield event
+
+
+def _as_completion(response: JSON) -> JSON:
+    """A stored Response as the chat completion it would have been, to replay it as Responses events."""
+    message: JSON = {"role": "assistant", "content": None, "refusal": None}
+    calls: list[JSON] = []
+    for item in response.get("output") or ():
+        if item.get("type") == "message":
+            for part in item.get("content") or ():
+                if part.get("type") == "output_text":
+                    message["content"] = (message["content"] or "") + str(part.get("text") or "")
+                elif part.get("type") == "refusal":
+                    message["refusal"] = part.get("refusal")
+        elif item.get("type") == "function_call":
+            calls.append({"id": item.get("call_id"), "type": "function",
+                          "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}})  # fmt: skip
+        elif item.get("type") == "reasoning":
+            summary = "".join(str(s.get("text") or "") for s in item.get("summary") or ())
+            message["reasoning_content"] = summary
+    if calls:
+        message["tool_calls"] = calls
+    finish = "tool_calls" if calls else "stop"
+    if response.get("status") == "incomplete":
+        reason = (response.get("incomplete_details") or {}).get("reason")
+        finish = "content_filter" if reason == "content_filter" else "length"
+    usage = response.get("usage") or {}
+    return {
+        "id": response.get("id", ""),
+        "object": "chat.completion",
+        "created": response.get("created_at") or 0,
+        "model": response.get("model", ""),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": {
+            "prompt_tokens": _int(usage.get("input_tokens")),
+            "completion_tokens": _int(usage.get("output_tokens")),
+            "total_tokens": _int(usage.get("total_tokens")),
+            "prompt_tokens_details": {
+                "cached_tokens": _int((usage.get("input_tokens_details") or {}).get("cached_tokens"))
+            },
+            "completion_tokens_details": {
+                "reasoning_tokens": _int((usage.get("output_tokens_details") or {}).get("reasoning_tokens"))
+            },
+        },
+    }
+
+
+def _native(adapter: Adapter) -> bool:
+    return bool(getattr(adapter, "speaks_responses", False))
+
+
+def _native_request(request: JSON) -> JSON:
+    """The request for a target that speaks Responses: the whole conversation inline, nothing stored there."""
+    public = _public(request)
+    public.pop("previous_response_id", None)
+    public["input"] = [*request[HISTORY], *_items(request.get("input"))]
+    public["store"] = False
+    return public
+
+
+def _public(request: JSON) -> JSON:
+    return {k: v for k, v in request.items() if k not in _PRIVATE}
+
+
+def _ids(request: JSON) -> dict[str, Any]:
+    identity = request[IDENTITY]
+    return {
+        "response_id": identity["id"],
+        "created_at": identity["created_at"],
+        "previous_response_id": request.get("previous_response_id"),
+    }
+
+
+def _items(value: Any) -> list[JSON]:
+    """The request's ``input`` as items (a string is one user message)."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}]
+    return [item for item in value or () if isinstance(item, dict)]
+
+
+def _with_id(item: JSON, response_id: str, index: int) -> JSON:
+    return item if "id" in item else {**item, "id": f"item_{response_id.removeprefix('resp_')}_{index}"}
+
+
+def _key(caller: Caller, response_id: str) -> str:
+    return f"unimw:responses:{caller.tenant or '-'}:{response_id}"
+
+
+def _missing(response_id: str) -> NotFound:
+    return NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+RESPONSES: Final = Responses()
