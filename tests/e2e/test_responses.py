@@ -19,6 +19,7 @@ import redis.asyncio
 from pydantic import BaseModel
 
 from tests.conftest import sdk_http
+from tests.operations import spec
 from tests.redis_support import require_redis, unique
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.gemini_app import GeminiUpstream
@@ -228,3 +229,30 @@ async def test_the_native_target_gets_the_whole_conversation_unstored(
     sent = upstream.requests[-1]
     assert sent["store"] is False and "previous_response_id" not in sent
     assert [item.get("type", "message") for item in sent["input"]] == ["message", "message", "message"]
+
+
+@pytest.mark.parametrize("model", ["sonnet", "flash", "native"])
+async def test_every_event_and_response_on_the_wire_fits_the_spec(
+    _anthropic_server: tuple[AnthropicUpstream, str],
+    _gemini_server: tuple[GeminiUpstream, str],
+    _openai_server: tuple[OpenAIUpstream, str],
+    model: str,
+) -> None:
+    data = policy(_anthropic_server[1], _gemini_server[1], _openai_server[1])
+    async with (
+        Gateway.from_dict(data) as gateway,
+        httpx.AsyncClient(
+            transport=gateway.transport(), base_url="http://unimw/v1", headers={"authorization": f"Bearer {ACME}"}
+        ) as http,
+    ):
+        body = {"model": model, "input": "What is the capital of France?", "tools": [WEATHER], "tool_choice": "none"}
+        whole = await http.post("/responses", json=body)
+        streamed = await http.post("/responses", json={**body, "stream": True})
+    assert (whole.status_code, streamed.status_code) == (200, 200)
+    assert spec.errors(whole.json(), "Response") == []
+    blocks = [block for block in streamed.text.split("\n\n") if block]
+    events = [json.loads(block.split("\ndata: ", 1)[1]) for block in blocks]
+    assert [block.split("\n", 1)[0] for block in blocks] == [f"event: {e['type']}" for e in events]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [spec.errors(e, "ResponseStreamEvent") for e in events] == [[]] * len(events)
+    assert events[-1]["type"] == "response.completed"

@@ -28,7 +28,7 @@ def response(body: dict[str, Any], status: str = "completed") -> dict[str, Any]:
         "type": "message",
         "role": "assistant",
         "status": "completed",
-        "content": [{"type": "output_text", "text": text, "annotations": []}],
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
     }
     return {
         "id": "resp_loopback0001",
@@ -40,7 +40,8 @@ def response(body: dict[str, Any], status: str = "completed") -> dict[str, Any]:
         "error": None,
         "incomplete_details": None,
         "instructions": body.get("instructions"),
-        "tools": body.get("tools") or [],
+        # Function tools come back with every field the spec's FunctionTool requires.
+        "tools": [{"strict": None, "parameters": None, **tool} for tool in body.get("tools") or []],
         "tool_choice": body.get("tool_choice", "auto"),
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "metadata": body.get("metadata") or {},
@@ -50,7 +51,7 @@ def response(body: dict[str, Any], status: str = "completed") -> dict[str, Any]:
         "truncation": "disabled",
         "usage": {
             "input_tokens": len(json.dumps(items)) // 4,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": len(text) // 4,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": len(json.dumps(items)) // 4 + len(text) // 4,
@@ -78,7 +79,7 @@ async def _events(body: dict[str, Any]) -> AsyncIterator[bytes]:
         {"type": "response.output_item.added", "output_index": 0,
          "item": {**message, "status": "in_progress", "content": []}},
         {"type": "response.content_part.added", "item_id": message["id"], "output_index": 0, "content_index": 0,
-         "part": {"type": "output_text", "text": "", "annotations": []}},
+         "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}},
         *({"type": "response.output_text.delta", "item_id": message["id"], "output_index": 0, "content_index": 0,
            "delta": word if i == 0 else " " + word, "logprobs": []} for i, word in enumerate(words)),
         {"type": "response.output_text.done", "item_id": message["id"], "output_index": 0, "content_index": 0,
