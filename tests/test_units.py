@@ -212,3 +212,28 @@ async def test_the_mock_streams_tool_calls_and_usage() -> None:
     rebuilt = assemble(chunks)
     assert rebuilt["choices"][0]["message"]["tool_calls"] == whole["choices"][0]["message"]["tool_calls"]
     assert rebuilt["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_signed_thinking_survives_assembly_and_replay() -> None:
+    from unimw.operations.chat_streams import assemble, replay
+
+    signed = [{"type": "thinking", "thinking": "Paris.", "signature": "EqQBCgIYAhIM"}]
+    completion = {
+        "id": "c1",
+        "model": "m",
+        "created": 1,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {
+                    "role": "assistant",
+                    "content": "Paris",
+                    "reasoning_content": "Paris.",
+                    "thinking_blocks": signed,
+                },
+            }
+        ],
+    }
+    rebuilt = assemble(replay(completion, include_usage=False))
+    assert rebuilt["choices"][0]["message"]["thinking_blocks"] == signed

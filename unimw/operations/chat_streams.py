@@ -40,6 +40,8 @@ class Assembler:
         for field, key in (("content", "content"), ("reasoning_content", "reasoning"), ("refusal", "refusal")):
             if isinstance(delta.get(field), str):
                 state[key].append(delta[field])
+        if isinstance(delta.get("thinking_blocks"), list):  # signed thinking, sent back by clients on the next turn
+            state.setdefault("thinking", []).extend(delta["thinking_blocks"])
         for position, call in enumerate(delta.get("tool_calls") or ()):
             slot = state["tools"].setdefault(
                 call.get("index", position), {"id": None, "type": "function", "name": [], "arguments": []}
@@ -68,6 +70,8 @@ class Assembler:
             }
             if state["reasoning"]:
                 message["reasoning_content"] = "".join(state["reasoning"])
+            if state.get("thinking"):
+                message["thinking_blocks"] = state["thinking"]
             if state["tools"]:
                 message["tool_calls"] = [
                     {
@@ -101,6 +105,8 @@ def replay(completion: JSON, *, include_usage: bool) -> Iterator[JSON]:
         yield chunk(id, model, created, {"role": "assistant", "content": ""}, index=index)
         if message.get("reasoning_content"):
             yield chunk(id, model, created, {"reasoning_content": message["reasoning_content"]}, index=index)
+        if message.get("thinking_blocks"):
+            yield chunk(id, model, created, {"thinking_blocks": message["thinking_blocks"]}, index=index)
         if message.get("content"):
             yield chunk(id, model, created, {"content": message["content"]}, index=index)
         if message.get("refusal"):
