@@ -1,4 +1,4 @@
-"""Run ASGI apps with uvicorn on a loopback port, in a thread, for wire-level tests."""
+"""Run ASGI apps (uvicorn) and WSGI apps (wsgiref) on a loopback port, in a thread, for wire-level tests."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any, Literal
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import uvicorn
 from starlette.types import ASGIApp
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 
 @contextmanager
@@ -39,3 +44,26 @@ def serve(app: ASGIApp, *, lifespan: Literal["auto", "on", "off"] = "auto") -> I
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve_wsgi(app: WSGIApplication) -> Iterator[str]:
+    """Serve a WSGI ``app`` with wsgiref (a thread per request) on 127.0.0.1; yield its base URL; stop it on exit."""
+    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socketserver
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import yaml
 from django.core.handlers.wsgi import WSGIHandler
 
 from tests.conftest import policy_for
 from tests.django.conftest import POLICY
+from tests.servers import serve_wsgi
 from unimw.django.models import UsageRecord as Row
 from unimw.tenants import hash_key
 
@@ -40,27 +38,11 @@ def write_policy(upstream_url: str, records: Path) -> None:
     POLICY.write_text(yaml.safe_dump(policy))
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @contextmanager
 def wsgi_server() -> Iterator[str]:
     """Django's WSGI application on a threaded wsgiref server on loopback; stopped on exit."""
-    server = make_server("127.0.0.1", 0, WSGIHandler(), server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serve_wsgi(WSGIHandler()) as url:
+        yield url
 
 
 def jsonl_records(path: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ usage records, and single-flight entries left behind.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -17,31 +17,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import policy_for
+from tests.counting import CountingLimitStore
 from tests.e2e import tenant_hooks
 from tests.otel import Telemetry
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway, UnimwError
-from unimw.stores.base import Counter
-from unimw.stores.memory import MemoryCacheStore, MemoryLimitStore
+from unimw.stores.memory import MemoryCacheStore
 
 pytestmark = pytest.mark.anyio
 
 HELLO: Any = [{"role": "user", "content": "What is the capital of France?"}]
 BODY: Any = {"model": "gpt-main", "messages": HELLO, "temperature": 0}
-
-
-class CountingLimitStore(MemoryLimitStore):
-    """The memory store, counting settlements."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.settled = 0
-
-    async def settle(
-        self, call_id: str, counters: Sequence[Counter], reserved: Sequence[int], actual: Sequence[int], now: float
-    ) -> tuple[int, ...]:
-        self.settled += 1
-        return await super().settle(call_id, counters, reserved, actual, now)
 
 
 class BrokenCacheStore(MemoryCacheStore):

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import openai
 from starlette.applications import Starlette
@@ -17,39 +15,15 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from tests.servers import serve_wsgi
 from tests.upstreams.openai_app import answer, stream
 from unimw import Gateway
-from unimw.stores.base import Counter
-from unimw.stores.memory import MemoryLimitStore
 from unimw.wsgi import UnimwWSGIMiddleware
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 HELLO: Any = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextmanager
-def serve_wsgi(app: WSGIApplication) -> Iterator[str]:
-    """Serve ``app`` with wsgiref (a thread per request) on 127.0.0.1; yield its base URL; stop it on exit."""
-    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def host_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -59,20 +33,6 @@ def host_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterabl
     reply = f"host {environ['REQUEST_METHOD']} {environ['PATH_INFO']} ".encode() + body
     start_response("200 OK", [("content-type", "text/plain"), ("content-length", str(len(reply)))])
     return [reply]
-
-
-class CountingLimitStore(MemoryLimitStore):
-    """The memory store, counting settlements."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.settled = 0
-
-    async def settle(
-        self, call_id: str, counters: Sequence[Counter], reserved: Sequence[int], actual: Sequence[int], now: float
-    ) -> tuple[int, ...]:
-        self.settled += 1
-        return await super().settle(call_id, counters, reserved, actual, now)
 
 
 class GatedUpstream:

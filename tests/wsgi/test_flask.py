@@ -11,8 +11,9 @@ import pytest
 from examples import flask_app
 from tests.conftest import policy_for
 from tests.e2e import tenant_hooks
+from tests.servers import serve_wsgi
 from tests.upstreams.openai_app import OpenAIUpstream
-from tests.wsgi.helpers import HELLO, sdk, serve_wsgi
+from tests.wsgi.helpers import HELLO, sdk
 from unimw import Gateway
 from unimw.records import UsageRecord
 from unimw.wsgi import UnimwWSGIMiddleware

@@ -12,10 +12,11 @@ import openai
 import pytest
 
 from tests.conftest import policy_for
+from tests.counting import CountingLimitStore
 from tests.e2e import tenant_hooks
 from tests.servers import serve
 from tests.upstreams.openai_app import OpenAIUpstream
-from tests.wsgi.helpers import HELLO, CountingLimitStore, GatedUpstream, host_app, running, sdk, wait_until
+from tests.wsgi.helpers import HELLO, GatedUpstream, host_app, running, sdk, wait_until
 from unimw import Gateway
 from unimw.records import UsageRecord
 from unimw.tenants import hash_key
