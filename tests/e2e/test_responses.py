@@ -76,6 +76,15 @@ def policy(anthropic_url: str, gemini_url: str, openai_url: str, **extra: Any) -
 Clients = Callable[..., openai.AsyncOpenAI]
 
 
+def wire(items: Any) -> list[dict[str, Any]]:
+    """Output items as sent, without their ids and the ``parsed`` field the SDK's stream helper adds."""
+    dumped = [item.model_dump(exclude={"id"}) for item in items]
+    for item in dumped:
+        for part in item.get("content") or ():
+            part.pop("parsed", None)
+    return dumped
+
+
 @pytest.fixture
 async def clients(
     _anthropic_server: tuple[AnthropicUpstream, str],
@@ -116,11 +125,15 @@ async def test_plain_and_streamed_answers_agree(clients: Clients, model: str, te
     whole = await client.responses.create(model=model, input="What is the capital of France?", instructions="Be brief.")
     assert (whole.status, whole.output_text) == ("completed", text)
     assert whole.usage is not None and whole.usage.input_tokens > 0 and whole.usage.output_tokens > 0
-    async with client.responses.stream(model=model, input="What is the capital of France?") as stream:
+    async with client.responses.stream(
+        model=model, input="What is the capital of France?", instructions="Be brief."
+    ) as stream:
         kinds = [event.type async for event in stream]
         streamed = await stream.get_final_response()
     assert streamed.output_text == text
-    assert [item.type for item in streamed.output] == [item.type for item in whole.output]
+    # The same answer, but for the ids a new response gets.
+    assert wire(streamed.output) == wire(whole.output)
+    assert streamed.usage == whole.usage
     assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
     assert "response.output_text.delta" in kinds
 
@@ -144,15 +157,32 @@ async def test_function_tools_over_two_turns(
     assert "21 degrees and sunny" in json.dumps(sent)  # the earlier turns went upstream with the tool result
 
 
-async def test_parse_with_a_pydantic_model(clients: Clients) -> None:
-    parsed = await clients().responses.parse(model="sonnet", input="Capital of France?", text_format=Answer)
+@pytest.mark.parametrize("model", ["sonnet", "flash"])
+async def test_parse_with_a_pydantic_model(clients: Clients, model: str) -> None:
+    parsed = await clients().responses.parse(model=model, input="Capital of France?", text_format=Answer)
     assert parsed.output_parsed == Answer(answer="Paris", confidence=0.9)
 
 
-async def test_reasoning_effort_gives_a_reasoning_item(clients: Clients, claude: AnthropicUpstream) -> None:
+async def test_reasoning_effort_gives_a_reasoning_item(
+    clients: Clients, claude: AnthropicUpstream, gemini: GeminiUpstream
+) -> None:
     response = await clients().responses.create(model="sonnet", input="Capital of France?", reasoning={"effort": "low"})
     assert [item.type for item in response.output] == ["reasoning", "message"]
     assert claude.requests[-1]["thinking"]["type"] in ("enabled", "adaptive")
+    await clients().responses.create(model="flash", input="Capital of France?", reasoning={"effort": "high"})
+    assert gemini.requests[-1]["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 24576}
+
+
+async def test_limits_and_the_cache_apply(clients: Clients, claude: AnthropicUpstream) -> None:
+    limited = {"acme": {"api_keys": [hash_key(ACME)], "limits": [{"per": "minute", "requests": 2}]}}
+    client = clients(gateway="limited", tenants=limited, cache={"enabled": True})
+    first = await client.responses.create(model="sonnet", input="Capital of France?", store=False)
+    again = await client.responses.with_raw_response.create(model="sonnet", input="Capital of France?", store=False)
+    assert (again.headers["x-unimw-cache"], again.parse().output_text) == ("hit", first.output_text)
+    await client.responses.create(model="sonnet", input="Something else?", store=False)
+    with pytest.raises(openai.RateLimitError):
+        await client.responses.create(model="sonnet", input="And a third?", store=False)
+    assert claude.calls[SONNET] == 2  # the hit and the refusal reached no upstream
 
 
 async def test_stored_responses_are_per_tenant_and_can_be_read_listed_and_deleted(clients: Clients) -> None:
