@@ -54,7 +54,9 @@ def policy(capture: bool) -> dict[str, Any]:
 def untraced(gw: Gateway) -> Gateway:
     """``gw`` with its tracing replaced by do-nothing methods (the dispatcher shares the same object)."""
 
-    async def attempt(operation: str, request: Any, target: Any, number: int, run: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def attempt(
+        operation: str, request: Any, target: Any, number: int, run: Callable[[Any], Awaitable[Any]]
+    ) -> Any:
         return await run(target)
 
     tracing: Any = gw._tracing
