@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, cast
 
 from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
     GEN_AI_CONVERSATION_ID,
@@ -126,14 +126,14 @@ class Responses(Operation):
     # ── asking the adapters ──────────────────────────────────────────────────
 
     async def complete(self, adapter: Adapter, request: JSON, target: Target) -> JSON:
-        if _native(adapter):
-            return await adapter.respond(_native_request(request), target)  # type: ignore[attr-defined,no-any-return]
+        if (native := _native(adapter)) is not None:
+            return await native.respond(_native_request(request), target)
         completion = await adapter.complete(to_chat(_public(request), request[HISTORY]), target)
         return from_chat(completion, _public(request), **_ids(request))
 
     async def stream(self, adapter: Adapter, request: JSON, target: Target) -> AsyncIterator[JSON]:
-        if _native(adapter):
-            return await adapter.stream_responses(_native_request(request), target)  # type: ignore[attr-defined,no-any-return]
+        if (native := _native(adapter)) is not None:
+            return await native.stream_responses(_native_request(request), target)
         chat = to_chat({**_public(request), "stream": True}, request[HISTORY])
         chunks = await adapter.stream(chat, target)
         return _translated(chunks, ResponseEvents(_public(request), **_ids(request)))
@@ -356,8 +356,19 @@ def _as_completion(response: JSON) -> JSON:
     }
 
 
-def _native(adapter: Adapter) -> bool:
-    return bool(getattr(adapter, "speaks_responses", False))
+class SpeaksResponses(Protocol):
+    """An adapter whose server takes Responses API requests as they are (the openai kind's, when it does)."""
+
+    speaks_responses: bool
+
+    async def respond(self, request: JSON, target: Target) -> JSON: ...
+
+    async def stream_responses(self, request: JSON, target: Target) -> AsyncIterator[JSON]: ...
+
+
+def _native(adapter: Adapter) -> SpeaksResponses | None:
+    """``adapter`` if its server speaks Responses (a capability only some adapters have), else None."""
+    return cast(SpeaksResponses, adapter) if getattr(adapter, "speaks_responses", False) else None
 
 
 def _native_request(request: JSON) -> JSON:
