@@ -692,7 +692,7 @@ def meta(opts: Options, cores: Cores) -> dict[str, Any]:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
     return {
-        "command": "python -m bench.run" + (" --quick" if opts.quick else ""),
+        "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": commit,
         "python": platform.python_version(),
