@@ -2,7 +2,7 @@
 
 Instruments and their advised buckets follow ``gen-ai-metrics.md``; every
 attribute has a bounded set of values (a model not in the policy is
-``_OTHER``, a vendor's own error code is its HTTP status), so a caller
+``_OTHER``, and so is a vendor's own error code unimw does not know), so a caller
 cannot grow a metric's cardinality.
 """
 
@@ -79,10 +79,10 @@ def error_type(error: BaseException | None) -> str:
 
 
 def metric_error_type(error: BaseException | None) -> str:
-    """``error.type`` with bounded values, for metrics: a vendor's own code that unimw does not know
-    becomes the HTTP status (every other value is already one of a fixed set)."""
-    if isinstance(error, UpstreamError) and error.code not in KNOWN_CODES:
-        return str(error.status)
+    """``error.type`` with bounded values, for metrics: a vendor's own code that unimw does not know is
+    ``_OTHER``; an upstream error with no code is its HTTP status (every other value is one of a fixed set)."""
+    if isinstance(error, UpstreamError) and error.code is not None and error.code not in KNOWN_CODES:
+        return OTHER
     return error_type(error)
 
 

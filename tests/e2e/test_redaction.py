@@ -121,7 +121,8 @@ async def test_key_reaches_no_http_client(leaky: tuple[Gateway, ScriptedUpstream
 
 def test_metric_error_type_is_bounded() -> None:
     vendor_code = UpstreamError("no", status=401, code="whatever-the-vendor-said")
-    assert metric_error_type(vendor_code) == "401"
+    assert metric_error_type(vendor_code) == "_OTHER"
+    assert metric_error_type(UpstreamError("no", status=502)) == "502"
     assert metric_error_type(UpstreamError("no", status=429, code="rate_limit_exceeded")) == "rate_limit_exceeded"
 
 
