@@ -60,7 +60,7 @@ class Finisher:
         except Exception:
             logger.exception("unimw: the cache step failed for call %s", call.request_id)
         try:
-            if call.status == "ok" and call.answered:
+            if call.status == "ok" and call.answer is not None:  # a free cache hit too: it is this call's answer
                 await call.operation.remember(call)
         except asyncio.CancelledError as exc:
             cancelled = exc

@@ -282,6 +282,7 @@ class Gateway:
         """A cached answer, as the caller asked for it: whole, or replayed as a stream."""
         call.cache_hit = call.admitted = True
         call.target = self._router.target(call.cache.target) if call.cache is not None else None
+        cached = call.operation.from_cache(cached, call.request)
         call.answered_with(cached)
         call.answered = self._cache.charges_hits
         if call.stream:

@@ -240,6 +240,19 @@ async def test_stored_responses_survive_a_second_gateway_on_redis(clients: Clien
     assert 0 < ttl_ms <= 3_600_000
 
 
+async def test_a_cache_hit_is_this_call_s_own_response(clients: Clients, claude: AnthropicUpstream) -> None:
+    client = clients(gateway="cached", cache={"enabled": True})
+    first = await client.responses.create(model="sonnet", input="Capital of France?")
+    hit = await client.responses.with_raw_response.create(model="sonnet", input="Capital of France?")
+    again = hit.parse()
+    assert (hit.headers["x-unimw-cache"], claude.calls[SONNET]) == ("hit", 1)
+    assert again.id != first.id and again.output_text == first.output_text
+    assert [item.id for item in again.output] != [item.id for item in first.output]
+    assert (await client.responses.retrieve(again.id)).id == again.id  # kept under its own id
+    follow = await client.responses.create(model="sonnet", input="And of Italy?", previous_response_id=again.id)
+    assert follow.status == "completed" and claude.calls[SONNET] == 2
+
+
 async def test_hosted_tools_and_background_are_refused_off_openai(clients: Clients) -> None:
     client = clients()
     with pytest.raises(openai.BadRequestError) as caught:

@@ -163,6 +163,10 @@ class Operation:
         """Whether the answer may be stored and given to the next identical request."""
         return True
 
+    def from_cache(self, answer: JSON, request: JSON) -> JSON:
+        """A cached answer as this call's own (an answer that carries its call's identity gets this one's)."""
+        return answer
+
     def replay(self, answer: JSON) -> Iterator[JSON]:
         """The chunks a stream of ``answer`` would have had (usage included), for a cached answer."""
         raise NotImplementedError

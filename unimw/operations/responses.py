@@ -157,6 +157,24 @@ class Responses(Operation):
     def cacheable(self, answer: JSON) -> bool:
         return answer.get("status") == "completed"
 
+    def from_cache(self, answer: JSON, request: JSON) -> JSON:
+        """The stored Response under this call's id and time, chained to this call's previous response."""
+        identity = request[IDENTITY]
+        old_suffix, new_suffix = str(answer.get("id", "")).removeprefix("resp_"), identity["id"].removeprefix("resp_")
+        output = [
+            {**item, "id": item["id"].replace(old_suffix, new_suffix)}
+            if old_suffix and isinstance(item.get("id"), str)
+            else item
+            for item in answer.get("output") or ()
+        ]
+        return {
+            **answer,
+            "id": identity["id"],
+            "created_at": identity["created_at"],
+            "previous_response_id": request.get("previous_response_id"),
+            "output": output,
+        }
+
     def replay(self, answer: JSON) -> Iterator[JSON]:
         events = ResponseEvents(
             answer, response_id=answer["id"], created_at=answer.get("created_at") or 0,
