@@ -237,3 +237,14 @@ def test_signed_thinking_survives_assembly_and_replay() -> None:
     }
     rebuilt = assemble(replay(completion, include_usage=False))
     assert rebuilt["choices"][0]["message"]["thinking_blocks"] == signed
+
+
+def test_every_code_unimw_raises_is_a_known_code() -> None:
+    import re
+    from pathlib import Path
+
+    from unimw.errors import KNOWN_CODES
+
+    package = Path(unimw.__file__).parent
+    raised = {code for path in package.rglob("*.py") for code in re.findall(r'code="([a-z_]+)"', path.read_text())}
+    assert raised - KNOWN_CODES == set()

@@ -178,7 +178,8 @@ KNOWN_CODES: frozenset[str] = frozenset(
         "upstream_unreachable", "upstream_timeout", "bad_upstream_response", "invalid_value", "invalid_type",
         "missing_required_parameter", "unsupported_value", "unsupported_parameter", "context_length_exceeded",
         "content_filter", "server_error", "server_is_overloaded", "service_unavailable", "deadline_exceeded",
-        "failed_precondition", "permission_denied", "invalid_prompt", "string_above_max_length",
+        "failed_precondition", "permission_denied", "invalid_prompt", "string_above_max_length", "empty_array",
+        "unknown_parameter", "unsupported_model", "previous_response_not_found", "responses_unavailable", "csrf_failed",
     }
 )  # fmt: skip
 

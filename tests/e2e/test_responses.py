@@ -253,6 +253,20 @@ async def test_a_cache_hit_is_this_call_s_own_response(clients: Clients, claude:
     assert follow.status == "completed" and claude.calls[SONNET] == 2
 
 
+async def test_an_unreachable_response_store_is_a_503_and_answers_still_go_out(clients: Clients) -> None:
+    client = clients(gateway="down", responses={"store": "redis://127.0.0.1:1/0?socket_connect_timeout=0.2"})
+    answered = await client.responses.create(model="mock", input="hello")  # storing it fails off the response path
+    assert answered.status == "completed"
+    for attempt in (
+        client.responses.retrieve(answered.id),
+        client.responses.delete(answered.id),
+        client.responses.create(model="mock", input="again", previous_response_id=answered.id),
+    ):
+        with pytest.raises(openai.InternalServerError) as caught:
+            await attempt
+        assert (caught.value.status_code, caught.value.code) == (503, "responses_unavailable")
+
+
 async def test_hosted_tools_and_background_are_refused_off_openai(clients: Clients) -> None:
     client = clients()
     with pytest.raises(openai.BadRequestError) as caught:

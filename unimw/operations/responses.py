@@ -32,12 +32,13 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
     GenAiOutputTypeValues,
 )
 
-from unimw.errors import InvalidRequest, NotFound, UnimwError, UpstreamUnavailable
+from unimw.errors import InvalidRequest, NotFound, ServiceUnavailable, UnimwError, UpstreamUnavailable
 from unimw.operations.base import CONTROL_FIELD, Operation, Reading
 from unimw.operations.chat_streams import replay
 from unimw.operations.responses_chat import from_chat, to_chat
 from unimw.operations.responses_events import ResponseEvents, encode
 from unimw.operations.responses_validation import validate_responses
+from unimw.stores.base import StoreUnavailable
 from unimw.usage import Usage
 from unimw.wire import JSON, aclose, dumps, loads
 
@@ -198,7 +199,11 @@ class Responses(Operation):
         if not response_id or rest not in ("", "input_items") or (rest and method != "GET"):
             raise NotFound(f"Invalid URL ({method} {self.path}/{path})")
         if method == "DELETE" and not rest:
-            if self._store is None or not await self._store.delete(_key(caller, response_id)):
+            try:
+                deleted = self._store is not None and await self._store.delete(_key(caller, response_id))
+            except StoreUnavailable as exc:
+                raise _store_down() from exc
+            if not deleted:
                 raise _missing(response_id)
             return {"id": response_id, "object": "response.deleted", "deleted": True}
         if method != "GET":
@@ -221,7 +226,10 @@ class Responses(Operation):
     async def _load(self, caller: Caller, response_id: str) -> JSON | None:
         if self._store is None or not isinstance(response_id, str):
             return None
-        raw = await self._store.get(_key(caller, response_id))
+        try:
+            raw = await self._store.get(_key(caller, response_id))
+        except StoreUnavailable as exc:
+            raise _store_down() from exc
         return loads(raw) if raw is not None else None
 
     # ── the wire, for doors ──────────────────────────────────────────────────
@@ -424,6 +432,13 @@ def _with_id(item: JSON, response_id: str, index: int) -> JSON:
 
 def _key(caller: Caller, response_id: str) -> str:
     return f"unimw:responses:{caller.tenant or '-'}:{response_id}"
+
+
+def _store_down() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The response store is unreachable, so stored responses cannot be read. Please try again later.",
+        code="responses_unavailable",
+    )
 
 
 def _missing(response_id: str) -> NotFound:
