@@ -12,7 +12,8 @@ import pytest
 
 from unimw import Gateway
 from unimw.errors import InvalidRequest
-from unimw.operations.chat_validation import MAX_DEPTH, validate_chat
+from unimw.operations.chat_validation import validate_chat
+from unimw.operations.fields import MAX_DEPTH
 
 pytestmark = pytest.mark.anyio
 

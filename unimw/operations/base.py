@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from unimw.errors import InvalidRequest, NotFound, UnimwError
+from unimw.errors import NotFound, UnimwError
+from unimw.operations.fields import check_body
 from unimw.usage import Usage
 from unimw.wire import JSON, SSE_DONE, dumps, sse_event
 
@@ -87,12 +88,9 @@ class Operation:
         """Release what :meth:`bind` built."""
 
     def validate(self, body: Any) -> JSON:
-        """``body`` if it is a well-formed request (it names a ``model``), else :class:`InvalidRequest`."""
-        if not isinstance(body, dict):
-            raise InvalidRequest("The request body must be a JSON object.")
-        if not isinstance(body.get("model"), str) or not body["model"]:
-            raise InvalidRequest("Missing required parameter: 'model'.", param="model")
-        return body
+        """``body`` if it is a well-formed request (an object, bounded in depth, naming a ``model``), else
+        :class:`InvalidRequest`."""
+        return check_body(body)
 
     def is_stream(self, request: JSON) -> bool:
         """Whether the caller asked for the answer as a stream."""

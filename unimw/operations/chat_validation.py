@@ -17,7 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from unimw.errors import InvalidRequest
+from unimw.operations.fields import MAX_DEPTH, check_body, check_fields, missing_or_wrong, wrong
 from unimw.wire import JSON
+
+__all__ = ["MAX_DEPTH", "ROLES", "validate_chat"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -50,62 +53,22 @@ _PARTS: dict[str, tuple[str, bool]] = {
     "input_audio": ("input_audio", False),
     "file": ("file", False),
 }
-#: Deepest nesting of arrays and objects a request may have. Real requests stay far below it
-#: (OpenAI's structured outputs allow 10 levels of schema nesting); the serialiser stops at 254.
-MAX_DEPTH = 64
 
 
 def validate_chat(body: Any) -> JSON:
     """Return ``body`` if it is a well-formed chat request, else raise :class:`InvalidRequest`."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    check_depth(body)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _missing_or_wrong("model", model, "a non-empty string")
-    _check_messages(body.get("messages"))
-    # Only the fields the body has: a request sets a handful of the dozens checked (measured: 71 dict
-    # lookups a call when every known field was looked up, for a two-field body).
-    for name, value in body.items():
-        if value is None:
-            continue
-        if (typed := _TYPED.get(name)) is not None:
-            if not isinstance(value, typed[0]):
-                raise _wrong(name, value, typed[1])
-        elif (bounds := _NUMBERS.get(name)) is not None:
-            _check_number(name, value, *bounds)
-    if body.get("stream_options") is not None and not body.get("stream"):
+    request = check_body(body)
+    _check_messages(request.get("messages"))
+    check_fields(request, _TYPED, _NUMBERS)
+    if request.get("stream_options") is not None and not request.get("stream"):
         raise InvalidRequest(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
         )
-    _check_stop(body.get("stop"))
-    _check_tools(body.get("tools"), body.get("tool_choice"))
-    if (response_format := body.get("response_format")) is not None:
+    _check_stop(request.get("stop"))
+    _check_tools(request.get("tools"), request.get("tool_choice"))
+    if (response_format := request.get("response_format")) is not None:
         _check_response_format(response_format)
-    return body
-
-
-def check_depth(body: JSON) -> None:
-    """Refuse a body whose arrays and objects nest deeper than :data:`MAX_DEPTH`."""
-    try:
-        _descend(body, MAX_DEPTH - 1)
-    except _TooDeep:
-        raise InvalidRequest(
-            f"The request body is nested deeper than {MAX_DEPTH} levels.", code="invalid_value"
-        ) from None
-
-
-class _TooDeep(Exception):
-    pass
-
-
-def _descend(node: dict[str, Any] | list[Any], levels_left: int) -> None:
-    # Recursion is bounded by MAX_DEPTH; measured ~0.8 us for a one-message body, ~6 us with tools.
-    for child in node.values() if type(node) is dict else node:
-        if type(child) is dict or type(child) is list:
-            if not levels_left:
-                raise _TooDeep
-            _descend(child, levels_left - 1)
+    return request
 
 
 def _check_messages(messages: Any) -> None:
@@ -116,11 +79,11 @@ def _check_messages(messages: Any) -> None:
                 param="messages",
                 code="empty_array",
             )
-        raise _missing_or_wrong("messages", messages, "a non-empty array")
+        raise missing_or_wrong("messages", messages, "a non-empty array")
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise _wrong(param, message, "an object")
+            raise wrong(param, message, "an object")
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
@@ -137,11 +100,11 @@ def _check_messages(messages: Any) -> None:
         elif isinstance(content, list):
             _check_parts(content, f"{param}.content", text_only=role in ("system", "developer", "tool"))
         elif not isinstance(content, str):
-            raise _wrong(f"{param}.content", content, "a string or an array of content parts")
+            raise wrong(f"{param}.content", content, "a string or an array of content parts")
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
             raise InvalidRequest(f"Missing required parameter: '{param}.tool_call_id'.", param=f"{param}.tool_call_id")
         if (name := message.get("name")) is not None and not isinstance(name, str):
-            raise _wrong(f"{param}.name", name, "a string")
+            raise wrong(f"{param}.name", name, "a string")
         if (calls := message.get("tool_calls")) is not None:
             _check_tool_calls(calls, f"{param}.tool_calls")
 
@@ -150,10 +113,10 @@ def _check_parts(parts: list[Any], param: str, *, text_only: bool) -> None:
     for j, part in enumerate(parts):
         where = f"{param}[{j}]"
         if not isinstance(part, dict):
-            raise _wrong(where, part, "an object")
+            raise wrong(where, part, "an object")
         kind = part.get("type")
         if not isinstance(kind, str):
-            raise _missing_or_wrong(f"{where}.type", kind, "a string")
+            raise missing_or_wrong(f"{where}.type", kind, "a string")
         if text_only and kind != "text":
             raise InvalidRequest(
                 f"Invalid value for '{where}.type': {kind!r}. Only 'text' parts are supported in this message.",
@@ -164,54 +127,44 @@ def _check_parts(parts: list[Any], param: str, *, text_only: bool) -> None:
             field, text = known
             value = part.get(field)
             if not isinstance(value, str if text else dict):
-                raise _missing_or_wrong(f"{where}.{field}", value, "a string" if text else "an object")
+                raise missing_or_wrong(f"{where}.{field}", value, "a string" if text else "an object")
 
 
 def _check_tool_calls(calls: Any, param: str) -> None:
     if not isinstance(calls, list):
-        raise _wrong(param, calls, "an array")
+        raise wrong(param, calls, "an array")
     for j, call in enumerate(calls):
         where = f"{param}[{j}]"
         if not isinstance(call, dict):
-            raise _wrong(where, call, "an object")
+            raise wrong(where, call, "an object")
         if (call_id := call.get("id")) is not None and not isinstance(call_id, str):
-            raise _wrong(f"{where}.id", call_id, "a string")
+            raise wrong(f"{where}.id", call_id, "a string")
         if call.get("type", "function") != "function":
             continue
         function = call.get("function")
         if not isinstance(function, dict):
-            raise _missing_or_wrong(f"{where}.function", function, "an object")
+            raise missing_or_wrong(f"{where}.function", function, "an object")
         for field in ("name", "arguments"):
             if not isinstance(value := function.get(field), str):
-                raise _missing_or_wrong(f"{where}.function.{field}", value, "a string")
-
-
-def _check_number(name: str, value: Any, integer: bool, low: float | None, high: float | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise _wrong(name, value, "an integer" if integer else "a number")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise InvalidRequest(
-            f"Invalid value for '{name}': {value!r}. It must be {bounds}.", param=name, code="invalid_value"
-        )
+                raise missing_or_wrong(f"{where}.function.{field}", value, "a string")
 
 
 def _check_stop(stop: Any) -> None:
     if stop is None or isinstance(stop, str):
         return
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise _wrong("stop", stop, "a string or an array of strings")
+        raise wrong("stop", stop, "a string or an array of strings")
 
 
 def _check_tools(tools: Any, tool_choice: Any) -> None:
     if tools is not None:
         if not isinstance(tools, list):
-            raise _wrong("tools", tools, "an array")
+            raise wrong("tools", tools, "an array")
         for i, tool in enumerate(tools):
             if not isinstance(tool, dict):
-                raise _wrong(f"tools[{i}]", tool, "an object")
+                raise wrong(f"tools[{i}]", tool, "an object")
             if not isinstance(tool.get("type"), str):
-                raise _missing_or_wrong(f"tools[{i}].type", tool.get("type"), "a string")
+                raise missing_or_wrong(f"tools[{i}].type", tool.get("type"), "a string")
             if tool["type"] == "function":
                 _check_function(tool.get("function"), f"tools[{i}].function")
     if tool_choice is None:
@@ -220,7 +173,7 @@ def _check_tools(tools: Any, tool_choice: Any) -> None:
         if tool_choice.get("type") == "function":
             function = tool_choice.get("function")
             if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                raise _missing_or_wrong("tool_choice.function.name", None, "a string")
+                raise missing_or_wrong("tool_choice.function.name", None, "a string")
         return
     if not isinstance(tool_choice, str) or tool_choice not in _TOOL_CHOICES:
         raise InvalidRequest(
@@ -232,53 +185,25 @@ def _check_tools(tools: Any, tool_choice: Any) -> None:
 
 def _check_function(function: Any, param: str) -> None:
     if not isinstance(function, dict):
-        raise _missing_or_wrong(param, function, "an object")
+        raise missing_or_wrong(param, function, "an object")
     if not isinstance(function.get("name"), str):
-        raise _missing_or_wrong(f"{param}.name", function.get("name"), "a string")
+        raise missing_or_wrong(f"{param}.name", function.get("name"), "a string")
     if (parameters := function.get("parameters")) is not None and not isinstance(parameters, dict):
-        raise _wrong(f"{param}.parameters", parameters, "an object")
+        raise wrong(f"{param}.parameters", parameters, "an object")
     if (description := function.get("description")) is not None and not isinstance(description, str):
-        raise _wrong(f"{param}.description", description, "a string")
+        raise wrong(f"{param}.description", description, "a string")
 
 
 def _check_response_format(response_format: JSON) -> None:
     kind = response_format.get("type")
     if not isinstance(kind, str):
-        raise _missing_or_wrong("response_format.type", kind, "a string")
+        raise missing_or_wrong("response_format.type", kind, "a string")
     if kind != "json_schema":
         return
     json_schema = response_format.get("json_schema")
     if not isinstance(json_schema, dict):
-        raise _missing_or_wrong("response_format.json_schema", json_schema, "an object")
+        raise missing_or_wrong("response_format.json_schema", json_schema, "an object")
     if not isinstance(json_schema.get("name"), str):
-        raise _missing_or_wrong("response_format.json_schema.name", json_schema.get("name"), "a string")
+        raise missing_or_wrong("response_format.json_schema.name", json_schema.get("name"), "a string")
     if (schema := json_schema.get("schema")) is not None and not isinstance(schema, dict):
-        raise _wrong("response_format.json_schema.schema", schema, "an object")
-
-
-def _wrong(param: str, value: Any, expected: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
-        param=param,
-        code="invalid_type",
-    )
-
-
-def _missing_or_wrong(param: str, value: Any, expected: str) -> InvalidRequest:
-    if value is None:
-        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-    return _wrong(param, value, expected)
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return "null"
+        raise wrong("response_format.json_schema.schema", schema, "an object")

@@ -34,7 +34,6 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
 from unimw.adapters import adapter_class
 from unimw.errors import InvalidRequest
 from unimw.operations.base import CONTROL_FIELD, Operation, Reading
-from unimw.operations.chat_validation import check_depth
 from unimw.usage import Usage
 from unimw.wire import JSON
 
@@ -70,7 +69,6 @@ class Embeddings(Operation):
 
     def validate(self, body: Any) -> JSON:
         request = super().validate(body)
-        check_depth(request)
         _check_input(request.get("input"))
         encoding = request.get("encoding_format")
         if encoding is not None and encoding not in ENCODINGS:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from unimw.errors import InvalidRequest
-from unimw.operations.chat_validation import _check_number, _missing_or_wrong, _wrong, check_depth
+from unimw.operations.fields import check_body, check_fields, missing_or_wrong, wrong
 from unimw.wire import JSON
 
 MESSAGE_ROLES: Final = frozenset({"user", "assistant", "system", "developer"})
@@ -29,16 +29,15 @@ _NUMBERS: Final[dict[str, tuple[bool, float | None, float | None]]] = {
     "top_p": (False, 0, 1),
     "top_logprobs": (True, 0, 20),
 }
-_BOOLEANS: Final = ("stream", "store", "background", "parallel_tool_calls")
-_STRINGS: Final = (
-    "instructions",
-    "user",
-    "safety_identifier",
-    "previous_response_id",
-    "service_tier",
-    "prompt_cache_key",
-)
-_OBJECTS: Final = ("metadata", "stream_options", "text", "reasoning")
+#: Top-level fields by the JSON type they must have (numbers are in _NUMBERS).
+_TYPED: Final[dict[str, tuple[type, str]]] = {
+    **dict.fromkeys(("stream", "store", "background", "parallel_tool_calls"), (bool, "a boolean")),
+    **dict.fromkeys(
+        ("instructions", "user", "safety_identifier", "previous_response_id", "service_tier", "prompt_cache_key"),
+        (str, "a string"),
+    ),
+    **dict.fromkeys(("metadata", "stream_options", "text", "reasoning"), (dict, "an object")),
+}
 #: Content part type → its fields that must be strings when present.
 _PART_STRINGS: Final[dict[str, tuple[str, ...]]] = {
     "input_text": ("text",),
@@ -59,22 +58,17 @@ _PART_PAYLOAD: Final[dict[str, tuple[str, ...]]] = {
 
 def validate_responses(body: Any) -> JSON:
     """Return ``body`` if it is a well-formed Responses request, else raise :class:`InvalidRequest`."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    check_depth(body)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _missing_or_wrong("model", model, "a non-empty string")
-    _check_scalars(body)
-    check_input(body.get("input"), "input")
-    _check_tools(body.get("tools"))
-    _check_tool_choice(body.get("tool_choice"))
-    _check_text(body.get("text"))
-    _check_reasoning(body.get("reasoning"))
-    _check_strings_list(body.get("include"), "include")
-    if (truncation := body.get("truncation")) is not None and truncation not in TRUNCATIONS:
+    request = check_body(body)
+    check_fields(request, _TYPED, _NUMBERS)
+    check_input(request.get("input"), "input")
+    _check_tools(request.get("tools"))
+    _check_tool_choice(request.get("tool_choice"))
+    _check_text(request.get("text"))
+    _check_reasoning(request.get("reasoning"))
+    _check_strings_list(request.get("include"), "include")
+    if (truncation := request.get("truncation")) is not None and truncation not in TRUNCATIONS:
         raise _invalid_value("truncation", truncation, TRUNCATIONS)
-    return body
+    return request
 
 
 def hosted_tools(request: JSON) -> list[tuple[int, str]]:
@@ -92,36 +86,21 @@ def hosted_tools(request: JSON) -> list[tuple[int, str]]:
 def check_input(value: Any, param: str) -> None:
     """``input`` (a string or an array of items), or earlier turns' items under another ``param``."""
     if value is None:
-        raise _missing_or_wrong(param, value, "a string or an array of input items")
+        raise missing_or_wrong(param, value, "a string or an array of input items")
     if isinstance(value, str):
         return
     if not isinstance(value, list):
-        raise _wrong(param, value, "a string or an array of input items")
+        raise wrong(param, value, "a string or an array of input items")
     for i, item in enumerate(value):
         _check_item(item, f"{param}[{i}]")
 
 
-def _check_scalars(body: JSON) -> None:
-    for name in _BOOLEANS:
-        if (value := body.get(name)) is not None and not isinstance(value, bool):
-            raise _wrong(name, value, "a boolean")
-    for name in _STRINGS:
-        if (value := body.get(name)) is not None and not isinstance(value, str):
-            raise _wrong(name, value, "a string")
-    for name in _OBJECTS:
-        if (value := body.get(name)) is not None and not isinstance(value, dict):
-            raise _wrong(name, value, "an object")
-    for name, (integer, low, high) in _NUMBERS.items():
-        if (value := body.get(name)) is not None:
-            _check_number(name, value, integer, low, high)
-
-
 def _check_item(item: Any, param: str) -> None:
     if not isinstance(item, dict):
-        raise _wrong(param, item, "an object")
+        raise wrong(param, item, "an object")
     kind = item.get("type", "message")
     if not isinstance(kind, str):
-        raise _wrong(f"{param}.type", kind, "a string")
+        raise wrong(f"{param}.type", kind, "a string")
     if kind == "message":
         _check_message(item, param)
     elif kind == "function_call":
@@ -132,7 +111,7 @@ def _check_item(item: Any, param: str) -> None:
         if isinstance(output, list):
             _check_parts(output, f"{param}.output")
         elif not isinstance(output, str):
-            raise _missing_or_wrong(f"{param}.output", output, "a string or an array of content parts")
+            raise missing_or_wrong(f"{param}.output", output, "a string or an array of content parts")
     elif kind == "reasoning":
         _check_reasoning_item(item, param)
     # Any other item type (item_reference, hosted tool calls) is the target's to judge.
@@ -142,26 +121,26 @@ def _check_message(item: JSON, param: str) -> None:
     role = item.get("role")
     if not isinstance(role, str) or role not in MESSAGE_ROLES:
         if role is None:
-            raise _missing_or_wrong(f"{param}.role", role, "a string")
+            raise missing_or_wrong(f"{param}.role", role, "a string")
         raise _invalid_value(f"{param}.role", role, MESSAGE_ROLES)
     content = item.get("content")
     if isinstance(content, list):
         _check_parts(content, f"{param}.content")
     elif not isinstance(content, str):
-        raise _missing_or_wrong(f"{param}.content", content, "a string or an array of content parts")
+        raise missing_or_wrong(f"{param}.content", content, "a string or an array of content parts")
 
 
 def _check_parts(parts: list[Any], param: str) -> None:
     for j, part in enumerate(parts):
         where = f"{param}[{j}]"
         if not isinstance(part, dict):
-            raise _wrong(where, part, "an object")
+            raise wrong(where, part, "an object")
         kind = part.get("type")
         if not isinstance(kind, str):
-            raise _missing_or_wrong(f"{where}.type", kind, "a string")
+            raise missing_or_wrong(f"{where}.type", kind, "a string")
         for field in _PART_STRINGS.get(kind, ()):
             if (value := part.get(field)) is not None and not isinstance(value, str):
-                raise _wrong(f"{where}.{field}", value, "a string")
+                raise wrong(f"{where}.{field}", value, "a string")
         payload = _PART_PAYLOAD.get(kind, ())
         if payload and all(part.get(field) is None for field in payload):
             raise InvalidRequest(
@@ -174,46 +153,46 @@ def _check_parts(parts: list[Any], param: str) -> None:
 
 def _check_reasoning_item(item: JSON, param: str) -> None:
     if (item_id := item.get("id")) is not None and not isinstance(item_id, str):
-        raise _wrong(f"{param}.id", item_id, "a string")
+        raise wrong(f"{param}.id", item_id, "a string")
     if (encrypted := item.get("encrypted_content")) is not None and not isinstance(encrypted, str):
-        raise _wrong(f"{param}.encrypted_content", encrypted, "a string")
+        raise wrong(f"{param}.encrypted_content", encrypted, "a string")
     for field, part_type in (("summary", "summary_text"), ("content", "reasoning_text")):
         parts = item.get(field)
         if parts is None and field == "content":
             continue
         if not isinstance(parts, list):
-            raise _missing_or_wrong(f"{param}.{field}", parts, "an array")
+            raise missing_or_wrong(f"{param}.{field}", parts, "an array")
         for j, part in enumerate(parts):
             where = f"{param}.{field}[{j}]"
             if not isinstance(part, dict):
-                raise _wrong(where, part, "an object")
+                raise wrong(where, part, "an object")
             if part.get("type", part_type) != part_type:
                 raise _invalid_value(f"{where}.type", part.get("type"), frozenset({part_type}))
             if not isinstance(text := part.get("text"), str):
-                raise _missing_or_wrong(f"{where}.text", text, "a string")
+                raise missing_or_wrong(f"{where}.text", text, "a string")
 
 
 def _check_tools(tools: Any) -> None:
     if tools is None:
         return
     if not isinstance(tools, list):
-        raise _wrong("tools", tools, "an array")
+        raise wrong("tools", tools, "an array")
     for i, tool in enumerate(tools):
         param = f"tools[{i}]"
         if not isinstance(tool, dict):
-            raise _wrong(param, tool, "an object")
+            raise wrong(param, tool, "an object")
         if not isinstance(kind := tool.get("type"), str):
-            raise _missing_or_wrong(f"{param}.type", kind, "a string")
+            raise missing_or_wrong(f"{param}.type", kind, "a string")
         if kind != "function":
             continue  # hosted tools: refused by translation, passed whole to native targets
         if not isinstance(name := tool.get("name"), str) or not name:
-            raise _missing_or_wrong(f"{param}.name", name, "a non-empty string")
+            raise missing_or_wrong(f"{param}.name", name, "a non-empty string")
         if (parameters := tool.get("parameters")) is not None and not isinstance(parameters, dict):
-            raise _wrong(f"{param}.parameters", parameters, "an object")
+            raise wrong(f"{param}.parameters", parameters, "an object")
         if (strict := tool.get("strict")) is not None and not isinstance(strict, bool):
-            raise _wrong(f"{param}.strict", strict, "a boolean")
+            raise wrong(f"{param}.strict", strict, "a boolean")
         if (description := tool.get("description")) is not None and not isinstance(description, str):
-            raise _wrong(f"{param}.description", description, "a string")
+            raise wrong(f"{param}.description", description, "a string")
 
 
 def _check_tool_choice(choice: Any) -> None:
@@ -222,52 +201,52 @@ def _check_tool_choice(choice: Any) -> None:
     if isinstance(choice, str):
         raise _invalid_value("tool_choice", choice, TOOL_CHOICES)
     if not isinstance(choice, dict):
-        raise _wrong("tool_choice", choice, "a string or an object")
+        raise wrong("tool_choice", choice, "a string or an object")
     kind = choice.get("type")
     if not isinstance(kind, str):
-        raise _missing_or_wrong("tool_choice.type", kind, "a string")
+        raise missing_or_wrong("tool_choice.type", kind, "a string")
     if kind == "function" and not isinstance(choice.get("name"), str):
-        raise _missing_or_wrong("tool_choice.name", choice.get("name"), "a string")
+        raise missing_or_wrong("tool_choice.name", choice.get("name"), "a string")
     if kind == "allowed_tools":
         if (mode := choice.get("mode")) not in ALLOWED_TOOLS_MODES:
             if mode is None:
-                raise _missing_or_wrong("tool_choice.mode", mode, "a string")
+                raise missing_or_wrong("tool_choice.mode", mode, "a string")
             raise _invalid_value("tool_choice.mode", mode, ALLOWED_TOOLS_MODES)
         tools = choice.get("tools")
         if not isinstance(tools, list):
-            raise _missing_or_wrong("tool_choice.tools", tools, "an array")
+            raise missing_or_wrong("tool_choice.tools", tools, "an array")
         for k, tool in enumerate(tools):
             if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
-                raise _wrong(f"tool_choice.tools[{k}]", tool, "an object with a 'type'")
+                raise wrong(f"tool_choice.tools[{k}]", tool, "an object with a 'type'")
             if tool["type"] == "function" and not isinstance(tool.get("name"), str):
-                raise _missing_or_wrong(f"tool_choice.tools[{k}].name", tool.get("name"), "a string")
+                raise missing_or_wrong(f"tool_choice.tools[{k}].name", tool.get("name"), "a string")
 
 
 def _check_text(text: Any) -> None:
     if text is None:
         return
     if (verbosity := text.get("verbosity")) is not None and not isinstance(verbosity, str):
-        raise _wrong("text.verbosity", verbosity, "a string")
+        raise wrong("text.verbosity", verbosity, "a string")
     fmt = text.get("format")
     if fmt is None:
         return
     if not isinstance(fmt, dict):
-        raise _wrong("text.format", fmt, "an object")
+        raise wrong("text.format", fmt, "an object")
     kind = fmt.get("type")
     if kind not in FORMATS:
         if kind is None:
-            raise _missing_or_wrong("text.format.type", kind, "a string")
+            raise missing_or_wrong("text.format.type", kind, "a string")
         raise _invalid_value("text.format.type", kind, FORMATS)
     if kind != "json_schema":
         return
     if not isinstance(name := fmt.get("name"), str) or not name:
-        raise _missing_or_wrong("text.format.name", name, "a non-empty string")
+        raise missing_or_wrong("text.format.name", name, "a non-empty string")
     if not isinstance(schema := fmt.get("schema"), dict):
-        raise _missing_or_wrong("text.format.schema", schema, "an object")
+        raise missing_or_wrong("text.format.schema", schema, "an object")
     if (strict := fmt.get("strict")) is not None and not isinstance(strict, bool):
-        raise _wrong("text.format.strict", strict, "a boolean")
+        raise wrong("text.format.strict", strict, "a boolean")
     if (description := fmt.get("description")) is not None and not isinstance(description, str):
-        raise _wrong("text.format.description", description, "a string")
+        raise wrong("text.format.description", description, "a string")
 
 
 def _check_reasoning(reasoning: Any) -> None:
@@ -275,20 +254,20 @@ def _check_reasoning(reasoning: Any) -> None:
         return
     for field in ("effort", "summary"):
         if (value := reasoning.get(field)) is not None and not isinstance(value, str):
-            raise _wrong(f"reasoning.{field}", value, "a string")
+            raise wrong(f"reasoning.{field}", value, "a string")
 
 
 def _check_strings_list(value: Any, param: str) -> None:
     if value is None:
         return
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _wrong(param, value, "an array of strings")
+        raise wrong(param, value, "an array of strings")
 
 
 def _require_strings(item: JSON, param: str, fields: tuple[str, ...]) -> None:
     for field in fields:
         if not isinstance(value := item.get(field), str):
-            raise _missing_or_wrong(f"{param}.{field}", value, "a string")
+            raise missing_or_wrong(f"{param}.{field}", value, "a string")
 
 
 def _invalid_value(param: str, value: Any, allowed: frozenset[str]) -> InvalidRequest:
