@@ -84,44 +84,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_serve(args.config, args.host, args.port, args.log_level, args.otel, limits)
 
 
+#: Each connection bound of ``unimw serve``: its ServeLimits field, the flag's metavar, and what it does.
+_LIMIT_FLAGS = (
+    ("header_timeout", "SECONDS", "close a connection whose request head is not complete in this time"),
+    ("max_header_bytes", "BYTES", "answer 431 to a request head larger than this"),
+    ("body_timeout", "SECONDS", "close a connection whose request body is not complete in this time"),
+    ("keep_alive", "SECONDS", "close an idle kept-alive connection after this time"),
+    ("limit_concurrency", "N", "answer 503 once this many connections and requests are open"),
+)
+
+
 def add_limits(serve: argparse.ArgumentParser) -> None:
     default = ServeLimits()
     seconds, count = positive(float, "number"), positive(int, "whole number")
-    serve.add_argument(
-        "--header-timeout",
-        type=seconds,
-        default=default.header_timeout,
-        metavar="SECONDS",
-        help=f"close a connection whose request head is not complete in this time (default: {default.header_timeout:g})",
-    )
-    serve.add_argument(
-        "--max-header-bytes",
-        type=count,
-        default=default.max_header_bytes,
-        metavar="BYTES",
-        help=f"answer 431 to a request head larger than this (default: {default.max_header_bytes})",
-    )
-    serve.add_argument(
-        "--body-timeout",
-        type=seconds,
-        default=default.body_timeout,
-        metavar="SECONDS",
-        help=f"close a connection whose request body is not complete in this time (default: {default.body_timeout:g})",
-    )
-    serve.add_argument(
-        "--keep-alive",
-        type=count,
-        default=default.keep_alive,
-        metavar="SECONDS",
-        help=f"close an idle kept-alive connection after this time (default: {default.keep_alive})",
-    )
-    serve.add_argument(
-        "--limit-concurrency",
-        type=count,
-        default=default.limit_concurrency,
-        metavar="N",
-        help=f"answer 503 once this many connections and requests are open (default: {default.limit_concurrency})",
-    )
+    for field, metavar, what in _LIMIT_FLAGS:
+        value = getattr(default, field)
+        serve.add_argument(
+            "--" + field.replace("_", "-"),
+            type=seconds if isinstance(value, float) else count,
+            default=value,
+            metavar=metavar,
+            help=f"{what} (default: {value:g})",
+        )
 
 
 def run_check(path: str) -> int:
