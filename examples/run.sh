@@ -3,27 +3,9 @@
 # and show it answering. Sets up .venv on first use. `--once` exits after the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source examples/demo.sh
 PORT="${PORT:-8000}"
 
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-extras=examples
-[ -n "${UNIMW_OTEL:-}" ] && extras=examples,otel   # UNIMW_OTEL=console|otlp: traces too (see README, Tracing)
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
-
-.venv/bin/python -m uvicorn examples.fastapi_app:app --host 127.0.0.1 --port "$PORT" --log-level warning &
-server=$!
-trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
-
-for _ in $(seq 1 100); do
-  .venv/bin/python -c "import httpx, sys; httpx.get('http://127.0.0.1:$PORT/notes')" 2>/dev/null && break
-  sleep 0.1
-done
-echo "Example app with unimw on http://127.0.0.1:$PORT (its own /notes, and /v1/* from policies.yaml)"
-.venv/bin/python examples/ask.py "http://127.0.0.1:$PORT"
-
-if [ "${1:-}" != "--once" ]; then
-  echo "Serving until Ctrl-C. Try: curl http://127.0.0.1:$PORT/v1/models"
-  wait $server
-fi
+venv_with "$([ -n "${UNIMW_OTEL:-}" ] && echo examples,otel || echo examples)"  # UNIMW_OTEL=console|otlp: traces too
+serve_and_ask "Example app" "$PORT" "${1:-}" -- \
+  .venv/bin/python -m uvicorn examples.fastapi_app:app --host 127.0.0.1 --port "$PORT" --log-level warning

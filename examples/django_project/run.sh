@@ -2,9 +2,11 @@
 # The demo site: migrate, a demo user (demo/demo, an admin), then runserver on 127.0.0.1:8000.
 # `run.sh --once`: start it on a free port with a throwaway database, ask once with the openai SDK, stop.
 set -euo pipefail
-cd "$(dirname "$0")"
-PY="${PYTHON:-../../.venv/bin/python}"
-[ -x "$PY" ] || PY=python
+cd "$(dirname "$0")/../.."
+source examples/demo.sh
+venv_with django-example  # sets up .venv on first use, like the other examples
+cd examples/django_project
+PY="$PWD/../../.venv/bin/python"
 export PYTHONPATH="$PWD/../..${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "${1:-}" = "--once" ]; then
@@ -29,7 +31,7 @@ port="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); 
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for _ in $(seq 1 100); do
-  curl -fs -o /dev/null "http://127.0.0.1:$port/accounts/login/" && break
+  "$PY" -c "import httpx; httpx.get('http://127.0.0.1:$port/accounts/login/').raise_for_status()" 2>/dev/null && break
   sleep 0.1
 done
 "$PY" ask_once.py "http://127.0.0.1:$port"
