@@ -11,6 +11,7 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -67,3 +68,17 @@ def serve_wsgi(app: WSGIApplication) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def hang_up_after(url: str, body: Any, events: int) -> None:
+    """POST a streamed chat ``body`` to ``url``, read ``events`` SSE data events, then drop the connection."""
+    with (
+        httpx.Client(base_url=url, timeout=10) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        seen = 0
+        for line in response.iter_lines():
+            seen += line.startswith("data: ")
+            if seen == events:
+                return

@@ -6,12 +6,11 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import yaml
 from starlette.applications import Starlette
 
 from tests.conftest import policy_for
-from tests.servers import serve
+from tests.servers import hang_up_after, serve
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import UnimwMiddleware
 
@@ -24,16 +23,7 @@ def test_hanging_up_mid_stream_settles_the_call(upstream: OpenAIUpstream, upstre
     body = {"model": "gpt-main", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with serve(UnimwMiddleware(Starlette(), config=config)) as url:
         started = time.monotonic()
-        with (
-            httpx.Client(base_url=url, timeout=10) as http,
-            http.stream("POST", "/v1/chat/completions", json=body) as response,
-        ):
-            assert response.status_code == 200
-            events = 0
-            for line in response.iter_lines():
-                events += line.startswith("data: ")
-                if events == 3:  # the role chunk and two words
-                    break
+        hang_up_after(url, body, events=3)  # the role chunk and two words
         deadline = time.monotonic() + 5
         while not records.exists() and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import policy_for
 from tests.counting import CountingLimitStore
 from tests.e2e import tenant_hooks
-from tests.servers import serve
+from tests.servers import hang_up_after, serve
 from tests.upstreams.openai_app import OpenAIUpstream
 from tests.wsgi.helpers import HELLO, GatedUpstream, host_app, running, sdk, wait_until
 from unimw import Gateway
@@ -127,16 +127,7 @@ def test_a_client_leaving_mid_stream_is_settled_once(upstream: OpenAIUpstream, u
     upstream.plan("up-main", "slow")  # 0.2 s between words
     body: Any = {"model": "gpt-main", "messages": HELLO, "stream": True}
     with running(policy, limit_store=limits) as (url, door):
-        with (
-            httpx.Client(base_url=url, timeout=10) as http,
-            http.stream("POST", "/v1/chat/completions", json=body) as response,
-        ):
-            assert response.status_code == 200
-            events = 0
-            for line in response.iter_lines():
-                events += line.startswith("data: ")
-                if events == 3:  # the role chunk and two words
-                    break
+        hang_up_after(url, body, events=3)  # the role chunk and two words
         assert wait_until(lambda: limits.settled > 0)
         door.run(door.gateway.flush())
         records = list(tenant_hooks.records)
