@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from unimw.errors import InvalidRequest
-from unimw.operations.fields import MAX_DEPTH, check_body, check_fields, missing_or_wrong, wrong
+from unimw.operations.fields import MAX_DEPTH, check_body, check_fields, missing_or_wrong, part_type, wrong
 from unimw.wire import JSON
 
 __all__ = ["MAX_DEPTH", "ROLES", "validate_chat"]
@@ -112,11 +112,7 @@ def _check_messages(messages: Any) -> None:
 def _check_parts(parts: list[Any], param: str, *, text_only: bool) -> None:
     for j, part in enumerate(parts):
         where = f"{param}[{j}]"
-        if not isinstance(part, dict):
-            raise wrong(where, part, "an object")
-        kind = part.get("type")
-        if not isinstance(kind, str):
-            raise missing_or_wrong(f"{where}.type", kind, "a string")
+        kind = part_type(part, where)
         if text_only and kind != "text":
             raise InvalidRequest(
                 f"Invalid value for '{where}.type': {kind!r}. Only 'text' parts are supported in this message.",

@@ -45,6 +45,16 @@ def check_fields(body: JSON, typed: Mapping[str, tuple[type, str]], numbers: Num
             check_number(name, value, *bounds)
 
 
+def part_type(part: Any, where: str) -> str:
+    """The ``type`` of a content part, which must be an object with a string ``type``."""
+    if not isinstance(part, dict):
+        raise wrong(where, part, "an object")
+    kind = part.get("type")
+    if not isinstance(kind, str):
+        raise missing_or_wrong(f"{where}.type", kind, "a string")
+    return kind
+
+
 def check_depth(body: JSON) -> None:
     """Refuse a body whose arrays and objects nest deeper than :data:`MAX_DEPTH`."""
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from unimw.errors import InvalidRequest
-from unimw.operations.fields import check_body, check_fields, missing_or_wrong, wrong
+from unimw.operations.fields import check_body, check_fields, missing_or_wrong, part_type, wrong
 from unimw.wire import JSON
 
 MESSAGE_ROLES: Final = frozenset({"user", "assistant", "system", "developer"})
@@ -133,11 +133,7 @@ def _check_message(item: JSON, param: str) -> None:
 def _check_parts(parts: list[Any], param: str) -> None:
     for j, part in enumerate(parts):
         where = f"{param}[{j}]"
-        if not isinstance(part, dict):
-            raise wrong(where, part, "an object")
-        kind = part.get("type")
-        if not isinstance(kind, str):
-            raise missing_or_wrong(f"{where}.type", kind, "a string")
+        kind = part_type(part, where)
         for field in _PART_STRINGS.get(kind, ()):
             if (value := part.get(field)) is not None and not isinstance(value, str):
                 raise wrong(f"{where}.{field}", value, "a string")
@@ -156,7 +152,7 @@ def _check_reasoning_item(item: JSON, param: str) -> None:
         raise wrong(f"{param}.id", item_id, "a string")
     if (encrypted := item.get("encrypted_content")) is not None and not isinstance(encrypted, str):
         raise wrong(f"{param}.encrypted_content", encrypted, "a string")
-    for field, part_type in (("summary", "summary_text"), ("content", "reasoning_text")):
+    for field, expected in (("summary", "summary_text"), ("content", "reasoning_text")):
         parts = item.get(field)
         if parts is None and field == "content":
             continue
@@ -166,8 +162,8 @@ def _check_reasoning_item(item: JSON, param: str) -> None:
             where = f"{param}.{field}[{j}]"
             if not isinstance(part, dict):
                 raise wrong(where, part, "an object")
-            if part.get("type", part_type) != part_type:
-                raise _invalid_value(f"{where}.type", part.get("type"), frozenset({part_type}))
+            if part.get("type", expected) != expected:
+                raise _invalid_value(f"{where}.type", part.get("type"), frozenset({expected}))
             if not isinstance(text := part.get("text"), str):
                 raise missing_or_wrong(f"{where}.text", text, "a string")
 
