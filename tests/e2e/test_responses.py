@@ -313,3 +313,29 @@ async def test_every_event_and_response_on_the_wire_fits_the_spec(
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert [spec.errors(e, "ResponseStreamEvent") for e in events] == [[]] * len(events)
     assert events[-1]["type"] == "response.completed"
+
+
+async def test_a_stream_that_breaks_mid_way_ends_with_response_failed(
+    _anthropic_server: tuple[AnthropicUpstream, str],
+    _gemini_server: tuple[GeminiUpstream, str],
+    _openai_server: tuple[OpenAIUpstream, str],
+    claude: AnthropicUpstream,
+) -> None:
+    data = policy(_anthropic_server[1], _gemini_server[1], _openai_server[1])
+    claude.plan(SONNET, "stream_error")  # an error event after the first words
+    async with (
+        Gateway.from_dict(data) as gateway,
+        httpx.AsyncClient(
+            transport=gateway.transport(), base_url="http://unimw/v1", headers={"authorization": f"Bearer {ACME}"}
+        ) as http,
+    ):
+        streamed = await http.post("/responses", json={"model": "sonnet", "input": "Hi", "stream": True})
+    events = [json.loads(block.split("\ndata: ", 1)[1]) for block in streamed.text.split("\n\n") if block]
+    assert "response.output_text.delta" in [e["type"] for e in events]
+    last = events[-1]
+    assert (last["type"], last["response"]["status"], last["sequence_number"]) == (
+        "response.failed",
+        "failed",
+        len(events) - 1,
+    )
+    assert spec.errors(last, "ResponseStreamEvent") == []

@@ -36,7 +36,7 @@ from unimw.errors import InvalidRequest, NotFound, ServiceUnavailable, UnimwErro
 from unimw.operations.base import CONTROL_FIELD, Operation, Reading
 from unimw.operations.chat_streams import replay
 from unimw.operations.responses_chat import from_chat, to_chat
-from unimw.operations.responses_events import ResponseEvents, encode
+from unimw.operations.responses_events import ResponseEvents, encode, failure_code
 from unimw.operations.responses_validation import validate_responses
 from unimw.stores.base import StoreUnavailable
 from unimw.usage import Usage
@@ -291,8 +291,11 @@ class ResponsesWatch:
         if self._response is None:
             return {"type": "error", "code": error.code, "message": error.message, "param": error.param,
                     "sequence_number": self._sequence}  # fmt: skip
-        failed = {**self._response, "status": "failed", "error": {"code": error.code or "server_error",
-                                                                    "message": error.message}}  # fmt: skip
+        failed = {
+            **self._response,
+            "status": "failed",
+            "error": {"code": failure_code(error), "message": error.message},
+        }
         return {"type": "response.failed", "sequence_number": self._sequence, "response": failed}
 
     def reading(self) -> Reading:

@@ -46,6 +46,11 @@ class _Item:
     done: bool = False
 
 
+def failure_code(error: UnimwError | None) -> str:
+    """The ``ResponseErrorCode`` a failed response carries for ``error`` (the spec allows only its own codes)."""
+    return _FAILED_CODES.get(error.status, "server_error") if error is not None else "server_error"
+
+
 class ResponseEvents:
     """Translates one stream of chat chunks into Responses stream events (pure: no I/O, work per chunk)."""
 
@@ -129,7 +134,7 @@ class ResponseEvents:
         if self._final is not None:
             return []
         events = self._start()
-        code = _FAILED_CODES.get(error.status, "server_error") if error is not None else "server_error"
+        code = failure_code(error)
         message = error.message if error is not None else "The model's answer ended before it was finished."
         final = self._shell()
         final.update(status="failed", error={"code": code, "message": message})
