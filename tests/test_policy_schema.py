@@ -182,6 +182,9 @@ def test_durations_are_published_as_numbers_or_strings(schema: dict[str, Any]) -
         "providers.*.options.latency",
         "providers.*.timeout",
         "responses.ttl",
+        "tenancy.resolve[].negative_ttl",
+        "tenancy.resolve[].timeout",
+        "tenancy.resolve[].ttl",
     ]
     pattern = re.compile(durations["cache.ttl"]["anyOf"][1]["pattern"])
     for path, node in durations.items():

@@ -23,11 +23,13 @@ from unimw.errors import (
     UpstreamUnavailable,
 )
 from unimw.gateway import Answer, Gateway, Inbound
+from unimw.identity import Identity
 from unimw.limits import BudgetAlert
 from unimw.loader import ConfigError, load_policy
 from unimw.operations import Operation, Reading, StreamWatch
-from unimw.policy import Policy
+from unimw.policy import Limit, Policy
 from unimw.records import UsageRecord
+from unimw.tenants import hash_key
 
 __version__ = "0.1.0"
 
@@ -40,8 +42,10 @@ __all__ = [
     "ConfigError",
     "Gateway",
     "GatewayApp",
+    "Identity",
     "Inbound",
     "InvalidRequest",
+    "Limit",
     "MethodNotAllowed",
     "ModelNotFound",
     "NotFound",
@@ -60,6 +64,7 @@ __all__ = [
     "UpstreamUnavailable",
     "UsageRecord",
     "__version__",
+    "hash_key",
     "load_policy",
 ]
 

@@ -12,8 +12,11 @@ from typing import Final
 
 # Span attributes
 REQUEST_ID: Final = "unimw.request.id"  #: the x-request-id of the call
-TENANT: Final = "unimw.tenant"  #: tenant name from the policy (also on the unimw metrics)
+TENANT: Final = "unimw.tenant"  #: the tenant's id (also on the unimw metrics, for tenants the policy declares)
 END_USER: Final = "unimw.end_user"  #: the request's ``user`` / end-user id, as the app gave it
+PLAN: Final = "unimw.plan"  #: the tenant's plan (also on the unimw metrics)
+TAG: Final = "unimw.tag."  #: prefix of a call's tags (``unimw.tag.feature``); on metrics only those the policy names
+REROUTED_FROM: Final = "unimw.rerouted_from"  #: the name asked for, when the plan's on_budget sent the call elsewhere
 ALIAS: Final = "unimw.alias"  #: the public name called, when it is an alias
 ROUTE_STRATEGY: Final = "unimw.route.strategy"  #: ``single``, ``fallback`` or ``weighted``
 TARGET: Final = "unimw.target"  #: the public model that answered (or was tried, on an attempt span)
@@ -37,7 +40,8 @@ OPERATION_DETAILS: Final = "gen_ai.client.inference.operation.details"
 # Metrics
 CACHE_REQUESTS: Final = "unimw.cache.requests"  #: counter, {request}: by unimw.cache.hit, model, tenant
 BUDGET_REFUSALS: Final = "unimw.budget.refusals"  #: counter, {request}: by tenant, model, error.type
-COST: Final = "unimw.cost"  #: counter, USD: by tenant, model, gen_ai.provider.name, unimw.provider
+#: counter, USD: by tenant (declared ones), plan, model, gen_ai.provider.name, unimw.provider and the policy's tags
+COST: Final = "unimw.cost"
 
 OTHER: Final = "_OTHER"  #: the conventions' value for a name that is not one of a known set
 SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.41.0"  #: the last release defining gen_ai.*

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from unimw.operations.base import Operation, Reading, StreamWatch
 from unimw.tenants import Caller
-from unimw.usage import Usage, estimate_text_tokens
+from unimw.usage import MICRO, Usage, estimate_text_tokens
 from unimw.wire import JSON, aclose
 
 if TYPE_CHECKING:
@@ -63,6 +63,9 @@ class Call:
     answer: JSON | None = None
     #: Budget thresholds this call's settlement crossed (reported on its span, delivered to the policy's hook).
     alerts: list[BudgetAlert] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  #: what the call is for (:mod:`unimw.tags`)
+    rerouted_from: str | None = None  #: the name asked for, when the plan's on_budget sent the call elsewhere
+    cost: int = 0  #: what the caller is charged, in micro-USD, once the call is finished
 
     def answered_with(self, answer: JSON) -> None:
         """The upstream (or the cache) gave a whole answer."""
@@ -92,13 +95,22 @@ class CallStream:
     the upstream and settles what was produced, even if no chunk was read.
     """
 
-    __slots__ = ("_chunks", "_done", "_finish", "call", "watch")
+    __slots__ = ("_chunks", "_done", "_finish", "_price", "call", "watch")
 
-    def __init__(self, call: Call, chunks: AsyncIterator[JSON], watch: StreamWatch, finish: Finish) -> None:
+    def __init__(
+        self,
+        call: Call,
+        chunks: AsyncIterator[JSON],
+        watch: StreamWatch,
+        finish: Finish,
+        price: Callable[[Call], int] | None = None,
+    ) -> None:
         self.call = call
         self._chunks = chunks
         self.watch = watch  #: the operation's watcher, which doors hand back to the operation for an error event
         self._finish = finish
+        #: What the call costs so far, in micro-USD, when the caller is to be told on the usage event.
+        self._price = price
         self._done = False
 
     def __aiter__(self) -> CallStream:
@@ -113,6 +125,8 @@ class CallStream:
                 if self.call.first_chunk_at is None:
                     self.call.first_chunk_at = time.perf_counter()
                 if (seen := self.watch.see(chunk)) is not None:
+                    if self._price is not None and self.call.operation.reports_usage(seen):
+                        seen = self._priced(seen)
                     return seen
         except StopAsyncIteration:
             await self._end(None)
@@ -120,6 +134,13 @@ class CallStream:
         except BaseException as error:  # an upstream failure, a cancelled reader, or a bug: settled all the same
             await self._end(error)
             raise
+
+    def _priced(self, event: JSON) -> JSON:
+        assert self._price is not None
+        call = self.call
+        call.reading = self.watch.reading()
+        call.usage = call.reading.usage or call.estimate(self.watch.produced())
+        return call.operation.with_cost(event, self._price(call) / MICRO)
 
     async def aclose(self) -> None:
         """Stop reading (the client left): close the upstream and finish the call."""

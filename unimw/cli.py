@@ -7,15 +7,28 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from unimw.loader import ConfigError, load_policy, policy_schema
 from unimw.policy import Policy
 from unimw.serve_limits import ServeLimits, bounded_http
+from unimw.usage_report import (
+    FIELDS,
+    UnknownTenant,
+    group_key,
+    instant,
+    limit_json,
+    render_table,
+    summarize,
+    tenant_rules,
+)
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+T = TypeVar("T")
 
 
 def positive(kind: Callable[[str], float], noun: str) -> Callable[[str], float]:
@@ -52,9 +65,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate a policy file and print what it defines")
     check.add_argument("config", nargs="?", default="policies.yaml")
 
-    usage = commands.add_parser("usage", help="print each tenant's spend and remaining limits from the store")
-    usage.add_argument("--config", default="policies.yaml")
-    usage.add_argument("--tenant", help="only this tenant")
+    usage = commands.add_parser(
+        "usage",
+        help="sum spend from usage records (--records), or print each tenant's remaining limits from the store",
+    )
+    usage.add_argument("--records", metavar="FILE", help="a usage.jsonl file to sum, instead of reading the store")
+    usage.add_argument(
+        "--by",
+        action="append",
+        type=checked(group_key),
+        metavar="KEY",
+        help=f"with --records: group by {', '.join(FIELDS)} or tag:<key>; repeat to combine (default: tenant)",
+    )
+    usage.add_argument(
+        "--since", type=checked(moment), metavar="TIME", help="with --records: from this time (ISO 8601, or 7d, 12h)"
+    )
+    usage.add_argument("--until", type=checked(moment), metavar="TIME", help="with --records: before this time")
+    usage.add_argument("--config", default="policies.yaml", help="without --records: the policy whose store is read")
+    usage.add_argument("--tenant", help="only this tenant (without --records: also one the policy does not declare)")
+    usage.add_argument("--plan", help="without --records: the plan of an undeclared --tenant (default: default_plan)")
+    usage.add_argument("--json", action="store_true", dest="as_json", help="print one JSON document")
 
     commands.add_parser("schema", help="print the JSON Schema of policy files, for editors to check them with")
 
@@ -68,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(policy_schema(), indent=2, ensure_ascii=False))
         return 0
     if args.command == "usage":
-        return asyncio.run(run_usage(args.config, args.tenant))
+        return usage_command(usage, args)
     if args.command == "hash-key":
         from unimw.tenants import hash_key as hashed
 
@@ -134,7 +164,73 @@ def describe(policy: Policy, path: str) -> str:
     return "\n".join(lines)
 
 
-async def run_usage(path: str, only: str | None) -> int:
+def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser that raises ValueError, keeping its message."""
+
+    def parsed(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    return parsed
+
+
+def moment(text: str) -> float:
+    """A ``--since`` or ``--until`` value: a span (``7d``) counts back from now."""
+    return instant(text, time.time())
+
+
+def usage_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``unimw usage``: records summed when ``--records`` is given, the store's counters otherwise.
+
+    Wrong arguments exit with status 2 (argparse's), a file or policy that
+    cannot be read, or a store that cannot be reached, with status 1.
+    """
+    if args.records is None:
+        for flag in ("by", "since", "until"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag} needs --records")
+        if args.plan is not None and args.tenant is None:
+            parser.error("--plan needs --tenant")
+        return asyncio.run(run_usage(args.config, args.tenant, plan=args.plan, as_json=args.as_json))
+    if args.plan is not None:
+        parser.error("--plan is for the store's report, not --records")
+    return run_records(
+        args.records,
+        args.by or ["tenant"],
+        since=args.since,
+        until=args.until,
+        tenant=args.tenant,
+        as_json=args.as_json,
+    )
+
+
+def run_records(
+    path: str,
+    by: Sequence[str],
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    tenant: str | None = None,
+    as_json: bool = False,
+) -> int:
+    try:
+        with open(path, "rb") as lines:
+            report = summarize(lines, by, since=since, until=until, tenant=tenant)
+    except OSError as error:
+        print(f"error: cannot read {path}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    if report.malformed:
+        print(
+            f"warning: skipped {report.malformed} malformed line(s) in {path} (the first is line {report.first_malformed})",
+            file=sys.stderr,
+        )
+    print(json.dumps(report.as_json(), indent=2, ensure_ascii=False) if as_json else render_table(report))
+    return 0
+
+
+async def run_usage(path: str, only: str | None, *, plan: str | None = None, as_json: bool = False) -> int:
     from unimw.limits import Limiter
     from unimw.stores import limit_store
     from unimw.stores.base import StoreUnavailable
@@ -144,23 +240,31 @@ async def run_usage(path: str, only: str | None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    if only is not None and only not in policy.tenants:
-        print(f"error: no tenant {only!r} in {path}", file=sys.stderr)
+    try:
+        tenants = [(name, tenant_rules(policy, name, plan)) for name in ([only] if only else policy.tenants)]
+    except UnknownTenant as error:
+        print(f"error: {path}: {error}", file=sys.stderr)
         return 1
     limiter = Limiter(policy, limit_store(policy.tenancy.store))
     try:
-        for tenant in [only] if only else list(policy.tenants):
-            print(tenant)
-            rows = await limiter.report(tenant)
-            for what, used, limit in rows:
-                print(f"  {what:<20} used {used:>14,.6g}  of {limit:>14,.6g}  remaining {max(0.0, limit - used):,.6g}")
-            if not rows:
-                print("  (no limits)")
+        report = [(name, rules.plan, await limiter.report(name, rules)) for name, rules in tenants]
     except StoreUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
         await limiter.aclose()
+    if as_json:
+        document = [
+            {"tenant": name, "plan": on, "limits": [limit_json(*row) for row in rows]} for name, on, rows in report
+        ]
+        print(json.dumps({"tenants": document}, indent=2, ensure_ascii=False))
+        return 0
+    for name, on, rows in report:
+        print(name if on is None else f"{name} (plan {on})")
+        for what, used, limit in rows:
+            print(f"  {what:<20} used {used:>14,.6g}  of {limit:>14,.6g}  remaining {max(0.0, limit - used):,.6g}")
+        if not rows:
+            print("  (no limits)")
     return 0
 
 

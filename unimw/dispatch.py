@@ -14,11 +14,20 @@
 Each attempt runs through an :class:`Observer` (tracing puts a span around
 it), numbered from 1 across all the targets of the call.
 
+A tenant that brings its own key for a provider (``credentials``: provider
+name -> key) has its attempts on that provider's targets made through the
+adapter for that key (:class:`~unimw.own_keys.OwnKeys`), leased for the
+attempt and, for a stream, until the stream has ended or been closed. Such
+attempts neither cool a target down nor skip one that is cooling: cooldown
+is the standing of the policy's key, shared by every caller, and a
+tenant's own key says nothing about it (nor it about that key).
+
 The dispatcher is the only caller of adapters, so it is the boundary where
 their errors are redacted: every :class:`UpstreamError` out of an adapter,
 raised before the first chunk or in the middle of a stream, has the
-provider's secrets blanked out (:mod:`unimw.redaction`) before anything
-else (the attempt's span, the cache, the client) sees it.
+secrets of the key it was called with (the policy's, or the tenant's)
+blanked out (:mod:`unimw.redaction`) before anything else (the attempt's
+span, the cache, the client) sees it.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from typing import Protocol, TypeVar
 
 from unimw.adapters.base import Adapter, Target
 from unimw.errors import UpstreamError, UpstreamTimeout
+from unimw.own_keys import Lease, OwnKeys
 from unimw.policy import Dispatch
 from unimw.redaction import Redactor
 from unimw.routing import Route, Router
@@ -59,7 +69,7 @@ class _Unobserved:
 
 
 class Dispatcher:
-    """Retries, fallback and cooldown over the adapters of one gateway."""
+    """Retries, fallback and cooldown over the adapters of one gateway (and of its tenants' own keys)."""
 
     def __init__(
         self,
@@ -72,10 +82,13 @@ class Dispatcher:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         observer: Observer | None = None,
+        own_keys: OwnKeys | None = None,
     ) -> None:
         self._router = router
-        self._adapters = adapters
-        self._redactors = redactors or {}
+        redactors = redactors or {}
+        # The policy's adapters live as long as the gateway: their leases are permanent, made once.
+        self._leases = {name: Lease(adapter, redactors.get(name, _NO_SECRETS)) for name, adapter in adapters.items()}
+        self._own_keys = own_keys
         self._settings = settings
         self._retries = retries or {}
         self._clock = clock
@@ -83,71 +96,95 @@ class Dispatcher:
         self._cool_until: dict[str, float] = {}
         self._observer: Observer = observer or _Unobserved()
 
-    async def complete(self, route: Route, operation: str, request: JSON, ask: Ask[JSON]) -> tuple[Target, JSON]:
+    async def complete(
+        self,
+        route: Route,
+        operation: str,
+        request: JSON,
+        ask: Ask[JSON],
+        *,
+        credentials: Mapping[str, str] | None = None,
+    ) -> tuple[Target, JSON]:
         """The answer to ``request`` of the first target that answered, and that target.
 
         ``ask`` makes one upstream request; ``operation`` and ``request`` are for the observer.
+        ``credentials`` are the caller's own keys by provider name, used instead of the policy's.
         """
 
         async def attempt(target: Target) -> JSON:
+            lease = await self._lease(target, credentials)
             try:
-                return await ask(self._adapters[target.provider], target)
+                return await ask(lease.adapter, target)
             except UpstreamError as error:
-                self._redact(target, error)
+                lease.redactor.error(error)
                 raise
+            finally:
+                await lease.release()
 
-        return await self._first_success(route, operation, request, attempt)
+        return await self._first_success(route, operation, request, attempt, credentials)
 
     async def stream(
-        self, route: Route, operation: str, request: JSON, ask: Ask[AsyncIterator[JSON]]
+        self,
+        route: Route,
+        operation: str,
+        request: JSON,
+        ask: Ask[AsyncIterator[JSON]],
+        *,
+        credentials: Mapping[str, str] | None = None,
     ) -> tuple[Target, AsyncIterator[JSON]]:
-        """The chunk stream of the first target that produced a first chunk, and that target."""
+        """The chunk stream of the first target that produced a first chunk, and that target.
 
-        async def attempt(target: Target) -> tuple[JSON, AsyncIterator[JSON]]:
+        Close the stream if it is not read to its end: that closes the upstream and releases its adapter.
+        """
+
+        async def attempt(target: Target) -> AsyncIterator[JSON]:
+            lease = await self._lease(target, credentials)
+            chunks: AsyncIterator[JSON] | None = None
             try:
-                chunks = await ask(self._adapters[target.provider], target)
-            except UpstreamError as error:
-                self._redact(target, error)
-                raise
-            try:
+                chunks = await ask(lease.adapter, target)
                 first = await anext(chunks)
-            except StopAsyncIteration:
-                raise UpstreamError("The upstream sent an empty stream.", status=502) from None
-            except UpstreamError as error:
-                self._redact(target, error)
-                await aclose(chunks)
+            except BaseException as error:
+                if isinstance(error, UpstreamError):
+                    lease.redactor.error(error)
+                try:
+                    if chunks is not None:
+                        await aclose(chunks)
+                finally:
+                    await lease.release()
+                if isinstance(error, StopAsyncIteration):
+                    raise UpstreamError("The upstream sent an empty stream.", status=502) from None
                 raise
-            except BaseException:
-                await aclose(chunks)
-                raise
-            return first, chunks
+            return _Rest(first, chunks, lease)
 
-        target, (first, rest) = await self._first_success(route, operation, request, attempt)
-        return target, self._rest_of_stream(target, first, rest)
+        return await self._first_success(route, operation, request, attempt, credentials)
 
-    def _redact(self, target: Target, error: UpstreamError) -> None:
-        if (redactor := self._redactors.get(target.provider)) is not None:
-            redactor.error(error)
-
-    async def _rest_of_stream(self, target: Target, first: JSON, rest: AsyncIterator[JSON]) -> AsyncIterator[JSON]:
-        try:
-            yield first
-            async for chunk in rest:
-                yield chunk
-        except UpstreamError as error:
-            self._redact(target, error)
-            raise
-        finally:
-            await aclose(rest)
+    async def _lease(self, target: Target, credentials: Mapping[str, str] | None) -> Lease:
+        """The adapter (and redactor) for an attempt on ``target``: the caller's own key's, else the policy's."""
+        if credentials is None or (key := credentials.get(target.provider)) is None:
+            return self._leases[target.provider]
+        if self._own_keys is None:
+            raise RuntimeError("credentials were given to a dispatcher made without own_keys")
+        return await self._own_keys.acquire(target.provider, key)
 
     async def _first_success(
-        self, route: Route, operation: str, request: JSON, attempt: Callable[[Target], Awaitable[T]]
+        self,
+        route: Route,
+        operation: str,
+        request: JSON,
+        attempt: Callable[[Target], Awaitable[T]],
+        credentials: Mapping[str, str] | None,
     ) -> tuple[Target, T]:
-        targets = self._available(self._router.order(route))
+        def own(target: Target) -> bool:
+            return credentials is not None and target.provider in credentials
+
+        targets = self._available(self._router.order(route), own)
         last_error: UpstreamError | None = None
         number = 0
         for position, target in enumerate(targets):
             has_next = position + 1 < len(targets)
+            # Cooldown is the policy key's standing, shared by every caller: an attempt with the caller's
+            # own key neither sets nor clears it, so one tenant's rate limit does not send everyone elsewhere.
+            shared = not own(target)
             retries = self._retries.get(target.provider, self._settings.retries)
             for tries in range(retries + 1):
                 number += 1
@@ -160,11 +197,13 @@ class Dispatcher:
                     wait = self._wait(error, tries)
                     moves_on = has_next and (error.status == 429 or isinstance(error, UpstreamTimeout))
                     if wait is None or moves_on or tries == retries:
-                        self._cool(target, error)
+                        if shared:
+                            self._cool(target, error)
                         break
                     await self._sleep(wait)
                 else:
-                    self._cool_until.pop(target.name, None)
+                    if shared:
+                        self._cool_until.pop(target.name, None)
                     return target, result
         assert last_error is not None  # every route has a target
         raise last_error
@@ -177,15 +216,58 @@ class Dispatcher:
         backoff = min(settings.max_backoff, settings.backoff * 2.0**tries)
         return backoff * (0.75 + random.random() / 4)
 
-    def _available(self, targets: tuple[Target, ...]) -> tuple[Target, ...]:
-        """``targets`` without those cooling down, unless that leaves none."""
+    def _available(self, targets: tuple[Target, ...], own: Callable[[Target], bool]) -> tuple[Target, ...]:
+        """``targets`` without those cooling down (unless that leaves none); ``own`` ones, on the caller's key, stay."""
         if not self._cool_until:
             return targets
         now = self._clock()
-        warm = tuple(t for t in targets if self._cool_until.get(t.name, 0.0) <= now)
+        warm = tuple(t for t in targets if own(t) or self._cool_until.get(t.name, 0.0) <= now)
         return warm or targets
 
     def _cool(self, target: Target, error: UpstreamError) -> None:
         seconds = max(self._settings.cooldown, error.retry_after or 0.0)
         if self._settings.cooldown:
             self._cool_until[target.name] = self._clock() + seconds
+
+
+_NO_SECRETS = Redactor(())
+
+
+class _Rest:
+    """A stream from its first chunk on: it redacts the errors of the rest, and closes the upstream and
+    releases the adapter's lease however it ends, even when closed before it was read."""
+
+    __slots__ = ("_chunks", "_done", "_first", "_lease")
+
+    def __init__(self, first: JSON, chunks: AsyncIterator[JSON], lease: Lease) -> None:
+        self._first: JSON | None = first
+        self._chunks = chunks
+        self._lease = lease
+        self._done = False
+
+    def __aiter__(self) -> _Rest:
+        return self
+
+    async def __anext__(self) -> JSON:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            return await anext(self._chunks)
+        except BaseException as error:
+            if isinstance(error, UpstreamError):
+                self._lease.redactor.error(error)
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._first = None
+        try:
+            await aclose(self._chunks)
+        finally:
+            await self._lease.release()

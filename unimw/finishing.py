@@ -43,7 +43,7 @@ class Finisher:
         if call.finished:
             return
         call.finished = True
-        cost = self._cost(call)
+        call.cost = cost = self.cost(call)
         cancelled: asyncio.CancelledError | None = None
         try:
             if call.hold is not None:
@@ -81,7 +81,7 @@ class Finisher:
         if cancelled is not None:
             raise cancelled
 
-    def _cost(self, call: Call) -> int:
+    def cost(self, call: Call) -> int:
         """What the call is charged, in micro-USD: its usage at the answering target's price."""
         if call.target is None or call.usage is None or (call.cache_hit and not self._cache.charges_hits):
             return 0
@@ -115,4 +115,7 @@ class Finisher:
             stream=call.stream,
             timestamp=time.time(),
             operation=call.operation.name,
+            plan=call.caller.plan,
+            tags=call.tags,
+            rerouted_from=call.rerouted_from,
         )

@@ -27,19 +27,23 @@ from unimw.adapters.base import Adapter
 from unimw.cache import ResponseCache, strip_control
 from unimw.calls import Call, CallStream
 from unimw.dispatch import Dispatcher
-from unimw.errors import AuthenticationFailed, InvalidRequest, ModelNotFound
+from unimw.errors import InvalidRequest, ModelNotFound
 from unimw.finishing import Finisher
 from unimw.hooks import Hooks
+from unimw.identity import Identity
 from unimw.limits import Hold, Limiter
 from unimw.loader import build_policy, load_policy
 from unimw.operations import CHAT, DEFAULT_OPERATIONS, Operation
+from unimw.own_keys import OwnKeys
 from unimw.policy import Policy
 from unimw.records import Recorder
 from unimw.redaction import Redactor, provider_secrets
 from unimw.routing import Router
 from unimw.stores.base import CacheStore, LimitStore
+from unimw.tags import tags_of
 from unimw.tenants import Caller, Tenants
 from unimw.tracing import Tracing
+from unimw.usage import MICRO
 from unimw.wire import JSON, aiter_of, model_object, request_id
 
 if TYPE_CHECKING:
@@ -59,6 +63,8 @@ class Inbound:
     request_id: str | None = None
     #: Set by in-process callers (the app itself): trusted as given, not looked up from headers.
     caller: Caller | None = None
+    #: A tenant the app vouches for with its plan and overrides (with ``caller``'s end user, if any).
+    identity: Identity | None = None
 
 
 class GatewayOptions(TypedDict, total=False):
@@ -132,7 +138,9 @@ class Gateway:
             retries={name: p.retries for name, p in policy.providers.items() if p.retries is not None},
             sleep=sleep,
             observer=self._tracing,
+            own_keys=(own_keys := OwnKeys(policy.providers)),
         )
+        self._own_keys = own_keys
         settings = policy.cache
         if cache_store is None:
             cache_store = stores.cache_store(
@@ -144,6 +152,8 @@ class Gateway:
         self._finisher = Finisher(self._limiter, self._cache, self._recorder, self._tracing, self._hooks)
         self._limits_on = self._limiter.enabled
         self._cache_on = any(self._cache.applies(route) for route in self._router.routes.values())
+        self._return_cost = policy.usage.return_cost
+        self._price = self._finisher.cost if self._return_cost else None
 
     @classmethod
     def from_yaml(
@@ -159,22 +169,25 @@ class Gateway:
 
     # ── in-process API ───────────────────────────────────────────────────────
 
-    async def chat_completions(self, body: JSON, *, tenant: str | None = None, end_user: str | None = None) -> JSON:
+    async def chat_completions(
+        self, body: JSON, *, tenant: str | Identity | None = None, end_user: str | None = None
+    ) -> JSON:
         """Answer a chat request with a ``chat.completion``.
 
         ``tenant`` is trusted as given (in-process callers are the app
-        itself); limits and model access for it apply as for HTTP callers,
-        and no tenant means the policy's default one. For the answer as
-        chunks, use :meth:`stream_chat_completions`.
+        itself): a declared tenant's name, or an :class:`Identity` for one
+        that lives in the app's own database. Limits and model access apply
+        as for HTTP callers; no tenant means the policy's default one. For
+        the answer as chunks, use :meth:`stream_chat_completions`.
         """
         if isinstance(body, dict) and body.get("stream") is True:
             raise InvalidRequest("Use stream_chat_completions for a streamed answer.", param="stream")
-        answer = await self.handle(CHAT, body, Inbound(caller=Caller(tenant, end_user)))
+        answer = await self.handle(CHAT, body, _vouched(tenant, end_user))
         assert isinstance(answer.body, dict)
         return answer.body
 
     async def stream_chat_completions(
-        self, body: JSON, *, tenant: str | None = None, end_user: str | None = None
+        self, body: JSON, *, tenant: str | Identity | None = None, end_user: str | None = None
     ) -> AsyncIterator[JSON]:
         """Answer a chat request with its ``chat.completion.chunk`` objects.
 
@@ -184,9 +197,15 @@ class Gateway:
         settled at once.
         """
         streamed = {**body, "stream": True} if isinstance(body, dict) else body  # anything else is refused as a 400
-        answer = await self.handle(CHAT, streamed, Inbound(caller=Caller(tenant, end_user)))
+        answer = await self.handle(CHAT, streamed, _vouched(tenant, end_user))
         assert isinstance(answer.body, CallStream)
         return answer.body
+
+    def forget_key(self, digest: str) -> bool:
+        """Revoke a key the app issued, now: drop what the ``key_lookup`` sources remember of its digest
+        (``sha256:<hex>``, as :func:`unimw.tenants.hash_key` gives). Without this, a revoked key works until its
+        cached answer expires (``ttl``). True if something was remembered."""
+        return self._tenants.forget_key(digest)
 
     # ── the pipeline ─────────────────────────────────────────────────────────
 
@@ -209,16 +228,22 @@ class Gateway:
             self._tracing.detach(token)
             if answer is None or not isinstance(answer.body, CallStream):
                 await self._finisher.finish(call)
+                if answer is not None and self._return_cost:
+                    answer.headers["x-unimw-cost"] = _usd(call.cost)
 
     async def _run(self, call: Call, body: Any, inbound: Inbound) -> Answer:
         call.caller = await self._identify(inbound, body)
         call.request = request = call.operation.validate(body)
-        call.route = route = self._router.resolve(request["model"])
+        call.tags = tags_of(request, inbound.headers)
+        call.route = self._router.resolve(request["model"])
+        answer = Answer(request, {})
+        if self._tenants.rules_of(call.caller).on_budget:
+            await self._reroute(call, answer)
         call.request = self._authorize(call)
+        route = call.route
         await call.operation.prepare(call)
         request = call.request
         call.stream = call.operation.is_stream(request)
-        answer = Answer(request, {})
         if self._cache_on and self._cache.applies(route):
             call.cache = await self._cache.lookup(call.operation, route, request, call.caller.tenant, inbound.headers)
             if call.cache.status != "bypass":
@@ -236,18 +261,40 @@ class Gateway:
         return answer
 
     async def _identify(self, inbound: Inbound, body: Any) -> Caller:
+        end_user = inbound.caller.end_user if inbound.caller is not None else None
+        if inbound.identity is not None:
+            return self._tenants.caller(inbound.identity, end_user)
         if (caller := inbound.caller) is not None:
-            if caller.tenant is None and self.policy.tenancy.default is not None:
-                return Caller(self.policy.tenancy.default, caller.end_user)
-            if caller.tenant is not None and self._tenants.tenant(caller.tenant) is None:
-                raise AuthenticationFailed(f"Unknown tenant {caller.tenant!r}.")
-            return caller
+            tenant = caller.tenant or self.policy.tenancy.default
+            return self._tenants.caller(Identity(tenant), end_user) if tenant is not None else caller
         return await self._tenants.identify(inbound.headers, inbound.scope, body if isinstance(body, dict) else None)
 
     def _authorize(self, call: Call) -> JSON:
         assert call.route is not None
-        cap = self._tenants.authorize(call.caller, call.route)
+        call.route, cap = self._tenants.authorize(call.caller, call.route, asked=call.rerouted_from)
         return call.operation.with_output_cap(call.request, cap) if cap is not None else call.request
+
+    async def _reroute(self, call: Call, answer: Answer) -> None:
+        """Near a budget, send the call where the tenant's plan says (``on_budget``) instead of refusing it later.
+
+        The caller may use the name it asked for; the plan vouches for where it goes instead.
+        """
+        assert call.route is not None
+        asked = call.route.name
+        if not self._tenants.allows(call.caller, asked):
+            return  # refused as asked for, by the authorize step
+        share = await self._limiter.spent_share(call.caller)
+        step = None
+        for candidate in self._tenants.rules_of(call.caller).on_budget:  # lowest threshold first
+            applies = asked in candidate.models if candidate.models is not None else asked != candidate.use
+            if share >= candidate.at and applies:
+                step = candidate
+        if step is None:
+            return
+        call.route = self._router.resolve(step.use)
+        call.request = {**call.request, "model": step.use}
+        call.rerouted_from = asked
+        answer.headers["x-unimw-rerouted-from"] = asked
 
     async def _reserve(self, call: Call) -> Hold | None:
         assert call.route is not None
@@ -269,11 +316,16 @@ class Gateway:
                 operation.name,
                 upstream,
                 lambda adapter, target: operation.stream(adapter, upstream, target),
+                credentials=call.caller.credentials,
             )
             watch = operation.watch(request, assemble=call.cache is not None or self._tracing.captures_output)
-            return CallStream(call, chunks, watch, self._finisher.finish)
+            return CallStream(call, chunks, watch, self._finisher.finish, self._price)
         call.target, answer = await self._dispatcher.complete(
-            call.route, operation.name, request, lambda adapter, target: operation.complete(adapter, request, target)
+            call.route,
+            operation.name,
+            request,
+            lambda adapter, target: operation.complete(adapter, request, target),
+            credentials=call.caller.credentials,
         )
         call.answered_with(answer)
         return answer
@@ -287,7 +339,8 @@ class Gateway:
         call.answered = self._cache.charges_hits
         if call.stream:
             watch = call.operation.watch(call.request, assemble=False)
-            answer.body = CallStream(call, aiter_of(call.operation.replay(cached)), watch, self._finisher.finish)
+            chunks = aiter_of(call.operation.replay(cached))
+            answer.body = CallStream(call, chunks, watch, self._finisher.finish, self._price)
         else:
             answer.body = cached
         return answer
@@ -299,22 +352,32 @@ class Gateway:
 
     # ── models ───────────────────────────────────────────────────────────────
 
-    def models(self, *, tenant: str | None = None) -> JSON:
+    def models(self, *, tenant: str | Identity | None = None) -> JSON:
         """``GET /models``: every public model and alias the tenant may use."""
-        caller = Caller(tenant)
-        names = [name for name in self._router.routes if self._tenants.allows(caller, name)]
-        return {"object": "list", "data": [self._model_object(name) for name in names]}
+        return self._models(self._caller_of(tenant))
 
-    def model(self, name: str, *, tenant: str | None = None) -> JSON:
+    def model(self, name: str, *, tenant: str | Identity | None = None) -> JSON:
         """``GET /models/{name}``."""
-        if name not in self._router.routes or not self._tenants.allows(Caller(tenant), name):
-            raise ModelNotFound(name)
-        return self._model_object(name)
+        return self._model(self._caller_of(tenant), name)
 
     async def handle_models(self, inbound: Inbound, name: str | None = None) -> JSON:
         """``GET /models`` (or one model) for the caller a door received; 401 as for any call."""
         caller = await self._identify(inbound, None)
-        return self.models(tenant=caller.tenant) if name is None else self.model(name, tenant=caller.tenant)
+        return self._models(caller) if name is None else self._model(caller, name)
+
+    def _models(self, caller: Caller) -> JSON:
+        names = [name for name in self._router.routes if self._tenants.allows(caller, name)]
+        return {"object": "list", "data": [self._model_object(name) for name in names]}
+
+    def _model(self, caller: Caller, name: str) -> JSON:
+        if name not in self._router.routes or not self._tenants.allows(caller, name):
+            raise ModelNotFound(name)
+        return self._model_object(name)
+
+    def _caller_of(self, tenant: str | Identity | None) -> Caller:
+        if tenant is None:
+            return Caller(None)
+        return self._tenants.caller(tenant if isinstance(tenant, Identity) else Identity(tenant))
 
     # ── doors ────────────────────────────────────────────────────────────────
 
@@ -343,6 +406,7 @@ class Gateway:
     async def aclose(self) -> None:
         for adapter in self._adapters.values():
             await adapter.aclose()
+        await self._own_keys.aclose()
         for operation in self.operations.values():
             await operation.aclose()
         await self._hooks.aclose()
@@ -369,3 +433,15 @@ class Gateway:
         served = [op.path.lstrip("/") for op in self.operations.values() if any(op.serves(a) for a in adapters)]
         # An extension field (SDKs ignore it): which of the gateway's routes this model answers.
         return {**model_object(name, owner, self.created), "x_unimw": {"operations": served}}
+
+
+def _vouched(tenant: str | Identity | None, end_user: str | None) -> Inbound:
+    """What an in-process caller (the app itself) says about who is calling."""
+    if isinstance(tenant, Identity):
+        return Inbound(caller=Caller(tenant.tenant, end_user), identity=tenant)
+    return Inbound(caller=Caller(tenant, end_user))
+
+
+def _usd(micros: int) -> str:
+    """Micro-USD as a decimal USD string with no float rounding: ``0.000123``."""
+    return f"{micros // MICRO}.{micros % MICRO:06d}"

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 from cachetools import LRUCache
 
 from unimw.errors import BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError
+from unimw.plans import OPEN, Rules, declared
 from unimw.policy import Limit, Policy, Price
 from unimw.routing import Route
 from unimw.stores.base import Counter, LimitStore, StoreUnavailable
@@ -57,6 +58,7 @@ class Hold:
     reserved: tuple[int, ...]
     totals: tuple[int, ...] = ()  #: each counter's total just after the reservation
     tenant: str | None = None
+    alert_at: tuple[float, ...] = ()  #: the tenant's alert thresholds
     metered: bool = True  #: False when the store was down and the policy lets calls through
     settled: bool = field(default=False)
 
@@ -78,33 +80,40 @@ class Limiter:
         self._prices = {
             name: model.price or DEFAULT_PRICES.get(model.model, FREE) for name, model in policy.models.items()
         }
-        # The counters of each (tenant, end user, route), until a calendar window
+        # The counters of each (tenant, end user, route, limits), until a calendar window
         # ends: keys and calendar arithmetic are worked out once per window, not per call.
         self._applicable_known: LRUCache[
-            tuple[str | None, str | None, str], tuple[float, tuple[Counter, ...], tuple[str, ...]]
+            tuple[str | None, str | None, str, tuple[Limit, ...]],
+            tuple[float, tuple[Counter, ...], tuple[str, ...]],
         ] = LRUCache(maxsize=65536)
         # Reservation ids: unique across replicas (a random prefix) without a syscall per call.
         self._id_prefix = os.urandom(8).hex() + "-"
         self._ids = itertools.count()
-        self._capped = {
-            name for name, tenant in policy.tenants.items() if any(lim.tokens or lim.usd for lim in tenant.limits)
-        }
+        self._declared = declared(policy)
+        self._alert_at = tuple(policy.tenancy.alerts.at)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._policy.limits) or any(t.limits for t in self._policy.tenants.values())
+        # Tenants from the app may bring limits of their own: any tenancy at all may be metered.
+        return bool(self._policy.limits or self._policy.tenants or self._policy.plans)
+
+    def rules(self, caller: Caller) -> Rules:
+        """The caller's rules, or its declaration's when it carries none."""
+        if caller.rules is not None:
+            return caller.rules
+        return self._declared.get(caller.tenant or "", OPEN)
 
     def price(self, target_name: str) -> Price:
         return self._prices.get(target_name, FREE)
 
     def needs_output_cap(self, caller: Caller) -> bool:
         """Whether the call must carry an output cap for its reservation to be a true worst case."""
-        return caller.tenant in self._capped
+        return self.rules(caller).capped
 
     def _applicable(self, caller: Caller, route: Route) -> tuple[tuple[Counter, ...], tuple[str, ...]]:
         """The counters (and what each counts) for this caller and route, remembered until a window ends."""
         now = self._clock()
-        key = (caller.tenant, caller.end_user, route.name)
+        key = (caller.tenant, caller.end_user, route.name, self.rules(caller).limits)
         known = self._applicable_known.get(key)
         if known is not None and now < known[0]:
             return known[1], known[2]
@@ -127,7 +136,16 @@ class Limiter:
             reservation = await self.store.reserve(call_id, counters, amounts, self._clock())
         except StoreUnavailable as exc:
             return self._store_down(exc, caller, call_id)
-        hold = Hold(call_id, counters, quantities, amounts, reservation.totals, caller.tenant)
+        alert_at = self.rules(caller).alerts
+        hold = Hold(
+            call_id,
+            counters,
+            quantities,
+            amounts,
+            reservation.totals,
+            caller.tenant,
+            alert_at if alert_at is not None else self._alert_at,
+        )
         if not reservation.ok:
             refused = reservation.refused
             raise self._refusal(counters[refused], quantities[refused], reservation.retry_after, hold.headers)
@@ -162,9 +180,37 @@ class Limiter:
             logger.error("unimw: could not record alerts for call %s: the limit store is unreachable", hold.call_id)
             return []
 
-    async def report(self, tenant: str) -> list[tuple[str, float, float]]:
-        """``(limit, used, limit value)`` for each of a tenant's own limits in the current windows."""
-        limits = self._policy.tenants[tenant].limits
+    async def spent_share(self, caller: Caller) -> float:
+        """The largest share of any of the tenant's USD limits spent in its current window (0 with none).
+
+        One read of the store, made only for tenants whose plan reroutes near a budget.
+        """
+        counters = [
+            counter
+            for limit in self.rules(caller).limits
+            if limit.usd is not None and limit.scope == "tenant"
+            for counter, quantity in self._limit_counters(f"t:{caller.tenant}", limit)
+            if quantity == "usd"
+        ]
+        if not counters:
+            return 0.0
+        try:
+            totals = await self.store.totals(counters, self._clock())
+        except StoreUnavailable as exc:
+            if self._settings.on_store_error == "closed":
+                raise ServiceUnavailable(
+                    "The usage store is unreachable, so budgets cannot be checked. Please try again later.",
+                    code="limits_unavailable",
+                ) from exc
+            return 0.0
+        return max(total / counter.limit for counter, total in zip(counters, totals, strict=True))
+
+    async def report(self, tenant: str, rules: Rules | None = None) -> list[tuple[str, float, float]]:
+        """``(limit, used, limit value)`` for each of a tenant's own limits in the current windows.
+
+        ``rules`` are those of a tenant the policy does not declare (its plan's, with its overrides).
+        """
+        limits = (rules or self.rules(Caller(tenant))).limits
         rows = [
             (limit.per, counter, quantity)
             for limit in limits
@@ -182,8 +228,7 @@ class Limiter:
 
     def _tenant_counters(self, caller: Caller) -> list[tuple[Counter, str]]:
         pairs: list[tuple[Counter, str]] = []
-        tenant = self._policy.tenants.get(caller.tenant or "")
-        for limit in tenant.limits if tenant else ():
+        for limit in self.rules(caller).limits if caller.tenant is not None else ():
             if limit.scope == "end_user":
                 if caller.end_user is None:
                     continue
@@ -266,7 +311,7 @@ class Limiter:
 
     async def _alerts(self, hold: Hold, totals: Sequence[int]) -> list[BudgetAlert]:
         alerts: list[BudgetAlert] = []
-        thresholds = self._settings.alerts.at
+        thresholds = hold.alert_at
         lowest = min(thresholds, default=math.inf)
         for counter, quantity, total in zip(hold.counters, hold.quantities, totals, strict=True):
             if total < lowest * counter.limit:

@@ -37,8 +37,10 @@ from unimw.attributes import (
     COST,
     DURATION_BUCKETS,
     OTHER,
+    PLAN,
     PROVIDER,
     SCHEMA_URL,
+    TAG,
     TENANT,
     TOKEN_BUCKETS,
 )
@@ -89,9 +91,20 @@ def metric_error_type(error: BaseException | None) -> str:
 class Metrics:
     """The instruments of one gateway, on the host's meter provider unless given another."""
 
-    def __init__(self, meter_provider: MeterProvider | None, routes: Mapping[str, Attributes]) -> None:
+    def __init__(
+        self,
+        meter_provider: MeterProvider | None,
+        routes: Mapping[str, Attributes],
+        *,
+        tenants: frozenset[str] = frozenset(),
+        tags: tuple[str, ...] = (),
+    ) -> None:
         meter = metrics.get_meter("unimw", meter_provider=meter_provider, schema_url=SCHEMA_URL)
         self._routes = routes
+        # Metric attributes must stay few: tenants the app brings (thousands, millions) are counted by
+        # plan, only those the policy declares by name; of a call's tags, only the keys the policy names.
+        self._tenants = tenants
+        self._tags = tags
         self._duration = meter.create_histogram(
             GEN_AI_CLIENT_OPERATION_DURATION,
             unit="s",
@@ -120,9 +133,7 @@ class Metrics:
 
     def cache_lookup(self, call: Call, hit: bool) -> None:
         """Count one response-cache lookup in ``unimw.cache.requests``."""
-        attributes: Attributes = {CACHE_HIT: hit, GEN_AI_REQUEST_MODEL: self._model(call)}
-        if call.caller.tenant is not None:
-            attributes[TENANT] = call.caller.tenant
+        attributes: Attributes = {CACHE_HIT: hit, GEN_AI_REQUEST_MODEL: self._model(call), **self._who(call)}
         self._cache_requests.add(1, attributes)
 
     def record(self, call: Call, upstream: Upstream | None, decision: str, cost_usd: float) -> None:
@@ -148,15 +159,24 @@ class Metrics:
             self._tokens.record(call.usage.input_tokens, {**attributes, GEN_AI_TOKEN_TYPE: INPUT})
             self._tokens.record(call.usage.output_tokens, {**attributes, GEN_AI_TOKEN_TYPE: OUTPUT})
         if cost_usd or decision == "refused":
-            by_tenant: Attributes = {GEN_AI_REQUEST_MODEL: model}
-            if call.caller.tenant is not None:
-                by_tenant[TENANT] = call.caller.tenant
+            by_tenant: Attributes = {GEN_AI_REQUEST_MODEL: model, **self._who(call)}
             if cost_usd and call.target is not None and upstream is not None:
+                by_tag = {TAG + key: call.tags[key] for key in self._tags if key in call.tags}
                 self._cost.add(
-                    cost_usd, {**by_tenant, GEN_AI_PROVIDER_NAME: upstream.name, PROVIDER: call.target.provider}
+                    cost_usd,
+                    {**by_tenant, GEN_AI_PROVIDER_NAME: upstream.name, PROVIDER: call.target.provider, **by_tag},
                 )
             if decision == "refused" and failed:
                 self._refusals.add(1, {**by_tenant, ERROR_TYPE: metric_error_type(call.error)})
+
+    def _who(self, call: Call) -> Attributes:
+        """The tenant (when the policy declares it) and the plan of a call, as metric attributes."""
+        who: Attributes = {}
+        if call.caller.tenant in self._tenants:
+            who[TENANT] = call.caller.tenant
+        if (plan := call.caller.plan) is not None:
+            who[PLAN] = plan
+        return who
 
     def _model(self, call: Call) -> str:
         """The public name called: a name not in the policy is ``_OTHER`` (bounded cardinality)."""

@@ -286,21 +286,72 @@ class GlobalLimit(Limit):
 API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-class Tenant(_Frozen):
-    """One customer: how it authenticates, what it may use, how much."""
+class BudgetStep(_Frozen):
+    """Near a budget, send calls to a cheaper model or alias instead of refusing them later."""
 
+    at: float = Field(gt=0, le=1, description="The fraction of a USD limit spent from which this step applies.")
+    use: str = Field(description="The model or alias calls go to from then on, until the window ends.")
+    models: list[str] | None = Field(
+        default=None, description="The requested names this step reroutes; unset: every name but use itself."
+    )
+
+
+class Plan(_Frozen):
+    """What a class of tenants may use and how much: the rules of every tenant on it."""
+
+    models: list[str] | None = Field(
+        default=None, description="Public models and aliases its tenants may use; unset: all."
+    )
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="Cap on output tokens per request (the request's own cap is lowered to it)."
+    )
+    limits: list[Limit] = Field(default=[], description="Rate limits and budgets, one set of counters per tenant.")
+    cache_scope: Literal["tenant", "global"] | None = Field(
+        default=None, description="Cache scope for its tenants' calls; unset: the cache's own setting."
+    )
+    alerts: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        default=None, description="Budget alert thresholds for its tenants; unset: tenancy.alerts.at."
+    )
+    on_budget: list[BudgetStep] = Field(
+        default=[], description="Where calls go once a share of a USD limit is spent (the highest step reached)."
+    )
+    byok: list[str] = Field(
+        default=[],
+        description="Providers its tenants must bring their own key for; their calls never use the policy's key.",
+    )
+
+
+class Tenant(Plan):
+    """One customer declared in the policy: how it authenticates, its plan, and what differs from the plan.
+
+    Its ``limits`` replace its plan's limit of the same window and scope and
+    add to the others; set fields replace the plan's; ``byok`` adds to it.
+    """
+
+    plan: str | None = Field(default=None, description="The plan it is on (a name under plans); unset: none.")
     api_keys: list[Annotated[str, Field(pattern=API_KEY_HASH.pattern)]] = Field(
         default=[],
         description="Keys that identify this tenant, stored hashed as sha256:<64 hex digits> "
         "(unimw hash-key <key> prints it).",
     )
     models: list[str] | None = Field(
-        default=None, description="Public models and aliases this tenant may use; unset: all."
+        default=None, description="Public models and aliases this tenant may use; unset: its plan's, else all."
     )
-    max_tokens: int | None = Field(
-        default=None, gt=0, description="Cap on output tokens per request (the request's own cap is lowered to it)."
+    limits: list[Limit] = Field(
+        default=[], description="Its own limits: each replaces its plan's with the same per and scope."
     )
-    limits: list[Limit] = Field(default=[], description="Rate limits and budgets of this tenant.")
+    cache_scope: Literal["tenant", "global"] | None = Field(
+        default=None, description="Cache scope for its calls; unset: its plan's, else the cache's own setting."
+    )
+    alerts: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        default=None, description="Budget alert thresholds; unset: its plan's, else tenancy.alerts.at."
+    )
+    on_budget: list[BudgetStep] = Field(
+        default=[], description="Where its calls go once a share of a USD limit is spent; unset: its plan's."
+    )
+    byok: list[str] = Field(
+        default=[], description="Providers it must bring its own key for, besides those its plan names."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -316,31 +367,54 @@ class Tenant(_Frozen):
 
 
 class HeaderSource(_Frozen):
-    """The tenant's name is the value of a request header, set by the app's own auth in front."""
+    """The tenant's id is the value of a request header, set by the app's own auth in front."""
 
     header: str = Field(description="The header's name, e.g. X-Tenant-Id.")
+    plan_header: str | None = Field(
+        default=None, description="A header naming the tenant's plan, set by the same auth (e.g. X-Tenant-Plan)."
+    )
 
 
 class CallableSource(_Frozen):
-    """The tenant's name is what a function of the app returns."""
+    """The tenant is what a function of the app returns."""
 
     callable: CallablePath = Field(
-        description="A module:function given the ASGI scope (sync or async), returning a tenant name or None."
+        description="A module:function given the ASGI scope (sync or async), returning an Identity, "
+        "a tenant id or None."
     )
+
+
+class KeyLookupSource(_Frozen):
+    """The bearer key is looked up, by its SHA-256, by a function of the app (keys the app issues)."""
+
+    key_lookup: CallablePath = Field(
+        description="A module:function given the key's digest (sha256:<hex>), sync or async, returning an "
+        "Identity, a tenant id, or None for a key it does not know."
+    )
+    ttl: Seconds = duration_field(60.0, "How long an answer naming a tenant is kept: a revoked key works this long.")
+    negative_ttl: Seconds = duration_field(
+        30.0, "How long an unknown key is remembered as unknown, so a flood of bad keys costs one lookup each."
+    )
+    max_entries: int = Field(default=100_000, gt=0, description="Answers kept at most (each kind, least recent out).")
+    timeout: Seconds = duration_field(2.0, "The longest wait for the lookup; past it the call gets 503.")
 
 
 def _source_kind(value: Any) -> str:
     if isinstance(value, dict):
-        return "header" if "header" in value else "callable"
+        for kind in ("header", "key_lookup"):
+            if kind in value:
+                return kind
+        return "callable"
     return "api_key"
 
 
-#: ``api_key``, ``{header: X-Tenant-Id}`` or ``{callable: "module:function"}``; told apart by
-#: shape, so an error names the field that is wrong rather than every alternative.
+#: ``api_key``, ``{header: X-Tenant-Id}``, ``{callable: "module:function"}`` or ``{key_lookup: ...}``;
+#: told apart by shape, so an error names the field that is wrong rather than every alternative.
 TenantSource = Annotated[
     Annotated[Literal["api_key"], Tag("api_key")]
     | Annotated[HeaderSource, Tag("header")]
-    | Annotated[CallableSource, Tag("callable")],
+    | Annotated[CallableSource, Tag("callable")]
+    | Annotated[KeyLookupSource, Tag("key_lookup")],
     Discriminator(_source_kind),
 ]
 
@@ -362,10 +436,16 @@ class Tenancy(_Frozen):
     resolve: list[TenantSource] = Field(
         default=["api_key"],
         description="Where the tenant comes from, tried in order; the first that names a tenant wins: api_key "
-        "(the bearer key, matched by SHA-256), {header: X-Tenant-Id} or {callable: module:function}.",
+        "(the bearer key, matched by SHA-256), {header: X-Tenant-Id}, {callable: module:function} or "
+        "{key_lookup: module:function}.",
     )
     default: str | None = Field(
         default=None, description="Tenant for callers no source identifies; unset: they get 401."
+    )
+    default_plan: str | None = Field(
+        default=None,
+        description="The plan of a tenant that is not declared under tenants and whose resolver names no plan; "
+        "unset: such a tenant gets 401.",
     )
     end_user_header: str | None = Field(
         default="X-End-User", description="Where an end user's id comes from, besides the request's user field."
@@ -447,6 +527,10 @@ class ResponsesSettings(_Frozen):
     max_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="Bytes the memory store holds at most.")
 
 
+#: A tag key: what OpenAI allows as a metadata key, kept to names that are safe as attribute suffixes.
+TAG_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
 class UsageSinks(_Frozen):
     """Where a record of every settled call goes."""
 
@@ -454,6 +538,16 @@ class UsageSinks(_Frozen):
         default=None, description="A module:function called with each UsageRecord, off the response path."
     )
     jsonl: str | None = Field(default=None, description="A file that gets one JSON line per call.")
+    tags: list[Annotated[str, Field(pattern=TAG_KEY.pattern)]] = Field(
+        default=[],
+        description="Tag keys (from metadata or X-Unimw-Tags) that become attributes of the unimw.cost metric; "
+        "every tag reaches records and spans, only these reach metrics.",
+    )
+    return_cost: bool = Field(
+        default=False,
+        description="Tell the caller what a call cost: an x-unimw-cost header, and x_unimw.cost_usd on a "
+        "stream's usage chunk.",
+    )
 
 
 class TracingSettings(_Frozen):
@@ -490,11 +584,18 @@ class Policy(_Frozen):
     dispatch: Dispatch = Field(default=Dispatch(), description="Retries, backoff and cooldown.")
     server: Server = Field(default=Server(), description="Bounds of the HTTP doors.")
     tenancy: Tenancy = Field(default=Tenancy(), description="How callers are identified and their limits kept.")
-    tenants: dict[str, Tenant] = Field(default={}, description="Customers by name: keys, models and limits.")
+    plans: dict[str, Plan] = Field(
+        default={}, description="Classes of tenants (free, pro, ...): models, limits and budgets per tenant."
+    )
+    tenants: dict[str, Tenant] = Field(
+        default={}, description="Customers declared by name: keys, plan, and what differs from the plan."
+    )
     limits: list[GlobalLimit] = Field(
         default=[], description="Limits shared by every tenant, on one model or one provider."
     )
-    usage: UsageSinks = Field(default=UsageSinks(), description="Where a record of every call goes.")
+    usage: UsageSinks = Field(
+        default=UsageSinks(), description="Where a record of every call goes, its tags, and cost for the caller."
+    )
     cache: Cache = Field(default=Cache(), description="The response cache.")
     responses: ResponsesSettings = Field(
         default=ResponsesSettings(), description="The store of /v1/responses (previous_response_id, GET, DELETE)."
@@ -515,15 +616,20 @@ class Policy(_Frozen):
         for name in self.aliases:
             self.expand(name)
         public = self.models.keys() | self.aliases.keys()
-        for tenant_name, tenant in self.tenants.items():
-            for i, allowed in enumerate(tenant.models or ()):
-                if allowed not in public:
-                    raise PolicyError(
-                        ("tenants", tenant_name, "models", i),
-                        f"tenant {tenant_name!r} may use {allowed!r}, which is neither a model nor an alias",
-                    )
+        for section, rules in (("plans", self.plans), ("tenants", self.tenants)):
+            for name, rule in rules.items():
+                self._check_rules((section, name), rule, public)
+        for name, tenant in self.tenants.items():
+            if tenant.plan is not None and tenant.plan not in self.plans:
+                raise PolicyError(
+                    ("tenants", name, "plan"), f"tenant {name!r} is on plan {tenant.plan!r}, which is not in plans"
+                )
         if self.tenancy.default is not None and self.tenancy.default not in self.tenants:
             raise PolicyError(("tenancy", "default"), f"default tenant {self.tenancy.default!r} is not in tenants")
+        if self.tenancy.default_plan is not None and self.tenancy.default_plan not in self.plans:
+            raise PolicyError(
+                ("tenancy", "default_plan"), f"default plan {self.tenancy.default_plan!r} is not in plans"
+            )
         for name in self.cache.models:
             if name not in public:
                 raise PolicyError(
@@ -534,6 +640,31 @@ class Policy(_Frozen):
                 raise PolicyError(("limits", i, "model"), f"limit on {limit.model!r}, which is not a model")
             if limit.provider is not None and limit.provider not in self.providers:
                 raise PolicyError(("limits", i, "provider"), f"limit on {limit.provider!r}, which is not a provider")
+
+    def _check_rules(self, at: Path, rule: Plan, public: set[str]) -> None:
+        kind = "plan" if at[0] == "plans" else "tenant"
+        for i, allowed in enumerate(rule.models or ()):
+            if allowed not in public:
+                raise PolicyError(
+                    (*at, "models", i),
+                    f"{kind} {at[1]!r} may use {allowed!r}, which is neither a model nor an alias",
+                )
+        for i, step in enumerate(rule.on_budget):
+            if step.use not in public:
+                raise PolicyError(
+                    (*at, "on_budget", i, "use"), f"on_budget uses {step.use!r}, which is neither a model nor an alias"
+                )
+            for j, name in enumerate(step.models or ()):
+                if name not in public:
+                    raise PolicyError(
+                        (*at, "on_budget", i, "models", j),
+                        f"on_budget reroutes {name!r}, which is neither a model nor an alias",
+                    )
+            if not any(limit.usd for limit in rule.limits) and kind == "plan":
+                raise PolicyError((*at, "on_budget", i), f"plan {at[1]!r} has on_budget but no USD limit to measure")
+        for i, provider in enumerate(rule.byok):
+            if provider not in self.providers:
+                raise PolicyError((*at, "byok", i), f"byok names {provider!r}, which is not a provider")
 
     def expand(self, name: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, float]]:
         """The concrete models behind ``name``, in order, with weights.

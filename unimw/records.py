@@ -12,7 +12,7 @@ import dataclasses
 import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from unimw.policy import UsageSinks, load_callable
@@ -42,6 +42,9 @@ class UsageRecord:
     stream: bool
     timestamp: float
     operation: str = "chat"  #: ``gen_ai.operation.name`` of the call (``chat``, ...)
+    plan: str | None = None  #: the tenant's plan, when it is on one
+    tags: dict[str, str] = field(default_factory=dict)  #: from the request's metadata and X-Unimw-Tags
+    rerouted_from: str | None = None  #: the name asked for, when a plan's on_budget sent the call elsewhere
 
 
 class Recorder:

@@ -7,6 +7,7 @@ hot path is a dict lookup (plus one weighted draw for ``weighted`` aliases).
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from unimw.adapters.base import Target
@@ -26,6 +27,13 @@ class Route:
     @property
     def is_alias(self) -> bool:
         return self.strategy != "single"
+
+    def without(self, providers: Collection[str]) -> Route:
+        """This route minus its targets on ``providers``."""
+        kept = [i for i, target in enumerate(self.targets) if target.provider not in providers]
+        return Route(
+            self.name, self.strategy, tuple(self.targets[i] for i in kept), tuple(self.weights[i] for i in kept)
+        )
 
     def order(self, rng: random.Random) -> tuple[Target, ...]:
         """Targets in the order to try them.

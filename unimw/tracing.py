@@ -67,11 +67,14 @@ from unimw.attributes import (
     DROPPED_PARAMS,
     END_USER,
     OPERATION_DETAILS,
+    PLAN,
     PROVIDER,
     REQUEST_ID,
+    REROUTED_FROM,
     ROUTE_STRATEGY,
     SCHEMA_URL,
     STATUS,
+    TAG,
     TARGET,
     TENANT,
 )
@@ -197,7 +200,9 @@ class Tracing:
         #: Per public name: what its spans say about its route (whatever the operation).
         self._routes = {name: self._route_facts(route) for name, route in routes.items()}
         self._starts: dict[tuple[str, str], Attributes] = {}
-        self._metrics = Metrics(meter_provider, self._routes)
+        self._metrics = Metrics(
+            meter_provider, self._routes, tenants=frozenset(policy.tenants), tags=tuple(policy.usage.tags)
+        )
 
     def propagates(self, provider: str) -> bool:
         """Whether requests to ``provider`` (its name in the policy) carry the trace context."""
@@ -367,6 +372,12 @@ class Tracing:
             attributes[TENANT] = call.caller.tenant
         if call.caller.end_user is not None:
             attributes[END_USER] = call.caller.end_user
+        if (plan := call.caller.plan) is not None:
+            attributes[PLAN] = plan
+        if call.rerouted_from is not None:
+            attributes[REROUTED_FROM] = call.rerouted_from
+        for key, value in call.tags.items():
+            attributes[TAG + key] = value
         if call.cache is not None:
             attributes[CACHE_STATUS] = call.cache.status
         if call.target is not None:

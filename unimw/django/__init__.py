@@ -5,7 +5,7 @@ to the URLconf, and a ``UNIMW`` setting::
 
     UNIMW = {
         "POLICIES": "policies.yaml",          # relative to BASE_DIR
-        "IDENTITY": "myapp.llm:identity",     # (request) -> (tenant, end_user) | tenant | None
+        "IDENTITY": "myapp.llm:identity",     # (request) -> Identity | (tenant, end_user) | tenant | None
         "PREFIX": "v1",
         "USAGE_MODEL": True,                  # one UsageRecord row per call, in the admin
     }

@@ -21,6 +21,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 
 from unimw.errors import AuthenticationFailed, PermissionDenied
 from unimw.gateway import Gateway, Inbound
+from unimw.identity import Identity
 from unimw.policy import load_callable
 from unimw.tenants import Caller
 
@@ -47,7 +48,10 @@ async def inbound(request: HttpRequest, gateway: Gateway, rid: str) -> Inbound:
             "CSRF verification failed: a logged-in browser call needs the CSRF token in the X-CSRFToken header.",
             code="csrf_failed",
         )
-    return Inbound(headers, None, rid, caller=await _caller(request, user, gateway))
+    caller = await _caller(request, user, gateway)
+    if isinstance(caller, Identity):  # a tenant of the app's own, with its plan
+        return Inbound(headers, None, rid, caller=Caller(caller.tenant, user.get_username()), identity=caller)
+    return Inbound(headers, None, rid, caller=caller)
 
 
 async def _session_user(request: HttpRequest) -> Any:
@@ -74,7 +78,7 @@ def _identity_function(path: str) -> Any:
     return load_callable(path)
 
 
-async def _caller(request: HttpRequest, user: Any, gateway: Gateway) -> Caller:
+async def _caller(request: HttpRequest, user: Any, gateway: Gateway) -> Caller | Identity:
     from unimw.django import conf
 
     username = user.get_username()
@@ -88,6 +92,8 @@ async def _caller(request: HttpRequest, user: Any, gateway: Gateway) -> Caller:
             answer = await sync_to_async(function)(request)
             if inspect.isawaitable(answer):
                 answer = await answer
+    if isinstance(answer, Identity):
+        return answer
     if answer is None:
         tenant, end_user = None, username
     elif isinstance(answer, str):

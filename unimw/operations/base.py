@@ -169,6 +169,14 @@ class Operation:
         """The chunks a stream of ``answer`` would have had (usage included), for a cached answer."""
         raise NotImplementedError
 
+    def reports_usage(self, event: JSON) -> bool:
+        """Whether ``event`` is the one of a stream that tells the caller its usage (and so may carry its cost)."""
+        return False
+
+    def with_cost(self, event: JSON, cost_usd: float) -> JSON:
+        """The usage event with the call's cost, as the ``x_unimw.cost_usd`` extension field (SDKs ignore it)."""
+        return {**event, "x_unimw": {"cost_usd": cost_usd}}
+
     # ── the wire, for doors ──────────────────────────────────────────────────
 
     def encode_event(self, item: JSON) -> bytes:

@@ -157,6 +157,9 @@ class ChatCompletions(Operation):
     def replay(self, answer: JSON) -> Iterator[JSON]:
         return replay(answer, include_usage=True)
 
+    def reports_usage(self, event: JSON) -> bool:
+        return bool(event.get("usage"))
+
     def request_attributes(self, request: JSON) -> dict[str, AttributeValue]:
         attributes: dict[str, AttributeValue] = {}
         for field, name in _NUMBER_PARAMS:

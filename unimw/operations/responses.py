@@ -176,6 +176,9 @@ class Responses(Operation):
             "output": output,
         }
 
+    def reports_usage(self, event: JSON) -> bool:
+        return event.get("type") == "response.completed"
+
     def replay(self, answer: JSON) -> Iterator[JSON]:
         events = ResponseEvents(
             answer, response_id=answer["id"], created_at=answer.get("created_at") or 0,
