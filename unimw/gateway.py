@@ -295,6 +295,7 @@ class Gateway:
         call.request = {**call.request, "model": step.use}
         call.rerouted_from = asked
         answer.headers["x-unimw-rerouted-from"] = asked
+        self._tracing.rerouted(call)
 
     async def _reserve(self, call: Call) -> Hold | None:
         assert call.route is not None

@@ -233,6 +233,17 @@ class Tracing:
             return None  # no OpenTelemetry at all: nothing to make current
         return context.attach(trace.set_span_in_context(span))
 
+    def rerouted(self, call: Call) -> None:
+        """The call now goes to another name than it asked for (its plan's ``on_budget``): its span says so."""
+        span: Span | None = call.span
+        model = call.request.get("model")
+        if span is None or not span.is_recording() or not isinstance(model, str):
+            return
+        attributes = self._route_attributes(call.operation.name, model)
+        if attributes is not None:
+            span.update_name(f"{call.operation.name} {model}")
+            span.set_attributes({**attributes, REROUTED_FROM: call.rerouted_from or ""})
+
     def _route_attributes(self, operation: str, model: str) -> Attributes | None:
         """The attributes a span for ``model`` starts with (those samplers may look at), made once per pair."""
         key = (operation, model)
