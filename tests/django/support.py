@@ -20,16 +20,28 @@ from unimw.tenants import hash_key
 
 ACME_KEY = "sk-acme-django"
 TIGHT_KEY = "sk-tight-django"
+THRIFTY_KEY = "sk-thrifty-django"
 
 
 def write_policy(upstream_url: str, records: Path) -> None:
-    """The tests' policy: acme and tight by API key, web (the default) and globex for logged-in users."""
+    """The tests' policy: acme (plan pro), tight and thrifty (plan saver) by API key, web (the default) and
+    globex for logged-in users.
+
+    ``gpt-priced`` costs $0.01 per input token, so one call spends more than 1% of saver's $1 a day and the
+    next is rerouted to ``gpt-backup`` by saver's ``on_budget``.
+    """
     policy = policy_for(
         upstream_url,
+        models={"gpt-priced": {"provider": "primary", "model": "up-main", "price": {"input": 10_000}}},
         usage={"jsonl": str(records)},
+        plans={
+            "pro": {},
+            "saver": {"limits": [{"per": "day", "usd": 1}], "on_budget": [{"at": 0.01, "use": "gpt-backup"}]},
+        },
         tenants={
-            "acme": {"api_keys": [hash_key(ACME_KEY)]},
+            "acme": {"plan": "pro", "api_keys": [hash_key(ACME_KEY)]},
             "tight": {"api_keys": [hash_key(TIGHT_KEY)], "limits": [{"per": "minute", "requests": 1}]},
+            "thrifty": {"plan": "saver", "api_keys": [hash_key(THRIFTY_KEY)]},
             "web": {},
             "globex": {},
         },

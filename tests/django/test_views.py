@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from io import StringIO
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,14 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.core.asgi import get_asgi_application
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.test import Client, override_settings
 
 import unimw.django
 from tests.django.conftest import PG, PG_MISSING, POLICY
 from tests.django.support import (
     ACME_KEY,
+    THRIFTY_KEY,
     TIGHT_KEY,
     by_request,
     jsonl_records,
@@ -163,12 +166,29 @@ def test_streamed_answer_through_the_test_client(records: Path) -> None:
 
 
 def _calls_with_sdk(url: str) -> None:
+    """Two calls of acme (plan pro) that succeed, tagged by metadata and by header, and one that fails."""
     client = openai.OpenAI(base_url=url + "/v1", api_key=ACME_KEY, max_retries=0, timeout=10)
-    client.chat.completions.create(model="gpt-main", messages=HI, user="u-1")  # type: ignore[arg-type]
-    for _ in client.chat.completions.create(model="gpt-main", messages=HI, stream=True):  # type: ignore[arg-type]
+    client.chat.completions.create(model="gpt-main", messages=HI, user="u-1", metadata={"feature": "search"})  # type: ignore[arg-type]
+    streamed = client.chat.completions.create(
+        model="gpt-main",
+        messages=HI,  # type: ignore[arg-type]
+        stream=True,
+        metadata={"feature": "search"},
+        extra_headers={"X-Unimw-Tags": "feature=summary, team=core"},  # the header wins on a shared key
+    )
+    for _ in streamed:
         pass
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=HI)  # type: ignore[arg-type]
+
+
+def _rerouted_call(url: str) -> None:
+    """Two calls of thrifty (plan saver) to gpt-priced: the first spends past 1% of its budget, so the second
+    goes to gpt-backup."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key=THRIFTY_KEY, max_retries=0, timeout=10)
+    client.chat.completions.create(model="gpt-priced", messages=HI)  # type: ignore[arg-type]
+    answer = client.chat.completions.with_raw_response.create(model="gpt-priced", messages=HI)  # type: ignore[arg-type]
+    assert answer.headers["x-unimw-rerouted-from"] == "gpt-priced"
 
 
 @pytest.mark.parametrize("database", ["default", "pg"])
@@ -182,16 +202,28 @@ def test_usage_rows_equal_the_jsonl_records(records: Path, database: str) -> Non
     settings = {"POLICIES": str(POLICY), "PREFIX": "v1", "USAGE_MODEL": True, "USAGE_DATABASE": database}
     with override_settings(UNIMW=settings), wsgi_server() as url:
         _calls_with_sdk(url)
+        _rerouted_call(url)
         unimw.django.flush()
     jsonl = jsonl_records(records)
-    assert [(r["stream"], r["status"]) for r in jsonl] == [(False, "ok"), (True, "ok")]  # an unknown model: no call
+    # an unknown model: no call, no record
+    assert [
+        (r["tenant"], r["model"], r["stream"], r["status"], r["plan"], r["tags"], r["rerouted_from"]) for r in jsonl
+    ] == [
+        ("acme", "gpt-main", False, "ok", "pro", {"feature": "search"}, None),
+        ("acme", "gpt-main", True, "ok", "pro", {"feature": "summary", "team": "core"}, None),
+        ("thrifty", "gpt-priced", False, "ok", "saver", {}, None),
+        ("thrifty", "gpt-backup", False, "ok", "saver", {}, "gpt-priced"),
+    ]
     assert tuple(jsonl[0]) == record_fields()
+    assert tuple(Row.RECORD_FIELDS) == record_fields()
     assert by_request(row_records(database)) == by_request(jsonl)
 
 
 def test_admin_shows_spend_read_only(records: Path) -> None:
     with wsgi_server() as url:
         _calls_with_sdk(url)
+        tight = openai.OpenAI(base_url=url + "/v1", api_key=TIGHT_KEY, max_retries=0, timeout=10)
+        tight.chat.completions.create(model="gpt-main", messages=HI)  # type: ignore[arg-type]  # on no plan
         unimw.django.flush()
     _user("admin", staff=True)
     client = Client()
@@ -199,13 +231,20 @@ def test_admin_shows_spend_read_only(records: Path) -> None:
     page = client.get("/admin/unimw/usagerecord/")
     assert page.status_code == 200
     text = page.content.decode()
-    assert "Spend of the records shown: 2 calls" in text
+    assert "Spend of the records shown: 3 calls" in text
     day = Row.objects.get(stream=True).at.date().isoformat()
     assert (
         f"<tr><td>{day}</td><td>acme</td><td>gpt-main</td>\n        <td>2</td>" in text
     )  # one row: day, tenant, model
+    assert text.count('<td class="field-plan">pro</td>') == 2
+    assert '<a href="?plan=pro">pro</a>' in text  # the plan filter offers the plans of the records
+    assert '<a href="?plan__isnull=True">-</a>' in text  # and calls on no plan
     filtered = client.get("/admin/unimw/usagerecord/", {"stream__exact": "1"})
     assert "Spend of the records shown: 1 calls" in filtered.content.decode()
+    on_pro = client.get("/admin/unimw/usagerecord/", {"plan": "pro"}).content.decode()
+    assert "Spend of the records shown: 2 calls" in on_pro
+    on_none = client.get("/admin/unimw/usagerecord/", {"plan__isnull": "True"}).content.decode()
+    assert "Spend of the records shown: 1 calls" in on_none
     assert client.get("/admin/unimw/usagerecord/add/").status_code == 403
     row = Row.objects.first()
     assert row is not None
@@ -286,13 +325,43 @@ def test_client_leaving_mid_stream_is_settled_once(
 # ── management commands ───────────────────────────────────────────────────
 
 
-def test_management_commands_wrap_the_cli(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from io import StringIO
-
+def test_management_commands_wrap_the_cli(records: Path) -> None:
     out = StringIO()
     call_command("unimw_check", stdout=out)
     assert out.getvalue().startswith(f"{POLICY}: OK\n")
     out = StringIO()
     call_command("unimw_usage", "--tenant", "tight", stdout=out)
-    assert out.getvalue().splitlines()[0] == "tight"
-    assert "requests/minute" in out.getvalue() or "requests" in out.getvalue()
+    assert out.getvalue().splitlines() == [
+        "tight",
+        "  requests per minute  used              0  of              1  remaining 1",
+    ]
+
+
+def test_usage_command_reports_an_undeclared_tenant_on_a_plan_as_json(records: Path) -> None:
+    out = StringIO()
+    call_command("unimw_usage", "--tenant", "newco", "--plan", "saver", "--json", stdout=out)
+    assert json.loads(out.getvalue()) == {
+        "tenants": [
+            {
+                "tenant": "newco",
+                "plan": "saver",
+                "limits": [{"quantity": "usd", "per": "day", "used": 0.0, "limit": 1.0, "remaining": 1.0}],
+            }
+        ]
+    }
+    out = StringIO()
+    call_command("unimw_usage", "--tenant", "newco", "--plan", "saver", stdout=out)
+    assert out.getvalue().splitlines()[0] == "newco (plan saver)"
+
+
+def test_usage_command_refuses_what_the_cli_refuses(records: Path) -> None:
+    err = StringIO()
+    with pytest.raises(CommandError) as unknown:
+        call_command("unimw_usage", "--tenant", "newco", stdout=StringIO(), stderr=err)
+    assert unknown.value.returncode == 1
+    assert err.getvalue() == (
+        f"error: {POLICY}: no tenant 'newco', and no tenancy.default_plan to give it limits: name one with --plan\n"
+    )
+    with pytest.raises(CommandError) as no_tenant:
+        call_command("unimw_usage", "--plan", "saver", stdout=StringIO(), stderr=StringIO())
+    assert (no_tenant.value.returncode, str(no_tenant.value)) == (2, "--plan needs --tenant")

@@ -116,7 +116,8 @@ async def test_the_returned_cost_is_the_recorded_cost(
 
 
 def upstream_cost(record: dict[str, Any]) -> float:
-    return (record["input_tokens"] * 3 + record["output_tokens"] * 15) / 1_000_000
+    tokens_in, tokens_out = int(record["input_tokens"]), int(record["output_tokens"])
+    return (tokens_in * 3 + tokens_out * 15) / 1_000_000
 
 
 async def test_without_return_cost_nothing_is_added(

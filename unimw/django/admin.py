@@ -1,4 +1,4 @@
-"""The usage admin: read-only, filterable by tenant, model and day, with the spend of what is shown."""
+"""The usage admin: read-only, filterable by tenant, plan, model and day, with the spend of what is shown."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class UsageRecordAdmin(_ModelAdmin):
     list_display = (
         "at",
         "tenant",
+        "plan",
         "end_user",
         "model",
         "provider",
@@ -35,7 +36,7 @@ class UsageRecordAdmin(_ModelAdmin):
         "stream",
         "cache_hit",
     )
-    list_filter = ("tenant", "model", "provider", "status", "operation", "stream", "cache_hit")
+    list_filter = ("tenant", "plan", "model", "provider", "status", "operation", "stream", "cache_hit")
     search_fields = ("request_id", "end_user")
     date_hierarchy = "at"
     show_full_result_count = False

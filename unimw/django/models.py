@@ -30,6 +30,9 @@ class UsageRecord(models.Model):
         "stream",
         "timestamp",
         "operation",
+        "plan",
+        "tags",
+        "rerouted_from",
     )
 
     at: models.DateTimeField[datetime.datetime, datetime.datetime] = models.DateTimeField(db_index=True)
@@ -50,6 +53,10 @@ class UsageRecord(models.Model):
     stream: models.BooleanField[bool, bool] = models.BooleanField()
     timestamp: models.FloatField[float, float] = models.FloatField()
     operation: models.CharField[str, str] = models.CharField(max_length=100, default="chat")
+    plan: models.CharField[str | None, str | None] = models.CharField(max_length=200, null=True, blank=True)
+    #: At most 16 pairs of short strings (the gateway bounds them), so a JSON column rather than a table.
+    tags: models.JSONField[dict[str, str], dict[str, str]] = models.JSONField(default=dict)
+    rerouted_from: models.CharField[str | None, str | None] = models.CharField(max_length=200, null=True, blank=True)
 
     class Meta:
         verbose_name = "usage record"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from unimw.cli import run_check
 from unimw.django import conf
+from unimw.django.management.output import printed_to
 
 
 class Command(BaseCommand):
@@ -19,7 +19,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         path = options["config"] or str(conf.read().policies)
-        with contextlib.redirect_stdout(self.stdout), contextlib.redirect_stderr(self.stderr):  # type: ignore[type-var]
+        with printed_to(self):
             code = run_check(path)
         if code:
             raise CommandError(f"{path} is not a valid policy", returncode=code)
