@@ -87,14 +87,23 @@ class ResponseCache:
         return self._rules[route.name].enabled
 
     async def lookup(
-        self, operation: Operation, route: Route, request: JSON, tenant: str | None, headers: Mapping[str, str]
+        self,
+        operation: Operation,
+        route: Route,
+        request: JSON,
+        tenant: str | None,
+        headers: Mapping[str, str],
+        scope: str | None = None,
     ) -> Lookup:
-        """Find ``request``'s answer, join the identical call in flight, or lead a new one."""
+        """Find ``request``'s answer, join the identical call in flight, or lead a new one.
+
+        ``scope`` is the tenant's plan's (``cache_scope``), which beats the model's and the cache's.
+        """
         rule = self._rules[route.name]
         mode, ttl = _directives(request, headers, rule.ttl)
         if mode == "no-store" or (rule.when == "temperature_zero" and request.get("temperature") != 0):
             return Lookup("bypass")
-        key = self._key(operation, route, request, tenant if rule.scope == "tenant" else None)
+        key = self._key(operation, route, request, tenant if (scope or rule.scope) == "tenant" else None)
         if mode == "no-cache":
             return Lookup("bypass", key, ttl, store=True)
         try:

@@ -245,7 +245,10 @@ class Gateway:
         request = call.request
         call.stream = call.operation.is_stream(request)
         if self._cache_on and self._cache.applies(route):
-            call.cache = await self._cache.lookup(call.operation, route, request, call.caller.tenant, inbound.headers)
+            scope = self._tenants.rules_of(call.caller).cache_scope
+            call.cache = await self._cache.lookup(
+                call.operation, route, request, call.caller.tenant, inbound.headers, scope
+            )
             if call.cache.status != "bypass":
                 self._tracing.cache_lookup(call, hit=call.cache.answer is not None)
             answer.headers["x-unimw-cache"] = call.cache.status

@@ -13,6 +13,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Clock, collect, sdk
+from tests.e2e import tenant_hooks
 from tests.otel import Telemetry
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway, Identity, PermissionDenied
@@ -199,3 +200,36 @@ async def test_a_plan_that_wants_the_tenants_own_key_drops_targets_it_did_not_br
     await gateway.flush()
     assert own_key not in path.read_text() and own_key not in caplog.text
     assert own_key not in repr(Identity("initech", credentials={"primary": own_key}))
+
+
+async def test_a_plans_cache_scope_beats_the_caches(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream
+) -> None:
+    plans = {"free": {"cache_scope": "global"}, "pro": {}}
+    gateway = make_gateway(plans=plans, tenancy=BY_HEADER, cache={"enabled": True, "scope": "tenant"})
+
+    async def ask(org: str, plan: str) -> str:
+        client = sdk(gateway, "x", **{"X-Org": org, "X-Plan": plan})
+        raw = await client.chat.completions.with_raw_response.create(model="gpt-main", messages=HELLO)
+        return raw.headers["x-unimw-cache"]
+
+    assert [await ask("a", "free"), await ask("b", "free")] == ["miss", "hit"]  # shared by every free tenant
+    assert [await ask("c", "pro"), await ask("d", "pro")] == ["miss", "miss"]  # the cache's own: per tenant
+    assert upstream.calls == {"up-main": 3}
+
+
+async def test_a_plans_alert_thresholds_beat_the_policys(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream
+) -> None:
+    tenant_hooks.alerts.clear()
+    plans = {"pro": {"limits": [{"per": "day", "requests": 4}], "alerts": [0.5]}, "free": PRO}
+    alerts = {"at": [0.8, 1.0], "call": "tests.e2e.tenant_hooks:record_alert"}
+    gateway = make_gateway(plans=plans, tenancy={**BY_HEADER, "alerts": alerts})
+    for org, plan in (("acme", "pro"), ("acme", "pro"), ("initech", "free")):
+        await sdk(gateway, "x", **{"X-Org": org, "X-Plan": plan}).chat.completions.create(
+            model="gpt-main", messages=HELLO
+        )
+    await gateway.flush()
+    assert [(a.tenant, a.quantity, a.threshold, a.used, a.limit) for a in tenant_hooks.alerts] == [
+        ("acme", "requests", 0.5, 2.0, 4.0)
+    ]
