@@ -233,3 +233,19 @@ async def test_a_plans_alert_thresholds_beat_the_policys(
     assert [(a.tenant, a.quantity, a.threshold, a.used, a.limit) for a in tenant_hooks.alerts] == [
         ("acme", "requests", 0.5, 2.0, 4.0)
     ]
+
+
+async def test_a_responses_stream_returns_its_cost_on_its_completed_event(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream, tmp_path: Path
+) -> None:
+    path = tmp_path / "usage.jsonl"
+    gateway = make_gateway(**spend_policy(path, return_cost=True))
+    client = sdk(gateway, "x", **{"X-Org": "acme", "X-Plan": "pro"})
+    raw = await client.responses.with_raw_response.create(model="gpt-main", input="Hello")
+    events = await collect(await client.responses.create(model="gpt-main", input="Hello", stream=True))
+    await gateway.flush()
+    whole, streamed = records(path)
+    assert raw.headers["x-unimw-cost"] == f"{whole['cost_usd']:.6f}"
+    assert events[-1].type == "response.completed"
+    assert events[-1].model_extra == {"x_unimw": {"cost_usd": streamed["cost_usd"]}}
+    assert streamed["cost_usd"] > 0 and all(not e.model_extra for e in events[:-1])
