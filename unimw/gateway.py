@@ -121,7 +121,7 @@ class Gateway:
         self.policy = policy
         self.created = int(time.time())
         self.operations: dict[str, Operation] = {op.path: op.bind(policy) for op in (*DEFAULT_OPERATIONS, *operations)}
-        self._tenants = Tenants(policy)
+        self._tenants = Tenants(policy, clock)
         self._limiter = Limiter(policy, limit_store or stores.limit_store(policy.tenancy.store), clock)
         self._router = Router(policy)
         self._adapters: dict[str, Adapter] = {

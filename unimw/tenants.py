@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,8 +66,10 @@ Source = Callable[[Mapping[str, str], Mapping[str, Any] | None], Awaitable[Ident
 class Tenants:
     """Tenant resolution and per-tenant access rules for one policy."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` times the key lookups' cached answers (the gateway's clock, so tests can move it)."""
         self._policy = policy
+        self._clock = clock
         self._declared = policy.tenants
         self._plans = policy.plans
         self._settings = policy.tenancy
@@ -90,7 +93,7 @@ class Tenants:
         if isinstance(source, CallableSource):
             return _callable_source(load_callable(source.callable))
         if isinstance(source, KeyLookupSource):
-            lookup = KeyLookup(source)
+            lookup = KeyLookup(source, clock=self._clock)
             self.key_lookups.append(lookup)
             return _key_lookup_source(lookup)
         return self._api_key_source
