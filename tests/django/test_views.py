@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from io import StringIO
 from collections.abc import Iterator
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,12 @@ def test_streamed_answer_through_the_test_client(records: Path) -> None:
 def _calls_with_sdk(url: str) -> None:
     """Two calls of acme (plan pro) that succeed, tagged by metadata and by header, and one that fails."""
     client = openai.OpenAI(base_url=url + "/v1", api_key=ACME_KEY, max_retries=0, timeout=10)
-    client.chat.completions.create(model="gpt-main", messages=HI, user="u-1", metadata={"feature": "search"})  # type: ignore[arg-type]
+    client.chat.completions.create(
+        model="gpt-main",
+        messages=HI,  # type: ignore[arg-type]
+        user="u-1",
+        metadata={"feature": "search"},
+    )
     streamed = client.chat.completions.create(
         model="gpt-main",
         messages=HI,  # type: ignore[arg-type]
