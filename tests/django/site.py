@@ -9,6 +9,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import get_token
 from django.urls import include, path
 
+from unimw import Identity
+
 
 def hello(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f"hello {request.user.get_username() or 'anonymous'}")
@@ -22,6 +24,12 @@ def group_identity(request: HttpRequest) -> tuple[str, str] | None:
     """The tenant is the user's organisation: its first group (a sync ORM query)."""
     group = request.user.groups.order_by("name").first()  # type: ignore[union-attr]
     return (group.name, f"org-user:{request.user.get_username()}") if group is not None else None
+
+
+def org_identity(request: HttpRequest) -> Identity | None:
+    """The user's organisation as the app keeps it: not declared in the policy, on the pro plan."""
+    group = request.user.groups.order_by("name").first()  # type: ignore[union-attr]
+    return Identity(group.name, plan="pro") if group is not None else None
 
 
 class HostMarker:

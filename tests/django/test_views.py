@@ -135,6 +135,22 @@ def test_identity_callable_names_the_users_organisation(records: Path) -> None:
     assert [(r["tenant"], r["end_user"]) for r in row_records()] == [("globex", "org-user:bob"), ("web", "carol")]
 
 
+def test_identity_callable_may_answer_a_tenant_of_the_apps_own(records: Path) -> None:
+    _user("dave", "umbrella")  # an organisation the policy does not declare
+    settings = {
+        "POLICIES": str(POLICY),
+        "PREFIX": "v1",
+        "USAGE_MODEL": True,
+        "IDENTITY": "tests.django.site:org_identity",
+    }
+    with override_settings(UNIMW=settings):
+        client = Client(enforce_csrf_checks=True)
+        assert client.login(username="dave", password="pw-dave")
+        assert _post(client, CHAT, x_csrftoken=_csrf_token(client)).status_code == 200
+    unimw.django.flush()
+    assert [(r["tenant"], r["plan"], r["end_user"]) for r in row_records()] == [("umbrella", "pro", "dave")]
+
+
 def test_the_host_site_and_unknown_gateway_urls(records: Path) -> None:
     client = Client()
     page = client.get("/hello/")
