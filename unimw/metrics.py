@@ -88,6 +88,10 @@ def metric_error_type(error: BaseException | None) -> str:
     return error_type(error)
 
 
+#: Distinct values of one tag key a metric attribute takes, per process; later ones are ``_OTHER``.
+MAX_TAG_VALUES = 100
+
+
 class Metrics:
     """The instruments of one gateway, on the host's meter provider unless given another."""
 
@@ -105,6 +109,8 @@ class Metrics:
         # plan, only those the policy declares by name; of a call's tags, only the keys the policy names.
         self._tenants = tenants
         self._tags = tags
+        #: The values seen of each metric tag key: the first MAX_TAG_VALUES, then ``_OTHER`` (callers write them).
+        self._tag_values: dict[str, set[str]] = {key: set() for key in tags}
         self._duration = meter.create_histogram(
             GEN_AI_CLIENT_OPERATION_DURATION,
             unit="s",
@@ -161,13 +167,22 @@ class Metrics:
         if cost_usd or decision == "refused":
             by_tenant: Attributes = {GEN_AI_REQUEST_MODEL: model, **self._who(call)}
             if cost_usd and call.target is not None and upstream is not None:
-                by_tag = {TAG + key: call.tags[key] for key in self._tags if key in call.tags}
+                by_tag = {TAG + key: self._tag_value(key, call.tags[key]) for key in self._tags if key in call.tags}
                 self._cost.add(
                     cost_usd,
                     {**by_tenant, GEN_AI_PROVIDER_NAME: upstream.name, PROVIDER: call.target.provider, **by_tag},
                 )
             if decision == "refused" and failed:
                 self._refusals.add(1, {**by_tenant, ERROR_TYPE: metric_error_type(call.error)})
+
+    def _tag_value(self, key: str, value: str) -> str:
+        seen = self._tag_values[key]
+        if value in seen:
+            return value
+        if len(seen) < MAX_TAG_VALUES:
+            seen.add(value)
+            return value
+        return OTHER
 
     def _who(self, call: Call) -> Attributes:
         """The tenant (when the policy declares it) and the plan of a call, as metric attributes."""

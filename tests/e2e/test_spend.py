@@ -18,6 +18,7 @@ from tests.otel import Telemetry
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway, Identity, PermissionDenied
 from unimw.cli import main as cli
+from unimw.metrics import MAX_TAG_VALUES
 from unimw.stores.base import Counter
 from unimw.usage import MICRO
 
@@ -249,3 +250,17 @@ async def test_a_responses_stream_returns_its_cost_on_its_completed_event(
     assert events[-1].type == "response.completed"
     assert events[-1].model_extra == {"x_unimw": {"cost_usd": streamed["cost_usd"]}}
     assert streamed["cost_usd"] > 0 and all(not e.model_extra for e in events[:-1])
+
+
+async def test_a_metric_tag_takes_a_bounded_number_of_values(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream, telemetry: Telemetry
+) -> None:
+    gateway = make_gateway(telemetry=telemetry, models=PRICED, plans={"pro": {}}, tenancy=BY_HEADER,
+                           usage={"tags": ["feature"]})  # fmt: skip
+    for i in range(MAX_TAG_VALUES + 2):
+        client = sdk(gateway, "x", **{"X-Org": "acme", "X-Plan": "pro", "X-Unimw-Tags": f"feature=f{i}"})
+        await client.chat.completions.create(model="gpt-main", messages=HELLO)
+    values = [attributes["unimw.tag.feature"] for attributes, _ in telemetry.metrics()["unimw.cost"]]
+    assert sorted(values) == sorted([f"f{i}" for i in range(MAX_TAG_VALUES)] + ["_OTHER"])
+    spans = [s["attributes"]["unimw.tag.feature"] for s in telemetry.spans() if s["name"] == "chat gpt-main"]
+    assert spans[-2:] == [f"f{MAX_TAG_VALUES}", f"f{MAX_TAG_VALUES + 1}"]  # spans keep every value
