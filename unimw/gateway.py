@@ -379,6 +379,7 @@ class Gateway:
         return self._model_object(name)
 
     def _caller_of(self, tenant: str | Identity | None) -> Caller:
+        tenant = tenant if tenant is not None else self.policy.tenancy.default  # as for calls
         if tenant is None:
             return Caller(None)
         return self._tenants.caller(tenant if isinstance(tenant, Identity) else Identity(tenant))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from unimw.plans import OPEN, Rules, declared, layered
 from unimw.policy import CallableSource, HeaderSource, KeyLookupSource, Policy, load_callable
 from unimw.routing import Route
 from unimw.wire import JSON
+
+#: A key's digest, as :func:`hash_key` writes it.
+KEY_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 #: Longest tenant id accepted from a header or an app's resolver: ids become store keys and span attributes.
 MAX_TENANT_ID = 200
@@ -168,6 +172,8 @@ class Tenants:
 
     def forget_key(self, digest: str) -> bool:
         """Drop what the key lookups remember of ``digest`` (``sha256:<hex>``): a revoked key stops working now."""
+        if not KEY_DIGEST.fullmatch(digest):
+            raise ValueError("forget_key takes a key's digest, sha256:<64 hex digits> (unimw.hash_key(key))")
         forgotten = False
         for lookup in self.key_lookups:
             forgotten = lookup.forget(digest) or forgotten
