@@ -74,7 +74,7 @@ def _over(rules: Rules, layer: Plan) -> Rules:
         cache_scope=layer.cache_scope or rules.cache_scope,
         alerts=tuple(layer.alerts) if layer.alerts is not None else rules.alerts,
         on_budget=tuple(sorted(layer.on_budget, key=lambda s: s.at)) if layer.on_budget else rules.on_budget,
-        byok=rules.byok | frozenset(layer.byok),
+        byok=rules.byok | frozenset(layer.byok) if layer.byok else rules.byok,
     )
 
 
