@@ -246,6 +246,8 @@ class Gateway:
         call.stream = call.operation.is_stream(request)
         if self._cache_on and self._cache.applies(route):
             scope = self._tenants.rules_of(call.caller).cache_scope
+            if call.caller.credentials.keys() & {t.provider for t in route.targets}:
+                scope = "tenant"  # an answer paid for with a tenant's own key is never given to another tenant
             call.cache = await self._cache.lookup(
                 call.operation, route, request, call.caller.tenant, inbound.headers, scope
             )

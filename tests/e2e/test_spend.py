@@ -264,3 +264,19 @@ async def test_a_metric_tag_takes_a_bounded_number_of_values(
     assert sorted(values) == sorted([f"f{i}" for i in range(MAX_TAG_VALUES)] + ["_OTHER"])
     spans = [s["attributes"]["unimw.tag.feature"] for s in telemetry.spans() if s["name"] == "chat gpt-main"]
     assert spans[-2:] == [f"f{MAX_TAG_VALUES}", f"f{MAX_TAG_VALUES + 1}"]  # spans keep every value
+
+
+async def test_an_answer_paid_with_a_tenants_own_key_is_not_cached_for_others(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream
+) -> None:
+    gateway = make_gateway(
+        plans={"pro": {}}, tenancy={"default_plan": "pro"}, cache={"enabled": True, "scope": "global"}
+    )
+    body = {"model": "gpt-main", "messages": HELLO}
+    own = {"primary": "sk-initech-own-0123456789abcdef"}
+    await gateway.chat_completions(body, tenant=Identity("initech", credentials=own))
+    await gateway.chat_completions(body, tenant=Identity("acme"))  # global scope, but not initech's answer
+    await gateway.chat_completions(body, tenant=Identity("initech", credentials=own))  # its own: a hit
+    await gateway.chat_completions(body, tenant=Identity("globex"))  # acme's answer, shared globally: a hit
+    assert upstream.calls == {"up-main": 2}
+    assert [h["authorization"] for h in upstream.headers] == [f"Bearer {own['primary']}", "Bearer sk-primary-secret"]
