@@ -76,6 +76,29 @@ class RawClient:
         await reader.readexactly(2)
         return b"".join(parts)
 
+    async def post_reads(self, path: str, body: bytes) -> int:
+        """Send, then take network reads as they come until a chunked body's last frame; SSE events seen.
+
+        No de-chunking and no line splitting: the least any client can do
+        to read a stream, so the strictest baseline for a streamed call.
+        """
+        reader, writer = await self._connection()
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: {self._host}:{self._port}\r\n"
+            f"content-type: application/json\r\nauthorization: Bearer {API_KEY}\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        events = 0
+        tail = b""  # the last bytes seen, for a final frame split across two reads
+        while not tail.endswith(b"\r\n0\r\n\r\n"):
+            data = await reader.read(1 << 16)
+            if not data:
+                raise ConnectionError("the upstream closed the connection mid-stream")
+            events += data.count(b"\n\n")
+            tail = (tail + data)[-7:]
+        return events
+
     async def aclose(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -93,6 +116,13 @@ def raw_chat(client: RawClient, path: str) -> Call:
 def raw_stream(client: RawClient, path: str) -> Call:
     async def call() -> object:
         return (await client.post(path, orjson.dumps(STREAM))).count(b"\n\n")
+
+    return call
+
+
+def raw_stream_chunks(client: RawClient, path: str) -> Call:
+    async def call() -> object:
+        return await client.post_reads(path, orjson.dumps(STREAM))
 
     return call
 

@@ -7,7 +7,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 #: A call to time as a whole.
 Call = Callable[[], Awaitable[object]]
@@ -100,17 +100,21 @@ async def contest(calls: Mapping[str, Call | Probe], plan: Plan, *, probe: bool 
     return {name: Stats.of(r) for name, r in rounds.items()}
 
 
+#: What a target bounds: the figure, what it adds to its baseline, or its ratio to the reference.
+Bound = Literal["value", "added", "ratio"]
+
+
 @dataclass(frozen=True)
 class Target:
-    """A bound on a figure's value, or on what it adds to its baseline (``on_added``)."""
+    """A bound on a figure's value, on what it adds to its baseline, or on its ratio (``on``)."""
 
     op: str  # "<=" or ">="
     limit: float
     text: str
-    on_added: bool = False
+    on: Bound = "value"
 
-    def met(self, value: float, added: float | None) -> bool | None:
-        subject = added if self.on_added else value
+    def met(self, value: float, added: float | None, ratio: float | None) -> bool | None:
+        subject = {"value": value, "added": added, "ratio": ratio}[self.on]
         if subject is None:
             return None
         return subject <= self.limit if self.op == "<=" else subject >= self.limit
@@ -118,7 +122,16 @@ class Target:
 
 @dataclass
 class Figure:
-    """One row of the table: a measured value, maybe against a baseline, maybe with a target."""
+    """One row of the table: a measured value, maybe against a baseline, maybe with a target.
+
+    The machine this runs on is shared and its speed drifts from day to day,
+    so each figure that can be is also a ratio to a reference measured in the
+    same run (the direct call, as a rule): ``added / reference`` when
+    ``ratio_on`` is ``"added"`` (the default: what unimw adds, as a share of
+    the direct call), ``value / reference`` when it is ``"value"`` (throughput,
+    CPU per request, import time). The reference is the baseline unless one
+    is given.
+    """
 
     key: str
     label: str
@@ -128,14 +141,39 @@ class Figure:
     baseline_label: str | None = None
     target: Target | None = None
     note: str | None = None
+    reference: float | None = None
+    reference_label: str | None = None
+    ratio_on: Literal["added", "value"] = "added"
 
     @property
     def added(self) -> float | None:
         return None if self.baseline is None else self.value - self.baseline
 
     @property
+    def _reference(self) -> tuple[float | None, str | None]:
+        if self.reference is not None:
+            return self.reference, self.reference_label
+        return self.baseline, self.baseline_label
+
+    @property
+    def ratio(self) -> float | None:
+        reference, _ = self._reference
+        numerator = self.added if self.ratio_on == "added" else self.value
+        # A reference of zero or less (an added time lost in noise) would make the ratio meaningless.
+        if numerator is None or reference is None or reference <= 0:
+            return None
+        return numerator / reference
+
+    @property
+    def ratio_of(self) -> str | None:
+        """What the ratio divides by what, for a reader of the table."""
+        if self.ratio is None:
+            return None
+        return f"{'added' if self.ratio_on == 'added' else 'measured'} / {self._reference[1]}"
+
+    @property
     def met(self) -> bool | None:
-        return None if self.target is None else self.target.met(self.value, self.added)
+        return None if self.target is None else self.target.met(self.value, self.added, self.ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,7 +184,11 @@ class Figure:
             "baseline": self.baseline,
             "baseline_label": self.baseline_label,
             "added": self.added,
+            "reference": self._reference[0] if self.ratio is not None else None,
+            "ratio": self.ratio,
+            "ratio_of": self.ratio_of,
             "target": self.target.text if self.target else None,
+            "target_on": self.target.on if self.target else None,
             "met": self.met,
             "note": self.note,
         }
@@ -177,6 +219,8 @@ class Results:
             figures[f.key] = f.value
             if f.added is not None:
                 figures[f.key + ".added"] = f.added
+            if f.ratio is not None:
+                figures[f.key + ".ratio"] = f.ratio
         return {
             "meta": dict(meta),
             "figures": figures,
@@ -190,24 +234,35 @@ def fmt(value: float | None, unit: str, signed: bool = False) -> str:
     if value is None:
         return "—"
     digits = 0 if abs(value) >= 100 or unit == "req/s" else 1 if abs(value) >= 10 or unit != "ms" else 2
-    return f"{value:{'+' if signed else ''},.{digits}f} {unit}"
+    return f"{value:{'+' if signed else ''},.{digits}f} {unit}".rstrip()
+
+
+def fmt_ratio(figure: Figure) -> str:
+    """``+0.23x`` for what is added over the reference, ``0.23x`` for the figure over it."""
+    ratio = figure.ratio
+    if ratio is None:
+        return "—"
+    digits = 2 if abs(ratio) < 10 else 1
+    return f"{ratio:{'+' if figure.ratio_on == 'added' else ''}.{digits}f}x"
 
 
 def table(results: Results) -> str:
     """The figures, the per-contender latency statistics and the skipped figures, as text."""
-    head = ("figure", "measured", "baseline", "added", "target", "met?")
+    head = ("figure", "measured", "baseline", "added", "ratio", "ratio of", "target", "met?")
     rows = [
         (
             f.label,
             fmt(f.value, f.unit),
             f"{fmt(f.baseline, f.unit)} ({f.baseline_label})" if f.baseline is not None else "—",
             fmt(f.added, f.unit, signed=True),
+            fmt_ratio(f),
+            f.ratio_of or "—",
             f.target.text if f.target else "—",
             {True: "yes", False: "NO", None: "—"}[f.met],
         )
         for f in results.figures
     ]
-    out = [_grid(head, rows)]
+    out = [_grid(head, rows, left=frozenset({0, 5}))]
     if results.series:
         stats_head = ("latency series (µs)", "n", "p50", "p90", "p99", "best p50", "median p50")
         stats_rows = [
@@ -220,12 +275,13 @@ def table(results: Results) -> str:
     return "\n\n".join(out)
 
 
-def _grid(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+def _grid(head: tuple[str, ...], rows: Sequence[tuple[str, ...]], left: frozenset[int] = frozenset({0})) -> str:
+    """Columns padded to their widest cell: text in ``left`` columns to the left, numbers to the right."""
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
     lines = [
         "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
+            cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
         for row in (head, *rows)
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -8,6 +8,15 @@ The fake upstream (and every server under test) runs pinned to one core and
 this process (the client, and the in-process gateway) to the other. Each
 benchmark is one small function below that returns named figures; a figure
 whose feature has not landed yet is reported as skipped, never guessed.
+
+The machine is shared and its speed drifts, so every benchmark measures its
+own direct call in the same interleaved rounds as what it compares with it,
+and each figure is also reported as a ratio to that call (see
+:class:`bench.measure.Figure`): what a latency adds, over the direct p50;
+throughput and CPU per request, over the fake upstream's own under the same
+load; ``import unimw``, over ``import httpx`` in the same alternating runs.
+The run states the machine (CPU model, cores, Python, load average at start
+and end), the commit and the exact command above the table and in the JSON.
 The table goes to stdout, progress to stderr, and the results as JSON to
 ``bench/results/latest.json`` (or ``--out``).
 """
@@ -25,8 +34,10 @@ import importlib.util
 import os
 import platform
 import re
+import shlex
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +80,7 @@ class Options:
 
     @property
     def load_seconds(self) -> float:
+        """Seconds of load on each side (split into alternating rounds in a full run)."""
         return 2.0 if self.quick else 10.0
 
     @property
@@ -152,7 +164,17 @@ def _at_most(limit: float, text: str) -> Target:
 
 
 def _added_at_most(limit: float, text: str) -> Target:
-    return Target("<=", limit, text, on_added=True)
+    return Target("<=", limit, text, on="added")
+
+
+def _over(reference: float, label: str) -> dict[str, Any]:
+    """A figure with no baseline of its own, as a ratio to ``reference`` (the figure divided by it)."""
+    return {"reference": reference, "reference_label": label, "ratio_on": "value"}
+
+
+def _added_over(reference: float, label: str) -> dict[str, Any]:
+    """What a figure adds to its baseline, as a ratio to the direct call ``reference`` of the same run."""
+    return {"reference": reference, "reference_label": label}
 
 
 # --- 1 and 2: direct baselines and the in-process gateway ------------------------------------------
@@ -182,16 +204,16 @@ async def bench_chat(env: Env) -> list[Item]:
     env.series("chat", stats)
     raw_s, aio, hxs, gw = (s.median for s in stats.values())
     return [
-        Figure("direct.raw.p50_us", "direct: raw asyncio socket client", raw_s, US),
+        Figure("direct.raw.p50_us", "direct: raw asyncio socket client", raw_s, US, **_over(aio, "direct aiohttp")),
         Figure("direct.aiohttp.p50_us", "direct: reused aiohttp.ClientSession", aio, US),
-        Figure("direct.httpx.p50_us", "direct: plain httpx.AsyncClient", hxs, US),
+        Figure("direct.httpx.p50_us", "direct: plain httpx.AsyncClient", hxs, US, **_over(aio, "direct aiohttp")),
         Figure(
             "inproc.chat.p50_us",
             "in-process chat_completions vs aiohttp",
             gw,
             US,
             aio,
-            "aiohttp",
+            "direct aiohttp",
             _added_at_most(75, "≤ +75 µs"),
         ),
         Figure(
@@ -200,7 +222,7 @@ async def bench_chat(env: Env) -> list[Item]:
             gw,
             US,
             hxs,
-            "httpx",
+            "direct httpx",
             _added_at_most(0, "≤ +0 (not slower)"),
         ),
     ]
@@ -220,7 +242,8 @@ async def bench_stream(env: Env) -> list[Item]:
             Gateway.from_dict(policy(env.upstream_v1)) as gateway,
         ):
             calls = {
-                "direct raw asyncio": clients.raw_stream(raw, CHAT_PATH),
+                "direct raw asyncio, frames": clients.raw_stream(raw, CHAT_PATH),
+                "direct raw asyncio, network chunks": clients.raw_stream_chunks(raw, CHAT_PATH),
                 "direct aiohttp, lines": clients.aiohttp_stream(session, url),
                 "direct aiohttp, chunks": clients.aiohttp_stream_chunks(session, url),
                 "direct httpx, lines": clients.httpx_stream(hx, url),
@@ -232,14 +255,22 @@ async def bench_stream(env: Env) -> list[Item]:
     finally:
         await raw.aclose()
     env.series("stream", stats)
-    raw_s, lines, chunks, hxs, gw = (s.median for s in stats.values())
+    raw_s, raw_chunks, lines, chunks, hxs, gw = (s.median for s in stats.values())
     per_chunk = _added_at_most(10, "≤ +10 µs/chunk")
     n = STREAM_CHUNKS
+    vs_lines = _over(lines, "aiohttp lines")
     return [
-        Figure("stream.raw.p50_us", "direct stream (50 chunks): raw asyncio", raw_s, US),
+        Figure("stream.raw.p50_us", "direct stream (50 chunks): raw asyncio, frames", raw_s, US, **vs_lines),
+        Figure(
+            "stream.raw_chunks.p50_us",
+            "direct stream (50 chunks): raw asyncio, network chunks",
+            raw_chunks,
+            US,
+            **vs_lines,
+        ),
         Figure("stream.aiohttp.p50_us", "direct stream (50 chunks): aiohttp, lines", lines, US),
-        Figure("stream.aiohttp_chunks.p50_us", "direct stream (50 chunks): aiohttp, chunks", chunks, US),
-        Figure("stream.httpx.p50_us", "direct stream (50 chunks): httpx, lines", hxs, US),
+        Figure("stream.aiohttp_chunks.p50_us", "direct stream (50 chunks): aiohttp, chunks", chunks, US, **vs_lines),
+        Figure("stream.httpx.p50_us", "direct stream (50 chunks): httpx, lines", hxs, US, **vs_lines),
         Figure(
             "inproc.stream.p50_us", "in-process stream (50 chunks) vs aiohttp lines", gw, US, lines, "aiohttp lines"
         ),
@@ -252,7 +283,6 @@ async def bench_stream(env: Env) -> list[Item]:
             "aiohttp lines",
             per_chunk,
         ),
-        # The stricter baseline: aiohttp doing the least it can to read the same stream.
         Figure(
             "inproc.stream_vs_chunks.per_chunk_us",
             "in-process stream, per chunk, vs aiohttp chunks",
@@ -260,6 +290,16 @@ async def bench_stream(env: Env) -> list[Item]:
             US,
             chunks / n,
             "aiohttp chunks",
+            per_chunk,
+        ),
+        # The strictest baseline: a raw socket's reads as they come, no HTTP client at all.
+        Figure(
+            "inproc.stream_vs_raw.per_chunk_us",
+            "in-process stream, per chunk, vs raw network chunks",
+            gw / n,
+            US,
+            raw_chunks / n,
+            "raw network chunks",
             per_chunk,
         ),
     ]
@@ -288,8 +328,21 @@ async def bench_http(env: Env) -> list[Item]:
         Figure("http.serve.p50_us", "HTTP: through unimw serve", serve, US, direct, "direct", half_ms),
         Figure("http.fastapi.p50_us", "HTTP: through FastAPI + middleware", fastapi, US, direct, "direct", half_ms),
         Figure("ttfb.direct.p50_us", "stream TTFB: upstream direct", t_direct, US),
-        Figure("ttfb.serve.p50_us", "stream TTFB: through unimw serve", t_serve, US, t_direct, "direct", half_ms),
-        Figure("ttfb.fastapi.p50_us", "stream TTFB: through FastAPI + middleware", t_fastapi, US, t_direct, "direct"),
+        Figure("ttfb.serve.p50_us", "stream TTFB: through unimw serve", t_serve, US, t_direct, "direct TTFB", half_ms),
+        Figure(
+            "ttfb.fastapi.p50_us", "stream TTFB: through FastAPI + middleware", t_fastapi, US, t_direct, "direct TTFB"
+        ),
+        # A streamed answer should start no later, over what the upstream takes, than a plain one ends.
+        Figure(
+            "ttfb.serve.added_vs_plain_us",
+            "unimw serve: TTFB added vs plain call added",
+            t_serve - t_direct,
+            US,
+            serve - direct,
+            "plain call added",
+            Target("<=", 1.0, "≤ 1.0x", on="ratio"),
+            ratio_on="value",
+        ),
     ]
 
 
@@ -342,95 +395,233 @@ async def apply_load(env: Env, url: str, seconds: float) -> Load:
     return Load(int(match[1]), float(match[2]) * scale, "wrk -t1 -c32")
 
 
+@dataclass
+class Tally:
+    """Requests served, seconds of load and CPU seconds of the server under load, summed over rounds."""
+
+    requests: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    tool: str = ""
+
+    def add(self, load: Load, cpu: float) -> None:
+        self.requests += load.requests
+        self.seconds += load.seconds
+        self.cpu += cpu
+        self.tool = load.tool
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def cpu_ms_per_req(self) -> float:
+        return self.cpu * 1000 / self.requests
+
+    @property
+    def note(self) -> str:
+        return f"{self.tool}, {self.requests} requests in {self.seconds:.1f}s"
+
+
+async def _loaded(env: Env, url: str, pid: int, seconds: float, tally: Tally) -> None:
+    """Load ``url`` for ``seconds`` and add to ``tally`` the requests and the CPU ``pid`` spent on them."""
+    before = cpu_seconds(pid)
+    load = await apply_load(env, url, seconds)
+    tally.add(load, cpu_seconds(pid) - before)
+
+
+def _serve_workers() -> str:
+    """Why the bench reports no ``--workers`` scaling figure (read from ``unimw serve --help``)."""
+    done = subprocess.run(python("-m", "unimw.cli", "serve", "--help"), capture_output=True, text=True, cwd=ROOT)
+    if "--workers" in done.stdout:
+        return "skipped: unimw serve has --workers, but the bench does not measure its scaling yet"
+    return "skipped: unimw serve has no --workers option (one process per server)"
+
+
 async def bench_throughput(env: Env) -> list[Item]:
-    """Requests/s and CPU per request of unimw serve on one core, 32 connections."""
-    seconds = env.opts.load_seconds
-    upstream = await apply_load(env, env.upstream.url + CHAT_PATH, seconds)
+    """Requests/s and CPU per request of unimw serve against the fake upstream's own, alternating."""
+    rounds = 1 if env.opts.quick else 2
+    seconds = env.opts.load_seconds / rounds
     server = env.server("serve")
-    url = server.url + CHAT_PATH
-    # Under load the upstream moves next to the load client, so the server has its core to itself.
+    direct_url, serve_url = env.upstream.url + CHAT_PATH, server.url + CHAT_PATH
+    direct, serve = Tally(), Tally()
+    # The upstream serves the direct load on its own core; under the load through unimw serve it moves
+    # next to the load client, so the server has its core to itself.
     pinned = env.cores.client is not None
-    if pinned:
-        os.sched_setaffinity(env.upstream.pid, {env.cores.client})  # type: ignore[arg-type]
-    try:
-        await apply_load(env, url, 1.0 if env.opts.quick else 3.0)  # warm-up: connections, caches, lazy imports
-        cpu_before = cpu_seconds(server.pid)
-        load = await apply_load(env, url, seconds)
-        cpu = cpu_seconds(server.pid) - cpu_before
-    finally:
+
+    def upstream_on(core: int | None) -> None:
         if pinned:
-            os.sched_setaffinity(env.upstream.pid, {env.cores.server})  # type: ignore[arg-type]
-    note = f"{load.tool}, {load.requests} requests in {load.seconds:.1f}s"
+            os.sched_setaffinity(env.upstream.pid, {core})  # type: ignore[arg-type]
+
+    try:
+        upstream_on(env.cores.client)
+        await apply_load(env, serve_url, 1.0 if env.opts.quick else 3.0)  # warm-up: connections, lazy imports
+        for i in range(rounds):
+            for side in ("direct", "serve") if i % 2 == 0 else ("serve", "direct"):
+                if side == "direct":
+                    upstream_on(env.cores.server)
+                    await _loaded(env, direct_url, env.upstream.pid, seconds, direct)
+                else:
+                    upstream_on(env.cores.client)
+                    await _loaded(env, serve_url, server.pid, seconds, serve)
+    finally:
+        upstream_on(env.cores.server)
+    upstream_cpu = direct.cpu_ms_per_req
     return [
-        Figure("throughput.upstream.rps", "throughput: fake upstream alone", upstream.rps, "req/s", note=upstream.tool),
+        Figure("throughput.upstream.rps", "throughput: fake upstream alone", direct.rps, "req/s", note=direct.note),
+        Figure(
+            "throughput.upstream.cpu_ms_per_req",
+            "CPU per request: fake upstream alone",
+            upstream_cpu,
+            MS,
+            note=direct.note,
+        ),
         Figure(
             "throughput.serve.rps",
             "throughput: unimw serve, 1 core, 32 conns",
-            load.rps,
+            serve.rps,
             "req/s",
-            target=Target(">=", 2000, "≥ 2,000 req/s"),
-            note=note,
+            direct.rps,
+            "upstream",
+            Target(">=", 0.25, "≥ 0.25x", on="ratio"),
+            serve.note,
+            ratio_on="value",
         ),
         Figure(
             "throughput.serve.cpu_ms_per_req",
             "CPU per request: unimw serve",
-            cpu * 1000 / load.requests,
+            serve.cpu_ms_per_req,
             MS,
-            target=_at_most(0.5, "≤ 0.5 ms"),
-            note=note,
+            upstream_cpu,
+            "upstream",
+            Target("<=", 5.0, "≤ 5x", on="ratio"),
+            serve.note,
+            ratio_on="value",
         ),
+        Skipped("throughput.serve_workers.rps", "throughput: unimw serve --workers N", _serve_workers()),
     ]
 
 
 # --- 6: import time, RSS, memory growth ---------------------------------------------------------
 
-_RSS_SNIPPET = "import os,sys;{}print(int(open('/proc/self/statm').read().split()[1])*os.sysconf('SC_PAGE_SIZE'), 'openai' in sys.modules)"
+# Times the import alone (not the interpreter's start), then reports RSS and whether the openai SDK came along.
+_IMPORT_SNIPPET = (
+    "import time;t=time.perf_counter();{}t=time.perf_counter()-t;import os,sys;"
+    "print(t*1000,int(open('/proc/self/statm').read().split()[1])*os.sysconf('SC_PAGE_SIZE'),'openai' in sys.modules)"
+)
 
 
-def _run_python(code: str) -> tuple[float, str]:
+@dataclass(frozen=True)
+class Imported:
+    """One ``python -c`` run: wall time of the process, time of the import in it, RSS after, openai loaded."""
+
+    wall_ms: float
+    import_ms: float
+    rss_mb: float
+    openai: bool
+
+
+#: What each alternating run imports. ``import unimw`` may defer its names until first use, so what an app
+#: imports to mount the gateway is timed too.
+IMPORTS = {
+    "bare python": "",
+    "httpx": "import httpx;",
+    "unimw": "import unimw;",
+    "gateway": "from unimw import Gateway, UnimwMiddleware;",
+}
+
+
+def _run_import(statement: str) -> Imported:
+    code = _IMPORT_SNIPPET.format(statement)
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True, cwd=ROOT)
-    return (time.perf_counter() - start) * 1000, out.stdout
+    wall = (time.perf_counter() - start) * 1000
+    import_ms, rss, openai = out.stdout.split()
+    return Imported(wall, float(import_ms), int(rss) / 1e6, openai == "True")
 
 
 async def bench_import(env: Env) -> list[Item]:
-    """``python -c "import unimw"`` wall time against a bare interpreter, and RSS after import."""
-    bare: list[float] = []
-    unimw: list[float] = []
-    for _ in range(env.opts.import_runs):
-        bare.append(_run_python("pass")[0])
-        unimw.append(_run_python("import unimw")[0])
-    _, bare_out = _run_python(_RSS_SNIPPET.format(""))
-    _, unimw_out = _run_python(_RSS_SNIPPET.format("import unimw;"))
-    bare_rss, unimw_rss = int(bare_out.split()[0]) / 1e6, int(unimw_out.split()[0]) / 1e6
-    openai_loaded = float(unimw_out.split()[1] == "True")
-    median_bare, median_unimw = sorted(bare)[len(bare) // 2], sorted(unimw)[len(unimw) // 2]
+    """``import unimw`` against ``import httpx`` (and a bare interpreter), alternating, in fresh processes."""
+    names = list(IMPORTS)
+    runs: dict[str, list[Imported]] = {name: [] for name in names}
+    for i in range(env.opts.import_runs):
+        # Rotate who goes first, so a warm page cache or a busy moment favours none of them.
+        turn = i % len(names)
+        for name in names[turn:] + names[:turn]:
+            runs[name].append(await asyncio.to_thread(_run_import, IMPORTS[name]))
+    bare, hx, unimw, gateway = (runs[name] for name in names)
+
+    def median(runs: list[Imported], field: str) -> float:
+        return statistics.median(getattr(r, field) for r in runs)
+
+    note = f"medians of {len(unimw)} runs each, alternating; bare python: {median(bare, 'wall_ms'):.1f} ms"
+    hx_ms = median(hx, "import_ms")
+    vs_httpx: dict[str, Any] = {"ratio_on": "value", "note": note}
     return [
+        Figure("import.httpx_ms", "import httpx, in the process, median", hx_ms, MS, note=note),
+        Figure(
+            "import.unimw_ms",
+            "import unimw, in the process, median",
+            median(unimw, "import_ms"),
+            MS,
+            hx_ms,
+            "import httpx",
+            Target("<=", 1.3, "≤ 1.3x", on="ratio"),
+            **vs_httpx,
+        ),
+        Figure(
+            "import.gateway_ms",
+            "from unimw import Gateway, UnimwMiddleware, median",
+            median(gateway, "import_ms"),
+            MS,
+            hx_ms,
+            "import httpx",
+            **vs_httpx,
+        ),
         Figure(
             "import.wall_ms",
             'python -c "import unimw", median',
-            median_unimw,
+            median(unimw, "wall_ms"),
             MS,
-            median_bare,
-            "bare python",
+            median(hx, "wall_ms"),
+            'python -c "import httpx"',
             _at_most(250, "≤ 250 ms"),
+            **vs_httpx,
         ),
         Figure(
             "import.wall_best_ms",
             'python -c "import unimw", best',
-            min(unimw),
+            min(r.wall_ms for r in unimw),
             MS,
-            min(bare),
-            "bare python",
+            min(r.wall_ms for r in hx),
+            'python -c "import httpx"',
             _at_most(250, "≤ 250 ms"),
+            **vs_httpx,
         ),
         Figure(
-            "import.rss_mb", "RSS after import unimw", unimw_rss, "MB", bare_rss, "bare python", _at_most(60, "≤ 60 MB")
+            "import.rss_mb",
+            "RSS after import unimw",
+            median(unimw, "rss_mb"),
+            "MB",
+            median(hx, "rss_mb"),
+            "import httpx",
+            _at_most(60, "≤ 60 MB"),
+            **vs_httpx,
+        ),
+        Figure(
+            "import.gateway_rss_mb",
+            "RSS after from unimw import Gateway, UnimwMiddleware",
+            median(gateway, "rss_mb"),
+            "MB",
+            median(hx, "rss_mb"),
+            "import httpx",
+            _at_most(60, "≤ 60 MB"),
+            **vs_httpx,
         ),
         Figure(
             "import.openai_sdk_loaded",
-            "import unimw pulls in the openai SDK",
-            openai_loaded,
+            "import unimw or its Gateway pulls in the openai SDK",
+            float(any(r.openai for r in unimw + gateway)),
             "",
             target=_at_most(0, "0 (no)"),
         ),
@@ -488,10 +679,17 @@ async def bench_cache(env: Env) -> list[Item]:
         await hit()
         if await env.upstream_chats() != before:
             return _skip(keys, "a repeated call reached the upstream: no cache hit to time")
-        calls = {"no cache (upstream call)": clients.gateway_chat(plain), "cache hit": hit}
+        calls = {
+            "direct aiohttp": clients.aiohttp_chat(env.http, env.upstream.url + CHAT_PATH),
+            "no cache (upstream call)": clients.gateway_chat(plain),
+            "cache hit": hit,
+        }
         inproc = env.series("cache in process", await contest(calls, env.opts.plan))
-    miss, hit_us = (s.median for s in inproc.values())
-    items: list[Item] = [Figure(*keys[0], hit_us, US, miss, "no cache", _at_most(30, "≤ 30 µs"))]
+    direct, miss, hit_us = (s.median for s in inproc.values())
+    # A hit is measured as a share of the direct call it saves.
+    items: list[Item] = [
+        Figure(*keys[0], hit_us, US, miss, "no cache", _at_most(30, "≤ 30 µs"), **_over(direct, "direct aiohttp"))
+    ]
     server = env.server("serve-cache", policy_data=data)
     http_hit = clients.aiohttp_chat(env.http, server.url + CHAT_PATH)
     await http_hit()
@@ -500,12 +698,17 @@ async def bench_cache(env: Env) -> list[Item]:
     if await env.upstream_chats() != before:
         return [*items, Skipped(*keys[1], "a repeated call through unimw serve reached the upstream: no hit to time")]
     http_calls = {
+        "direct aiohttp": clients.aiohttp_chat(env.http, env.upstream.url + CHAT_PATH),
         "no cache (upstream call)": clients.aiohttp_chat(env.http, env.server("serve").url + CHAT_PATH),
         "cache hit": http_hit,
     }
     over_http = env.series("cache over HTTP", await contest(http_calls, env.opts.plan.scaled(0.5)))
-    http_miss, http_hit_us = (s.median for s in over_http.values())
-    return [*items, Figure(*keys[1], http_hit_us, US, http_miss, "no cache", _at_most(300, "≤ 0.3 ms"))]
+    http_direct, http_miss, http_hit_us = (s.median for s in over_http.values())
+    target = _at_most(300, "≤ 0.3 ms")
+    return [
+        *items,
+        Figure(*keys[1], http_hit_us, US, http_miss, "no cache", target, **_over(http_direct, "direct aiohttp")),
+    ]
 
 
 def _redis_answers(port: int) -> bool:
@@ -530,33 +733,67 @@ def start_redis(env: Env) -> int | None:
     return port
 
 
-async def _round_trips(call: Call, calls: int) -> float:
-    """Redis round trips per call: each send of a command or pipeline by redis-py is one."""
-    from redis.asyncio.connection import AbstractConnection
+class RedisSends:
+    """Counts what redis-py sends while installed: each command, script call or pipeline is one round trip."""
 
-    sent = 0
-    original = AbstractConnection.send_packed_command
+    def __init__(self) -> None:
+        self.sent = 0
+        self._original: Any = None
 
-    async def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
-        nonlocal sent
-        sent += 1
-        await original(self, command, check_health)
+    def __enter__(self) -> RedisSends:
+        from redis.asyncio.connection import AbstractConnection
 
-    AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
-    try:
-        for _ in range(calls):
-            await call()
-    finally:
-        AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
-    return sent / calls
+        self._original = original = AbstractConnection.send_packed_command
+
+        async def counting(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
+            self.sent += 1
+            await original(conn, command, check_health)
+
+        AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from redis.asyncio.connection import AbstractConnection
+
+        AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
+
+
+async def _quiet(sends: RedisSends, resident: set[asyncio.Task[Any]], within: float = 0.25) -> None:
+    """Wait until what a call left to do after it returned is done: no new task left, no send for a while."""
+    deadline = time.monotonic() + within
+    last = -1
+    while time.monotonic() < deadline:
+        if sends.sent == last and not asyncio.all_tasks() - resident:
+            return
+        last = sends.sent
+        await asyncio.sleep(0.002)
+
+
+async def _response_path_trips(call: Call, sends: RedisSends, calls: int) -> float:
+    """Redis round trips per call made before the call returns, each call's leftovers drained before the next.
+
+    What the gateway sends after a call returned (a settlement moved off the
+    response path) is counted in ``sends.sent`` but not here.
+    """
+    await asyncio.sleep(0.05)
+    resident = asyncio.all_tasks()
+    await _quiet(sends, resident)
+    sends.sent = during = 0
+    for _ in range(calls):
+        before = sends.sent
+        await call()
+        during += sends.sent - before
+        await _quiet(sends, resident)
+    return during / calls
 
 
 async def bench_limits(env: Env) -> list[Item]:
-    """Added cost of the rate-limit + budget step per call: memory store, and Redis."""
+    """Added cost of the rate-limit + budget step per call: memory store, and Redis (with its round trips)."""
     memory = ("limits.memory.p50_us", "budget + rate limit, memory store")
     redis = [
         ("limits.redis.p50_us", "budget + rate limit, Redis store"),
-        ("limits.redis.round_trips", "Redis round trips per call"),
+        ("limits.redis.round_trips", "Redis round trips per call, in all"),
+        ("limits.redis.round_trips_response_path", "Redis round trips per call, before it returns"),
     ]
     # Limits no call here can reach: the figure is the cost of checking them, never a refusal.
     limits = [{"per": "minute", "requests": 10**9, "tokens": 10**12}, {"per": "month", "usd": 10**9}]
@@ -568,6 +805,8 @@ async def bench_limits(env: Env) -> list[Item]:
         items += _skip(redis, "skipped: no redis-server to start and none answering at 127.0.0.1:6379")
     else:
         stores.append((redis[0], f"redis://127.0.0.1:{redis_port}/0"))
+    direct_call = clients.aiohttp_chat(env.http, env.upstream.url + CHAT_PATH)
+    trip_calls = 50
     for (key, label), store in stores:
         data = policy(env.upstream_v1, tenants=tenants, tenancy={"store": store})
         try:
@@ -575,28 +814,53 @@ async def bench_limits(env: Env) -> list[Item]:
         except Exception as exc:
             items.append(Skipped(key, label, f"the tenants policy the bench writes was refused: {exc}"))
             continue
-        async with gateway:
-            plain = clients.gateway_chat(gateway, tenant="unlimited")
-            limited = clients.gateway_chat(gateway, tenant="limited")
-            stats = await contest({"no limits": plain, "limits": limited}, env.opts.plan)
-            trips = await _round_trips(limited, 50) if store.startswith("redis") else None
+        on_redis = store.startswith("redis")
+        sends = RedisSends()
+        response_path: float | None = None
+        with contextlib.ExitStack() as counting:
+            async with gateway:
+                plain = clients.gateway_chat(gateway, tenant="unlimited")
+                limited = clients.gateway_chat(gateway, tenant="limited")
+                calls = {"direct aiohttp": direct_call, "no limits": plain, "limits": limited}
+                stats = await contest(calls, env.opts.plan)
+                if on_redis:
+                    counting.enter_context(sends)
+                    response_path = await _response_path_trips(limited, sends, trip_calls)
+            # Closed: whatever the gateway still sent on its way out is counted in the total too.
         env.series(f"limits ({store.split(':')[0]})", stats)
-        base, measured = (s.median for s in stats.values())
+        direct, base, measured = (s.median for s in stats.values())
         target = _added_at_most(20, "≤ +20 µs") if store == "memory://" else None
-        items.append(Figure(key, label, measured, US, base, "tenant without limits", target))
-        if trips is not None:
-            items.append(Figure(redis[1][0], redis[1][1], trips, "", target=_at_most(2, "≤ 2")))
+        items.append(
+            Figure(
+                key, label, measured, US, base, "tenant without limits", target, **_added_over(direct, "direct aiohttp")
+            )
+        )
+        if response_path is not None:
+            items.append(Figure(*redis[1], sends.sent / trip_calls, "", target=_at_most(2, "≤ 2")))
+            items.append(Figure(*redis[2], response_path, "", target=_at_most(1, "≤ 1")))
     # The same step with the offline mock provider: no socket, so no network jitter in the difference.
     offline = {"providers": {"mock": {"kind": "mock"}}, "models": {MODEL: {"provider": "mock", "model": MODEL}}}
     async with Gateway.from_dict({**offline, "tenants": tenants}) as gateway:
         plain = clients.gateway_chat(gateway, tenant="unlimited")
         limited = clients.gateway_chat(gateway, tenant="limited")
-        stats = await contest({"no limits": plain, "limits": limited}, env.opts.plan)
+        calls = {"direct aiohttp": direct_call, "no limits": plain, "limits": limited}
+        stats = await contest(calls, env.opts.plan)
     env.series("limits (memory, mock provider)", stats)
-    base, measured = (s.median for s in stats.values())
+    direct, base, measured = (s.median for s in stats.values())
     label = "budget + rate limit, memory store, mock provider"
     target = _added_at_most(20, "≤ +20 µs")
-    items.append(Figure("limits.memory_offline.p50_us", label, measured, US, base, "tenant without limits", target))
+    items.append(
+        Figure(
+            "limits.memory_offline.p50_us",
+            label,
+            measured,
+            US,
+            base,
+            "tenant without limits",
+            target,
+            **_added_over(direct, "direct aiohttp"),
+        )
+    )
     return items
 
 
@@ -615,13 +879,17 @@ async def bench_tracing(env: Env) -> list[Item]:
     data = policy(env.upstream_v1)
     traced = Gateway.from_dict(data, tracer_provider=provider)  # type: ignore[call-arg,unused-ignore]
     async with traced, Gateway.from_dict(data) as plain:
-        stats = await contest(
-            {"tracing off": clients.gateway_chat(plain), "tracing on": clients.gateway_chat(traced)}, env.opts.plan
-        )
+        calls = {
+            "direct aiohttp": clients.aiohttp_chat(env.http, env.upstream.url + CHAT_PATH),
+            "tracing off": clients.gateway_chat(plain),
+            "tracing on": clients.gateway_chat(traced),
+        }
+        stats = await contest(calls, env.opts.plan)
     provider.shutdown()
     env.series("tracing", stats)
-    base, measured = (s.median for s in stats.values())
-    return [Figure(*keys[0], measured, US, base, "no provider", _added_at_most(30, "≤ +30 µs"))]
+    direct, base, measured = (s.median for s in stats.values())
+    target = _added_at_most(30, "≤ +30 µs")
+    return [Figure(*keys[0], measured, US, base, "no provider", target, **_added_over(direct, "direct aiohttp"))]
 
 
 # --- 8: optional comparison targets -------------------------------------------------------------
@@ -675,28 +943,59 @@ def start_upstream(procs: Processes, cores: Cores, lifetime: float) -> Server:
     return Server(port, proc.pid)
 
 
-def meta(opts: Options, cores: Cores) -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in _read("/proc/cpuinfo").splitlines()
-            if line.startswith("model name")
-        ),
-        "",
-    )
+@dataclass(frozen=True)
+class Machine:
+    """What the run ran on and how it was started, read before any pinning."""
+
+    cpu_model: str
+    nproc: int
+    command: str
+    cwd: str
+
+    @classmethod
+    def read(cls, argv: list[str]) -> Machine:
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in _read("/proc/cpuinfo").splitlines()
+                if ":" in line and line.split(":", 1)[0].strip() in ("model name", "Model", "cpu model")
+            ),
+            platform.processor() or platform.machine(),
+        )
+        command = shlex.join([sys.executable, "-m", "bench.run", *argv])
+        return cls(cpu, len(os.sched_getaffinity(0)), command, os.getcwd())
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages: how busy the shared machine was around the run."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def meta(opts: Options, cores: Cores, machine: Machine, load_start: list[float]) -> dict[str, Any]:
     versions = {}
-    for name in ("aiohttp", "httpx", "uvicorn", "starlette", "fastapi", "orjson", "uvloop", "httptools"):
+    for name in ("aiohttp", "httpx", "uvicorn", "starlette", "fastapi", "orjson", "uvloop", "httptools", "redis"):
         with contextlib.suppress(Exception):
             versions[name] = importlib.metadata.version(name)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    # Read-only: the files that differ from the commit, so a run of a work in progress says so.
+    modified = _git("diff", "--name-only", "HEAD").splitlines()
     return {
-        "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
+        "command": machine.command,
+        "cwd": machine.cwd,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": commit,
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "modified": modified,
+        "cpu_model": machine.cpu_model,
+        "nproc": machine.nproc,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu}",
+        "python_implementation": platform.python_implementation(),
+        "loadavg_start": load_start,
+        "loadavg_end": loadavg(),
+        "machine": f"{platform.machine()}, {machine.nproc} cores, {machine.cpu_model}",
         "cores": {"client": cores.client, "server": cores.server},
         "load_tool": "wrk" if opts.wrk else "asyncio+aiohttp",
         # What uvicorn picks for the servers under test ("auto"): it changes their CPU per request.
@@ -708,6 +1007,26 @@ def meta(opts: Options, cores: Cores) -> dict[str, Any]:
     }
 
 
+def header(info: dict[str, Any]) -> str:
+    """The lines printed above the table: what ran, where, and how busy the machine was."""
+    modified = info["modified"]
+    dirty = f" + {len(modified)} modified file(s): {', '.join(modified)}" if modified else ""
+    start, end = (" ".join(f"{x:.2f}" for x in info[k]) for k in ("loadavg_start", "loadavg_end"))
+    cores = info["cores"]
+    return "\n".join(
+        [
+            f"bench.run at {info['commit'] or '(no git)'}{dirty}, {info['date']}",
+            f"command: cd {shlex.quote(info['cwd'])} && {info['command']}",
+            f"machine: {info['cpu_model']}, nproc {info['nproc']}, {platform.machine()}",
+            f"python: {info['python']} ({info['python_implementation']})",
+            f"load average: start {start}, end {end} (1, 5, 15 min)",
+            f"cores: client {cores['client']}, server {cores['server']}; load client: {info['load_tool']}",
+            "ratios: to the direct call of the same run (import: to import httpx); "
+            "+rx = added / reference, rx = measured / reference",
+        ]
+    )
+
+
 def _read(path: str) -> str:
     try:
         return Path(path).read_text()
@@ -715,10 +1034,12 @@ def _read(path: str) -> str:
         return ""
 
 
-async def run(opts: Options, cores: Cores) -> int:
+async def run(opts: Options, cores: Cores, machine: Machine) -> int:
     results = Results()
     failed: list[str] = []
     lifetime = 300 if opts.quick else 3600
+    load_start = loadavg()
+    print(f"bench: {machine.command} on {machine.cpu_model}, nproc {machine.nproc}, load {load_start}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="unimw-bench-") as tmp, Processes(Path(tmp)) as procs:
         upstream = start_upstream(procs, cores, lifetime)
         async with aiohttp.ClientSession() as session:
@@ -735,8 +1056,11 @@ async def run(opts: Options, cores: Cores) -> int:
                     failed.append(name)
                     results.add([Skipped(name, f"benchmark {name}", f"FAILED: {type(exc).__name__}: {exc}")])
                 print(f"bench: {name}: {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
+    info = {**meta(opts, cores, machine, load_start), "failed": failed}
+    print(header(info))
+    print()
     print(table(results))
-    report = results.to_json({**meta(opts, cores), "failed": failed})
+    report = results.to_json(info)
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(f"\nresults: {opts.out}", file=sys.stderr)
@@ -755,6 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
         "--load", choices=("auto", "wrk", "asyncio"), default="auto", help="load client (auto: wrk if installed)"
     )
     args = parser.parse_args(argv)
+    machine = Machine.read(sys.argv[1:] if argv is None else argv)
     only = frozenset(filter(None, args.only.split(",")))
     if unknown := only - set(BENCHMARKS):
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
@@ -763,7 +1088,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.load == "wrk" and shutil.which("wrk") is None:
         parser.error("--load wrk: wrk is not installed (apt-get install wrk)")
     wrk = args.load == "wrk" or (args.load == "auto" and shutil.which("wrk") is not None)
-    return asyncio.run(run(Options(args.quick, args.out, only, wrk), cores))
+    return asyncio.run(run(Options(args.quick, args.out, only, wrk), cores, machine))
 
 
 if __name__ == "__main__":
