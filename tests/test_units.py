@@ -20,8 +20,9 @@ from unimw.wire import sse_events
 
 
 def test_public_api_is_complete_and_sorted() -> None:
+    # dir(): names are imported on first use, so vars() holds only those used so far.
     public = {
-        name for name, value in vars(unimw).items() if not name.startswith("_") and not isinstance(value, ModuleType)
+        name for name in dir(unimw) if not name.startswith("_") and not isinstance(getattr(unimw, name), ModuleType)
     }
     assert set(unimw.__all__) - {"__version__"} == public
     assert unimw.__all__ == sorted(unimw.__all__)

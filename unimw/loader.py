@@ -11,22 +11,28 @@ A provider's ``kind`` and ``options`` are checked here, against the adapter
 registry, so that the policy itself depends on no adapter. The YAML is
 bounded before anything is built from it: an alias inside its own anchor,
 or aliases that multiply a few lines into millions of values, are refused.
+
+PyYAML is imported when a YAML text is first read: a policy given as data
+(``Gateway.from_dict``) never needs it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path as FilePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from unimw.adapters import ADAPTERS
 from unimw.policy import Path, Policy, PolicyError, Provider
 from unimw.stores import check_url
+
+if TYPE_CHECKING:
+    import yaml
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: Values aliases may add beyond those the file writes out: plenty for sharing settings, and a bound on
@@ -165,25 +171,34 @@ def _line(lines: Mapping[Path, int], path: Path) -> int | None:
     return lines.get((), None)
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing an alias met inside the node its anchor names.
+@functools.cache
+def _loader_class() -> type[yaml.SafeLoader]:
+    """The loader class, defined on first use so that PyYAML is imported only then."""
+    import yaml
 
-    PyYAML builds such a node into a container that holds itself, which no
-    walk over it can finish.
-    """
+    class _Loader(yaml.SafeLoader):
+        """PyYAML's safe loader, refusing an alias met inside the node its anchor names.
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            target = self.anchors.get(event.anchor)
-            # A collection gets its end mark once its last child is composed.
-            if target is not None and target.end_mark is None:
-                raise yaml.composer.ComposerError(None, None, "a YAML alias refers to itself", event.start_mark)
-        return super().compose_node(parent, index)
+        PyYAML builds such a node into a container that holds itself, which no
+        walk over it can finish.
+        """
+
+        def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                target = self.anchors.get(event.anchor)
+                # A collection gets its end mark once its last child is composed.
+                if target is not None and target.end_mark is None:
+                    raise yaml.composer.ComposerError(None, None, "a YAML alias refers to itself", event.start_mark)
+            return super().compose_node(parent, index)
+
+    return _Loader
 
 
 def _compose(text: str, source: str, env: Mapping[str, str]) -> tuple[Any, dict[Path, int]]:
-    loader = _Loader(text)
+    import yaml
+
+    loader = _loader_class()(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -212,6 +227,8 @@ def _check_keys_and_size(loader: yaml.SafeLoader, root: yaml.Node, source: str) 
     ``<<`` keys into their mappings (a merged key may then be written again,
     to override it), and repeats an aliased node at every place it is used.
     """
+    import yaml
+
     sizes: dict[int, int] = {}  # id(node) -> values it expands to, each node counted once
 
     def size(node: yaml.Node) -> int:
@@ -236,6 +253,8 @@ def _check_keys_and_size(loader: yaml.SafeLoader, root: yaml.Node, source: str) 
 
 
 def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, source: str) -> None:
+    import yaml
+
     seen: set[Any] = set()
     for key_node, _ in node.value:
         if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
@@ -262,6 +281,8 @@ def _walk(
     in place would expand an environment value's own ``${...}`` on the next
     visit. Each path is still walked, so it records its own lines.
     """
+    import yaml
+
     if isinstance(node, yaml.MappingNode) and isinstance(value, dict):
         # Merged (``<<``) pairs come first: a later pair with the same key overrides, as when built.
         pairs = [(loader.construct_object(key_node), key_node, value_node) for key_node, value_node in node.value]

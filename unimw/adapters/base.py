@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol
 
 from unimw.errors import InvalidRequest, UpstreamError
@@ -104,6 +103,8 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         try:
             return float(value)
         except ValueError:
+            from email.utils import parsedate_to_datetime  # the rare HTTP-date form: email is a large import
+
             try:
                 return max(0.0, parsedate_to_datetime(value).timestamp() - now())
             except (TypeError, ValueError):
