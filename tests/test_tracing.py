@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from itertools import pairwise
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,7 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import NoOpTracerProvider, SpanKind
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,9 +29,11 @@ from tests.conftest import policy_for, sdk
 from tests.otel import Telemetry
 from tests.servers import serve
 from tests.test_serve import ROOT, free_port, wait_until_up
+from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
 from unimw.attributes import DURATION_BUCKETS, TOKEN_BUCKETS
+from unimw.errors import UpstreamError
 from unimw.tenants import hash_key
 from unimw.tracing import content_modes, self_hosted
 from unimw.wire import JSON
@@ -115,7 +118,7 @@ async def test_plain_call(make_gateway: Make, telemetry: Telemetry, upstream_url
     )
     usage = raw.parse().usage
     assert usage is not None
-    assert telemetry.tree() == ["chat gpt-main", "  chat up-main"]
+    assert telemetry.tree() == ["chat gpt-main"], "one attempt: no span of its own"
     call = telemetry.span("chat gpt-main")
     assert (call["kind"], call["parent"], call["status"]) == ("CLIENT", None, "UNSET")
     assert call["attributes"] == {
@@ -146,13 +149,6 @@ async def test_plain_call(make_gateway: Make, telemetry: Telemetry, upstream_url
         "unimw.budget.decision": "none",
         "unimw.cost.usd": cost(usage, 2, 10),
     }
-    upstream_call = telemetry.span("chat up-main")
-    assert (upstream_call["kind"], upstream_call["parent"], upstream_call["status"]) == (
-        "CLIENT",
-        "chat gpt-main",
-        "UNSET",
-    )
-    assert upstream_call["attributes"] == attempt(upstream_url, "up-main", "gpt-main", "primary", 1)
 
 
 async def test_streamed_call(make_gateway: Make, telemetry: Telemetry, upstream_url: str) -> None:
@@ -160,9 +156,9 @@ async def test_streamed_call(make_gateway: Make, telemetry: Telemetry, upstream_
     chunks = await open_stream(
         gateway, {"model": "gpt-main", "messages": HELLO, "stream_options": {"include_usage": True}}
     )
-    assert [s["name"] for s in telemetry.spans()] == ["chat up-main"], "the call's span is open until the stream ends"
+    assert telemetry.spans() == [], "the call's span is open until the stream ends"
     usage = [chunk async for chunk in chunks][-1]["usage"]
-    assert telemetry.tree() == ["chat gpt-main", "  chat up-main"]
+    assert telemetry.tree() == ["chat gpt-main"]
     attributes = telemetry.span("chat gpt-main")["attributes"]
     first_chunk = attributes.pop("gen_ai.response.time_to_first_chunk")
     assert 0 < first_chunk < 5
@@ -186,7 +182,6 @@ async def test_streamed_call(make_gateway: Make, telemetry: Telemetry, upstream_
         "unimw.budget.decision": "none",
         "unimw.cost.usd": 0.0,
     }
-    assert telemetry.span("chat up-main")["attributes"] == attempt(upstream_url, "up-main", "gpt-main", "primary", 1)
     assert telemetry.metrics()["gen_ai.client.operation.time_to_first_chunk"][0][1][0] == 1
 
 
@@ -201,18 +196,22 @@ async def test_a_closed_stream_ends_its_span_as_cancelled(make_gateway: Make, te
     assert "error.type" not in call["attributes"]
 
 
+@pytest.mark.parametrize("mode", ["retries", "always"])
 async def test_a_cancelled_call_is_finished_and_traced(
-    make_gateway: Make, telemetry: Telemetry, upstream: OpenAIUpstream
+    make_gateway: Make, telemetry: Telemetry, upstream: OpenAIUpstream, mode: str
 ) -> None:
-    gateway = make_gateway(telemetry=telemetry)
+    gateway = make_gateway(telemetry=telemetry, tracing={"attempt_spans": mode})
     upstream.plan("up-main", "delay:2")
     task = asyncio.ensure_future(gateway.chat_completions({"model": "gpt-main", "messages": HELLO}))
     await asyncio.sleep(0.2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert telemetry.tree() == ["chat gpt-main", "  chat up-main"]
-    assert telemetry.span("chat up-main")["attributes"]["unimw.status"] == "cancelled"
+    if mode == "always":
+        assert telemetry.tree() == ["chat gpt-main", "  chat up-main"]
+        assert telemetry.span("chat up-main")["attributes"]["unimw.status"] == "cancelled"
+    else:
+        assert telemetry.tree() == ["chat gpt-main"]
     assert telemetry.span("chat gpt-main")["attributes"]["unimw.status"] == "cancelled"
 
 
@@ -261,18 +260,20 @@ async def test_an_unreachable_limit_store_that_fails_open_is_unmetered(telemetry
     }
     async with Gateway.from_dict(policy, **telemetry.providers) as gateway:
         await gateway.chat_completions({"model": "mock-echo", "messages": HELLO}, tenant="acme")
-    assert telemetry.tree() == ["chat mock-echo", "  chat mock-echo"]
+    assert telemetry.tree() == ["chat mock-echo"]
     assert telemetry.spans()[0]["attributes"]["unimw.budget.decision"] == "unmetered"
 
 
+@pytest.mark.parametrize("mode", ["retries", "always"])
 async def test_retried_then_fallback(
-    make_gateway: Make, telemetry: Telemetry, upstream: OpenAIUpstream, upstream_url: str
+    make_gateway: Make, telemetry: Telemetry, upstream: OpenAIUpstream, upstream_url: str, mode: str
 ) -> None:
-    gateway = make_gateway(telemetry=telemetry)
+    gateway = make_gateway(telemetry=telemetry, tracing={"attempt_spans": mode})
     upstream.plan("up-main", "500", "500")
     completion = await complete(gateway, {"model": "smart", "messages": HELLO})
     assert completion["model"] == "up-backup"
     assert telemetry.tree() == ["chat smart", "  chat up-main", "  chat up-main", "  chat up-backup"]
+    assert_in_sequence(telemetry)
     spans = telemetry.spans()
     message = "The server had an error while processing your request. Sorry about that!"
     for number, span in enumerate(spans[1:3], start=1):
@@ -307,6 +308,148 @@ async def test_retried_then_fallback(
     }
 
 
+def assert_in_sequence(telemetry: Telemetry) -> None:
+    """The call span holds its attempts, each ended (after the backoff, for a retry) before the next began."""
+    call, *attempts = sorted(telemetry.finished(), key=lambda s: s.start_time or 0)
+    times = [(s.start_time or 0, s.end_time or 0) for s in attempts]
+    assert all(start < end for start, end in times)
+    assert all(end < next_start for (_, end), (next_start, _) in pairwise(times))
+    assert (call.start_time or 0) < times[0][0] and times[-1][1] <= (call.end_time or 0)
+
+
+async def test_a_retried_call_has_a_span_per_attempt_the_first_at_its_real_times(
+    make_gateway: Make, telemetry: Telemetry, upstream: OpenAIUpstream, upstream_url: str
+) -> None:
+    gateway = make_gateway(telemetry=telemetry, dispatch={"backoff": "50ms"})
+    upstream.plan("up-main", "500")
+    completion = await complete(gateway, {"model": "gpt-main", "messages": HELLO})
+    assert upstream.calls == {"up-main": 2}
+    assert telemetry.tree() == ["chat gpt-main", "  chat up-main", "  chat up-main"]
+    assert_in_sequence(telemetry)
+    _, first, second = sorted(telemetry.finished(), key=lambda s: s.start_time or 0)
+    # Made when the second began, yet dated when the first really ran: the backoff lies between them.
+    assert (second.start_time or 0) - (first.end_time or 0) >= 37_500_000  # 0.75 of 50 ms
+    call, failed, answered = telemetry.spans()
+    assert (failed["status"], failed["description"], failed["parent"]) == (
+        "ERROR",
+        "The server had an error while processing your request. Sorry about that!",
+        "chat gpt-main",
+    )
+    assert failed["attributes"] == {**attempt(upstream_url, "up-main", "gpt-main", "primary", 1), "error.type": "500"}
+    assert (answered["status"], answered["parent"]) == ("UNSET", "chat gpt-main")
+    assert answered["attributes"] == attempt(upstream_url, "up-main", "gpt-main", "primary", 2)
+    assert call["status"] == "UNSET"
+    assert call["attributes"]["unimw.status"] == "ok"
+    assert "unimw.attempt" not in call["attributes"]
+    common = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-main",
+        "gen_ai.response.model": "up-main",
+        **server(upstream_url),
+    }
+    usage = completion["usage"]
+    metrics = telemetry.metrics()
+    assert [(a, count) for a, (count, _) in metrics["gen_ai.client.operation.duration"]] == [(common, 1)]
+    assert sorted(metrics["gen_ai.client.token.usage"], key=lambda p: p[0]["gen_ai.token.type"]) == [
+        ({**common, "gen_ai.token.type": "input"}, (1, usage["prompt_tokens"])),
+        ({**common, "gen_ai.token.type": "output"}, (1, usage["completion_tokens"])),
+    ]
+
+
+async def test_a_single_attempt_has_its_own_span_when_the_policy_asks(
+    make_gateway: Make, telemetry: Telemetry, upstream_url: str
+) -> None:
+    gateway = make_gateway(telemetry=telemetry, tracing={"attempt_spans": "always"})
+    completion = await complete(gateway, {"model": "gpt-main", "messages": HELLO, "temperature": 0})
+    assert telemetry.tree() == ["chat gpt-main", "  chat up-main"]
+    assert_in_sequence(telemetry)
+    call, upstream_call = telemetry.spans()
+    assert (upstream_call["kind"], upstream_call["parent"], upstream_call["status"]) == (
+        "CLIENT",
+        "chat gpt-main",
+        "UNSET",
+    )
+    assert upstream_call["attributes"] == attempt(upstream_url, "up-main", "gpt-main", "primary", 1)
+    assert call["attributes"].pop("unimw.request.id").startswith("req_")
+    assert call["attributes"] == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-main",
+        "gen_ai.request.temperature": 0,
+        "gen_ai.response.id": RESPONSE_ID,
+        "gen_ai.response.model": "up-main",
+        "gen_ai.response.finish_reasons": ("stop",),
+        "gen_ai.usage.input_tokens": completion["usage"]["prompt_tokens"],
+        "gen_ai.usage.output_tokens": completion["usage"]["completion_tokens"],
+        **server(upstream_url),
+        "unimw.route.strategy": "single",
+        "unimw.target": "gpt-main",
+        "unimw.provider": "primary",
+        "unimw.status": "ok",
+        "unimw.cache.hit": False,
+        "unimw.budget.decision": "none",
+        "unimw.cost.usd": 0.0,
+    }
+
+
+async def test_a_single_failed_attempt_is_the_call_span_alone(
+    make_gateway: Make, telemetry: Telemetry, upstream: OpenAIUpstream
+) -> None:
+    gateway = make_gateway(telemetry=telemetry, dispatch={"retries": 0})
+    upstream.plan("up-main", "500")
+    with pytest.raises(UpstreamError):
+        await complete(gateway, {"model": "gpt-main", "messages": HELLO})
+    assert upstream.calls == {"up-main": 1}
+    [call] = telemetry.spans()
+    assert (call["name"], call["status"]) == ("chat gpt-main", "ERROR")
+    assert call["attributes"]["error.type"] == "500"
+    # Nothing of it is left over for the next call, which fails over to a second attempt.
+    upstream.plan("up-main", "500")
+    await complete(gateway, {"model": "smart", "messages": HELLO})
+    assert telemetry.tree() == ["chat gpt-main", "chat smart", "  chat up-main", "  chat up-backup"]
+
+
+async def test_a_retried_stream_has_a_span_per_attempt(
+    make_gateway: Make, telemetry: Telemetry, upstream: OpenAIUpstream, upstream_url: str
+) -> None:
+    gateway = make_gateway(telemetry=telemetry)
+    upstream.plan("up-main", "500")
+    chunks = await drain(gateway, {"model": "gpt-main", "messages": HELLO})
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert telemetry.tree() == ["chat gpt-main", "  chat up-main", "  chat up-main"]
+    assert_in_sequence(telemetry)
+    _, failed, answered = telemetry.spans()
+    assert (failed["status"], failed["attributes"]) == (
+        "ERROR",
+        {**attempt(upstream_url, "up-main", "gpt-main", "primary", 1), "error.type": "500"},
+    )
+    assert (answered["status"], answered["attributes"]) == (
+        "UNSET",
+        attempt(upstream_url, "up-main", "gpt-main", "primary", 2),
+    )
+
+
+async def test_a_gateway_that_records_nothing_leaves_the_hosts_span_alone(
+    telemetry: Telemetry, claude: AnthropicUpstream, _anthropic_server: tuple[Any, str]
+) -> None:
+    policy = {
+        "providers": {"claude": {"kind": "anthropic", "base_url": _anthropic_server[1], "api_key": "sk-ant-secret"}},
+        "models": {"sonnet": {"provider": "claude", "model": "claude-sonnet-4-5-20250929"}},
+        "dispatch": {"retries": 1, "backoff": "10ms"},
+    }
+    host = telemetry.tracer_provider.get_tracer("host-app")
+    body = {"model": "sonnet", "messages": HELLO, "service_tier": "flex"}
+    async with Gateway.from_dict(policy, tracer_provider=NoOpTracerProvider()) as gateway:
+        with host.start_as_current_span("GET /ask"):
+            await gateway.chat_completions(dict(body))  # one attempt
+            claude.plan("claude-sonnet-4-5-20250929", "500")
+            await gateway.chat_completions(dict(body))  # two
+    assert claude.calls == {"claude-sonnet-4-5-20250929": 3}
+    [span] = telemetry.spans()
+    assert (span["name"], span["attributes"]) == ("GET /ask", {})
+
+
 async def test_upstream_error(
     make_gateway: Make, telemetry: Telemetry, upstream: OpenAIUpstream, upstream_url: str
 ) -> None:
@@ -314,14 +457,9 @@ async def test_upstream_error(
     upstream.plan("up-main", "400")
     with pytest.raises(openai.BadRequestError):
         await sdk(gateway).chat.completions.create(model="gpt-main", messages=HELLO)
-    assert telemetry.tree() == ["chat gpt-main", "  chat up-main"]
-    call, upstream_call = telemetry.spans()
-    for span in (call, upstream_call):
-        assert (span["status"], span["description"]) == ("ERROR", "Invalid 'messages': too long.")
-    assert upstream_call["attributes"] == {
-        **attempt(upstream_url, "up-main", "gpt-main", "primary", 1),
-        "error.type": "invalid_value",
-    }
+    assert telemetry.tree() == ["chat gpt-main"]
+    [call] = telemetry.spans()
+    assert (call["status"], call["description"]) == ("ERROR", "Invalid 'messages': too long.")
     assert call["attributes"].pop("unimw.request.id").startswith("req_")
     assert call["attributes"] == {
         "gen_ai.operation.name": "chat",
@@ -368,8 +506,8 @@ async def test_cache_hit(make_gateway: Make, telemetry: Telemetry, upstream: Ope
     first = await complete(gateway, dict(request))
     await complete(gateway, dict(request))
     assert upstream.calls == {"up-main": 1}
-    assert telemetry.tree() == ["chat gpt-main", "  chat up-main", "chat gpt-main"]
-    miss, _, hit = telemetry.spans()
+    assert telemetry.tree() == ["chat gpt-main", "chat gpt-main"]
+    miss, hit = telemetry.spans()
     assert miss["attributes"]["unimw.cache.status"] == "miss"
     assert hit["attributes"].pop("unimw.request.id").startswith("req_")
     assert hit["attributes"] == {
@@ -404,7 +542,7 @@ async def test_a_manual_server_span_is_the_parent(make_gateway: Make, telemetry:
     tracer = telemetry.tracer_provider.get_tracer("host-app")
     with tracer.start_as_current_span("GET /ask", kind=SpanKind.SERVER):
         await drain(gateway, {"model": "gpt-main", "messages": HELLO})
-    assert telemetry.tree() == ["GET /ask", "  chat gpt-main", "    chat up-main"]
+    assert telemetry.tree() == ["GET /ask", "  chat gpt-main"]
     assert len({s["trace_id"] for s in telemetry.spans()}) == 1
 
 
@@ -432,7 +570,7 @@ async def test_the_parent_is_the_asgi_server_span_in_fastapi(make_gateway: Make,
         )
     assert response.status_code == 200
     [root] = [s for s in telemetry.spans() if s["kind"] == "SERVER"]
-    assert telemetry.tree() == [root["name"], "  chat gpt-main", "    chat up-main"]
+    assert telemetry.tree() == [root["name"], "  chat gpt-main"]
     assert root["name"].startswith("POST")
 
 
@@ -455,7 +593,7 @@ async def test_content_is_absent_by_default(make_gateway: Make, telemetry: Telem
 async def test_content_in_the_conventions_form_when_enabled(
     make_gateway: Make, telemetry: Telemetry, stream: bool
 ) -> None:
-    gateway = make_gateway(telemetry=telemetry, tracing={"capture_content": True})
+    gateway = make_gateway(telemetry=telemetry, tracing={"capture_content": True, "attempt_spans": "always"})
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
@@ -550,7 +688,7 @@ async def test_no_secret_is_ever_exported(
     upstream.plan("up-backup", "401")  # echoes the key it was sent: the adapter blanks it
     with pytest.raises(openai.AuthenticationError):
         await client.chat.completions.create(model="smart", messages=HELLO)
-    assert len(telemetry.spans()) == 8
+    assert len(telemetry.spans()) == 6  # plain, stream, and the failed-over call with its 3 attempts
     exported = telemetry.everything() + caplog.text
     for secret in (CLIENT_KEY, "sk-primary-secret", "sk-backup-secret", "Bearer", "authorization"):
         assert secret not in exported
@@ -624,13 +762,25 @@ async def test_a_sampled_out_call_records_no_span_but_counts_in_metrics(
 # ── propagation ──────────────────────────────────────────────────────────────
 
 
+@pytest.mark.parametrize(("mode", "parent"), [("retries", "chat gpt-main"), ("always", "chat up-main")])
 async def test_traceparent_goes_to_a_self_hosted_upstream(
+    make_gateway: Make, telemetry: Telemetry, upstream: OpenAIUpstream, mode: str, parent: str
+) -> None:
+    gateway = make_gateway(telemetry=telemetry, tracing={"attempt_spans": mode})
+    await gateway.chat_completions({"model": "gpt-main", "messages": HELLO})
+    span = telemetry.span(parent)  # the attempt's span, or the call's when the attempt has none
+    assert traceparent(upstream.headers[0]) == ("00", span["trace_id"], span["span_id"], 1)
+
+
+async def test_a_retry_carries_its_own_attempt_span_upstream(
     make_gateway: Make, telemetry: Telemetry, upstream: OpenAIUpstream
 ) -> None:
     gateway = make_gateway(telemetry=telemetry)
+    upstream.plan("up-main", "500")
     await gateway.chat_completions({"model": "gpt-main", "messages": HELLO})
-    attempt_span = telemetry.span("chat up-main")
-    assert traceparent(upstream.headers[0]) == ("00", attempt_span["trace_id"], attempt_span["span_id"], 1)
+    call, first, second = telemetry.spans()
+    assert [traceparent(h)[2] for h in upstream.headers] == [call["span_id"], second["span_id"]]
+    assert first["parent_id"] == second["parent_id"] == call["span_id"]
 
 
 def traceparent(headers: dict[str, str]) -> tuple[str, int, int, int]:
@@ -699,20 +849,45 @@ def test_self_hosted(url: str | None, expected: bool) -> None:
     assert self_hosted(url) is expected
 
 
-async def test_dropped_params_land_on_the_attempt_span(
-    telemetry: Telemetry, _anthropic_server: tuple[Any, str]
+@pytest.mark.parametrize(
+    ("mode", "carrier", "other"),
+    [("retries", "chat sonnet", None), ("always", "chat claude-sonnet-4-5-20250929", "chat sonnet")],
+    ids=["on-the-call-span", "on-the-attempt-span"],
+)
+async def test_dropped_params_land_on_the_attempts_span(
+    telemetry: Telemetry, _anthropic_server: tuple[Any, str], mode: str, carrier: str, other: str | None
 ) -> None:
     url = _anthropic_server[1]
     policy = {
         "providers": {"claude": {"kind": "anthropic", "base_url": url, "api_key": "sk-ant-secret"}},
         "models": {"sonnet": {"provider": "claude", "model": "claude-sonnet-4-5-20250929"}},
+        "tracing": {"attempt_spans": mode},
     }
     async with Gateway.from_dict(policy, **telemetry.providers) as gateway:
         await gateway.chat_completions({"model": "sonnet", "messages": HELLO, "service_tier": "flex"})
-    attempt_span = telemetry.span("chat claude-sonnet-4-5-20250929")
-    assert attempt_span["attributes"]["unimw.request.dropped_params"] == ("service_tier",)
-    assert attempt_span["attributes"]["gen_ai.provider.name"] == "anthropic"
-    assert "unimw.request.dropped_params" not in telemetry.span("chat sonnet")["attributes"]
+    assert len(telemetry.spans()) == (1 if other is None else 2)
+    span = telemetry.span(carrier)
+    assert span["attributes"]["unimw.request.dropped_params"] == ("service_tier",)
+    assert span["attributes"]["gen_ai.provider.name"] == "anthropic"
+    if other is not None:
+        assert "unimw.request.dropped_params" not in telemetry.span(other)["attributes"]
+
+
+async def test_a_single_failed_attempt_leaves_its_dropped_params_on_the_call_span(
+    telemetry: Telemetry, claude: AnthropicUpstream, _anthropic_server: tuple[Any, str]
+) -> None:
+    policy = {
+        "providers": {"claude": {"kind": "anthropic", "base_url": _anthropic_server[1], "api_key": "sk-ant-secret"}},
+        "models": {"sonnet": {"provider": "claude", "model": "claude-sonnet-4-5-20250929"}},
+    }
+    claude.plan("claude-sonnet-4-5-20250929", "400")
+    async with Gateway.from_dict(policy, **telemetry.providers) as gateway:
+        with pytest.raises(UpstreamError) as caught:
+            await gateway.chat_completions({"model": "sonnet", "messages": HELLO, "service_tier": "flex"})
+    [call] = telemetry.spans()
+    assert (call["name"], call["status"], call["description"]) == ("chat sonnet", "ERROR", caught.value.message)
+    assert call["attributes"]["unimw.request.dropped_params"] == ("service_tier",)
+    assert call["attributes"]["error.type"] == caught.value.code == "invalid_request_error"
 
 
 # ── unimw serve --otel ───────────────────────────────────────────────────────

@@ -27,7 +27,8 @@ CACHE_HIT: Final = "unimw.cache.hit"  #: answered from the response cache (also 
 CACHE_STATUS: Final = "unimw.cache.status"  #: ``hit``, ``miss`` or ``bypass``, when the cache applies
 COST_USD: Final = "unimw.cost.usd"  #: what the tenant is charged for the call
 BUDGET_DECISION: Final = "unimw.budget.decision"  #: ``reserved``, ``refused``, ``unmetered`` or ``none``
-#: Request fields an adapter left out for its target (the adapter's ``dropped_params``, on the attempt span).
+#: Request fields an adapter left out for its target (the adapter's ``dropped_params``): on the attempt's span,
+#: or on the call's when its one attempt has no span of its own.
 DROPPED_PARAMS: Final = "unimw.request.dropped_params"
 # Span events (on the gateway span) and their attributes
 BUDGET_ALERT: Final = "unimw.budget.alert"

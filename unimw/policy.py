@@ -114,7 +114,8 @@ CallablePath = Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$"), AfterValidator(
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Validators are built on first validation (the first policy read), not when unimw is imported.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class Provider(_Frozen):
@@ -562,6 +563,11 @@ class TracingSettings(_Frozen):
         default=None,
         description="W3C traceparent for the providers that do not set propagate_trace: true for all of them, "
         "false for none; unset: only self-hosted ones get it, not third-party vendors.",
+    )
+    attempt_spans: Literal["retries", "always"] = Field(
+        default="retries",
+        description="A span for each upstream attempt under the call's: retries, only when the call made more than "
+        "one (the first one's span then made with its real times); always, for a single attempt too.",
     )
 
 

@@ -13,6 +13,16 @@ covers one upstream request: the whole exchange for a plain call, the opening
 of the stream up to its first chunk for a stream; it carries the request fields
 its adapter had to leave out (the adapter's ``dropped_params``).
 
+Most calls make one attempt, and a second span would only repeat the call's:
+unless the policy asks for them always (``tracing.attempt_spans``), attempt
+spans are made only for calls that make a second attempt. The first attempt
+runs without a span, its times and outcome noted; when a second one starts,
+the first's span is made after the fact with those times. A call that makes
+one attempt is its span alone, with that attempt's dropped fields on it.
+
+Each span gets one attributes dict when it starts and one when it ends (the
+SDK's cost is per span and per call of it, more than per attribute).
+
 Attribute and metric names: the conventions' own are imported from
 ``opentelemetry-semantic-conventions`` (never typed out), and unimw's are in
 the one table of :mod:`unimw.attributes`. With no SDK configured the spans do not record
@@ -29,7 +39,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
@@ -111,6 +124,7 @@ _MODES = {
     "no_content": (False, False),
 }
 _REFUSALS: Final = (RateLimited, BudgetExceeded, ServiceUnavailable)
+_NO_FACTS: Final[Mapping[str, object]] = {}
 _PRIVATE_SUFFIXES: Final = (".local", ".localhost", ".internal", ".lan", ".home.arpa", ".svc")
 
 
@@ -171,6 +185,23 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+@dataclass(frozen=True, slots=True)
+class _FirstAttempt:
+    """A failed first attempt that has no span yet: what its span needs if a second attempt follows."""
+
+    parent: Span  #: the span it ran under (the call's)
+    name: str
+    attributes: Attributes
+    start: int  #: ns since the epoch, as the SDK's span times
+    end: int
+    description: str
+
+
+#: The failed first attempt of the call running in this context, while it has no span. The attempts of
+#: a call, and the end of a call that failed, run in the context the call started in: nothing else sees it.
+_FIRST: ContextVar[_FirstAttempt | None] = ContextVar("unimw_first_attempt", default=None)
+
+
 class Tracing:
     """Spans and metrics for one gateway, on the host's providers unless given others.
 
@@ -199,7 +230,13 @@ class Tracing:
         }
         #: Per public name: what its spans say about its route (whatever the operation).
         self._routes = {name: self._route_facts(route) for name, route in routes.items()}
-        self._starts: dict[tuple[str, str], Attributes] = {}
+        #: Per (operation, public name): the call span's name and the attributes it starts with.
+        self._starts: dict[tuple[str, str], tuple[str, Attributes]] = {}
+        #: Whether a call's span has recorded yet. Until then, a call's request attributes are built only
+        #: once its span turns out to record (with no SDK, never); from then on, they are in the one dict
+        #: its span starts with.
+        self._recorded = False
+        self._every_attempt = settings.attempt_spans == "always"
         self._metrics = Metrics(
             meter_provider, self._routes, tenants=frozenset(policy.tenants), tags=tuple(policy.usage.tags)
         )
@@ -219,17 +256,24 @@ class Tracing:
         """Open the call's span as a child of the current one and make it current; detach with the token."""
         operation = call.operation.name
         model = call.request.get("model")
-        attributes = self._route_attributes(operation, model) if isinstance(model, str) else None
-        if attributes is None:  # an unknown name (refused later): no span name from arbitrary input
-            span = self._tracer.start_span(
-                operation, kind=SpanKind.CLIENT, attributes={GEN_AI_OPERATION_NAME: operation}
-            )
-        else:
-            span = self._tracer.start_span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attributes)
+        known = self._start_of(operation, model) if isinstance(model, str) else None
+        if known is not None:
+            name, first = known
+        else:  # an unknown name (refused later): no span name from arbitrary input
+            name, first = operation, {GEN_AI_OPERATION_NAME: operation}
+            if isinstance(model, str):
+                first[GEN_AI_REQUEST_MODEL] = model
+        if self._recorded:  # one attributes dict, at the start
+            attributes = {**first, REQUEST_ID: call.request_id, **call.operation.request_attributes(call.request)}
+            span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+            recording = span.is_recording()
+        else:  # no request attributes built for a span that may not record
+            span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=first)
+            if recording := span.is_recording():
+                span.set_attributes({REQUEST_ID: call.request_id, **call.operation.request_attributes(call.request)})
+                self._recorded = True
         call.span = span
-        if span.is_recording():
-            span.set_attributes(self._request_attributes(call))
-        elif not span.get_span_context().is_valid:
+        if not recording and not span.get_span_context().is_valid:
             return None  # no OpenTelemetry at all: nothing to make current
         return context.attach(trace.set_span_in_context(span))
 
@@ -239,21 +283,22 @@ class Tracing:
         model = call.request.get("model")
         if span is None or not span.is_recording() or not isinstance(model, str):
             return
-        attributes = self._route_attributes(call.operation.name, model)
-        if attributes is not None:
-            span.update_name(f"{call.operation.name} {model}")
+        known = self._start_of(call.operation.name, model)
+        if known is not None:
+            name, attributes = known
+            span.update_name(name)
             span.set_attributes({**attributes, REROUTED_FROM: call.rerouted_from or ""})
 
-    def _route_attributes(self, operation: str, model: str) -> Attributes | None:
-        """The attributes a span for ``model`` starts with (those samplers may look at), made once per pair."""
+    def _start_of(self, operation: str, model: str) -> tuple[str, Attributes] | None:
+        """The name and attributes a span for ``model`` starts with (those samplers may look at), made once."""
         key = (operation, model)
         if (known := self._starts.get(key)) is not None:
             return known
         route = self._routes.get(model)
         if route is None:
             return None
-        self._starts[key] = attributes = {**route, GEN_AI_OPERATION_NAME: operation}
-        return attributes
+        self._starts[key] = known = (f"{operation} {model}", {**route, GEN_AI_OPERATION_NAME: operation})
+        return known
 
     def detach(self, token: object) -> None:
         """Make the span that was current before :meth:`start` current again (the call's span stays open)."""
@@ -273,7 +318,13 @@ class Tracing:
         try:
             self._metrics.record(call, upstream, decision, cost_usd)
             if span.is_recording():
-                span.set_attributes(self._outcome(call, upstream, failure, decision, cost_usd))
+                outcome = self._outcome(call, upstream, failure, decision, cost_usd)
+                if (first := _FIRST.get()) is not None and first.parent is span:
+                    # A failed first attempt with no second one has no span: the call's tells what it left out.
+                    _FIRST.set(None)
+                    if (dropped := first.attributes.get(DROPPED_PARAMS)) is not None:
+                        outcome[DROPPED_PARAMS] = dropped
+                span.set_attributes(outcome)
                 for alert in call.alerts:
                     span.add_event(
                         BUDGET_ALERT,
@@ -302,29 +353,56 @@ class Tracing:
     async def attempt(
         self, operation: str, request: JSON, target: Target, number: int, run: Callable[[Target], Awaitable[T]]
     ) -> T:
-        """Run one upstream attempt in its own span (the dispatcher's :class:`~unimw.dispatch.Observer`)."""
+        """Run one upstream attempt, in its own span when it needs one (the dispatcher's
+        :class:`~unimw.dispatch.Observer`)."""
         upstream = self._upstreams[target.provider]
-        if not trace.get_current_span().is_recording():
-            if not upstream.propagate:
-                return await run(target)
-            token = context.attach(context.set_value(PROPAGATE_TRACE, True))
-            try:
-                return await run(target)
-            finally:
+        parent = trace.get_current_span()  # the call's span
+        # With no SDK (or the call sampled out) the call's span is a no-op one, current all the same.
+        recording = parent.is_recording()
+        if recording and (number > 1 or self._every_attempt):
+            return await self._spanned(parent, operation, request, target, number, upstream, run)
+        # No span of its own: the only attempt (so far) of a recorded call, or a call that records nothing.
+        if recording:
+            dropped = self._adapters[target.provider].dropped_params(request, target)
+            start = time.time_ns()
+        token = context.attach(context.set_value(PROPAGATE_TRACE, True)) if upstream.propagate else None
+        try:
+            result = await run(target)
+        except asyncio.CancelledError:
+            raise  # nothing follows a cancelled attempt: the call's span says it was
+        except BaseException as error:
+            if recording:  # what its span says, should a second attempt follow
+                attributes = self._attempt_attributes(operation, request, target, number, upstream, dropped)
+                attributes[ERROR_TYPE] = error_type(error)
+                name = f"{operation} {target.model}"
+                _FIRST.set(_FirstAttempt(parent, name, attributes, start, time.time_ns(), _description(error)))
+            raise
+        finally:
+            if token is not None:
                 context.detach(token)
-        attributes: Attributes = {
-            GEN_AI_OPERATION_NAME: operation,
-            GEN_AI_PROVIDER_NAME: upstream.name,
-            GEN_AI_REQUEST_MODEL: target.model,
-            TARGET: target.name,
-            PROVIDER: target.provider,
-            ATTEMPT: number,
-        }
-        if upstream.address is not None and upstream.port is not None:
-            attributes[SERVER_ADDRESS] = upstream.address
-            attributes[SERVER_PORT] = upstream.port
-        if dropped := self._adapters[target.provider].dropped_params(request, target):
-            attributes[DROPPED_PARAMS] = dropped
+        if recording and dropped:
+            parent.set_attribute(DROPPED_PARAMS, dropped)
+        return result
+
+    async def _spanned(
+        self,
+        parent: Span,
+        operation: str,
+        request: JSON,
+        target: Target,
+        number: int,
+        upstream: Upstream,
+        run: Callable[[Target], Awaitable[T]],
+    ) -> T:
+        """An attempt in its own span (after the first one's, made now if it has none yet)."""
+        if (first := _FIRST.get()) is not None and first.parent is parent:
+            _FIRST.set(None)  # dated when it ran, not now
+            earlier = self._tracer.start_span(
+                first.name, kind=SpanKind.CLIENT, attributes=first.attributes, start_time=first.start
+            )
+            earlier.set_status(Status(StatusCode.ERROR, first.description))
+            earlier.end(end_time=first.end)
+        attributes = self._attempt_attributes(operation, request, target, number, upstream)
         span = self._tracer.start_span(f"{operation} {target.model}", kind=SpanKind.CLIENT, attributes=attributes)
         current = trace.set_span_in_context(span)
         if upstream.propagate:
@@ -343,6 +421,32 @@ class Tracing:
             context.detach(token)
             span.end()
 
+    def _attempt_attributes(
+        self,
+        operation: str,
+        request: JSON,
+        target: Target,
+        number: int,
+        upstream: Upstream,
+        dropped: tuple[str, ...] | None = None,
+    ) -> Attributes:
+        attributes: Attributes = {
+            GEN_AI_OPERATION_NAME: operation,
+            GEN_AI_PROVIDER_NAME: upstream.name,
+            GEN_AI_REQUEST_MODEL: target.model,
+            TARGET: target.name,
+            PROVIDER: target.provider,
+            ATTEMPT: number,
+        }
+        if upstream.address is not None and upstream.port is not None:
+            attributes[SERVER_ADDRESS] = upstream.address
+            attributes[SERVER_PORT] = upstream.port
+        if dropped is None:
+            dropped = self._adapters[target.provider].dropped_params(request, target)
+        if dropped:
+            attributes[DROPPED_PARAMS] = dropped
+        return attributes
+
     # ── attributes ───────────────────────────────────────────────────────────
 
     def _route_facts(self, route: Route) -> Attributes:
@@ -359,15 +463,6 @@ class Tracing:
         if len(servers) == 1 and upstreams[0].address is not None and upstreams[0].port is not None:
             attributes[SERVER_ADDRESS] = upstreams[0].address
             attributes[SERVER_PORT] = upstreams[0].port
-        return attributes
-
-    def _request_attributes(self, call: Call) -> Attributes:
-        request = call.request
-        attributes: Attributes = {REQUEST_ID: call.request_id}
-        model = request.get("model")
-        if isinstance(model, str) and model not in self._routes:
-            attributes[GEN_AI_REQUEST_MODEL] = model
-        attributes.update(call.operation.request_attributes(request))
         return attributes
 
     def _outcome(
@@ -395,8 +490,12 @@ class Tracing:
             attributes[TARGET] = call.target.name
             attributes[PROVIDER] = call.target.provider
         if upstream is not None:
-            attributes[GEN_AI_PROVIDER_NAME] = upstream.name
-            if upstream.address is not None and upstream.port is not None:
+            # What the span started with when every target of its route shares it: not set twice.
+            model = call.request.get("model")
+            route = self._routes.get(model, _NO_FACTS) if isinstance(model, str) else _NO_FACTS
+            if GEN_AI_PROVIDER_NAME not in route:
+                attributes[GEN_AI_PROVIDER_NAME] = upstream.name
+            if SERVER_ADDRESS not in route and upstream.address is not None and upstream.port is not None:
                 attributes[SERVER_ADDRESS] = upstream.address
                 attributes[SERVER_PORT] = upstream.port
         reading = call.reading
