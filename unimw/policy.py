@@ -466,7 +466,7 @@ class Tenancy(_Frozen):
         default="closed",
         description="When the store cannot be reached: closed refuses with 503, open lets calls through unmetered.",
     )
-    alerts: Alerts = Field(default=Alerts(), description="Budget alerts.")
+    alerts: Alerts = Field(default=Alerts.model_construct(), description="Budget alerts.")
 
     @field_validator("reset_timezone")
     @classmethod
@@ -587,9 +587,13 @@ class Policy(_Frozen):
     aliases: dict[str, Alias] = Field(
         default={}, description="Public names for several targets, tried in order or by weight."
     )
-    dispatch: Dispatch = Field(default=Dispatch(), description="Retries, backoff and cooldown.")
-    server: Server = Field(default=Server(), description="Bounds of the HTTP doors.")
-    tenancy: Tenancy = Field(default=Tenancy(), description="How callers are identified and their limits kept.")
+    # Default sections are made with model_construct (their fields' defaults, unvalidated as a call would leave
+    # them): calling a model builds its validator, which defer_build leaves to the first policy read.
+    dispatch: Dispatch = Field(default=Dispatch.model_construct(), description="Retries, backoff and cooldown.")
+    server: Server = Field(default=Server.model_construct(), description="Bounds of the HTTP doors.")
+    tenancy: Tenancy = Field(
+        default=Tenancy.model_construct(), description="How callers are identified and their limits kept."
+    )
     plans: dict[str, Plan] = Field(
         default={}, description="Classes of tenants (free, pro, ...): models, limits and budgets per tenant."
     )
@@ -600,13 +604,15 @@ class Policy(_Frozen):
         default=[], description="Limits shared by every tenant, on one model or one provider."
     )
     usage: UsageSinks = Field(
-        default=UsageSinks(), description="Where a record of every call goes, its tags, and cost for the caller."
+        default=UsageSinks.model_construct(),
+        description="Where a record of every call goes, its tags, and cost for the caller.",
     )
-    cache: Cache = Field(default=Cache(), description="The response cache.")
+    cache: Cache = Field(default=Cache.model_construct(), description="The response cache.")
     responses: ResponsesSettings = Field(
-        default=ResponsesSettings(), description="The store of /v1/responses (previous_response_id, GET, DELETE)."
+        default=ResponsesSettings.model_construct(),
+        description="The store of /v1/responses (previous_response_id, GET, DELETE).",
     )
-    tracing: TracingSettings = Field(default=TracingSettings(), description="OpenTelemetry settings.")
+    tracing: TracingSettings = Field(default=TracingSettings.model_construct(), description="OpenTelemetry settings.")
 
     def check(self) -> None:
         """Raise :class:`PolicyError` for the first cross-reference problem."""

@@ -163,17 +163,17 @@ class ChatCompletions(Operation):
     def request_attributes(self, request: JSON) -> dict[str, AttributeValue]:
         attributes: dict[str, AttributeValue] = {}
         for field, name in _NUMBER_PARAMS:
-            if _number(value := request.get(field)):
+            if (value := request.get(field)) is not None and _number(value):
                 attributes[name] = value
         cap = request.get("max_completion_tokens", request.get("max_tokens"))
-        if _number(cap):
+        if cap is not None and _number(cap):
             attributes[GEN_AI_REQUEST_MAX_TOKENS] = cap
         stop = request.get("stop")
         if isinstance(stop, str):
             attributes[GEN_AI_REQUEST_STOP_SEQUENCES] = (stop,)
         elif isinstance(stop, list) and stop:
             attributes[GEN_AI_REQUEST_STOP_SEQUENCES] = tuple(str(s) for s in stop)
-        if _number(n := request.get("n")) and n != 1:
+        if (n := request.get("n")) is not None and _number(n) and n != 1:
             attributes[GEN_AI_REQUEST_CHOICE_COUNT] = n
         if request.get("stream") is True:
             attributes[GEN_AI_REQUEST_STREAM] = True
