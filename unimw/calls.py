@@ -6,7 +6,9 @@ It is finished exactly once, by :meth:`unimw.finishing.Finisher.finish`,
 from one of two places: the ``finally`` of the pipeline for a call that
 did not become a stream, or :class:`CallStream` for one that did, when its
 last chunk is read, when it fails mid-way, or when the reader closes it,
-even before reading a chunk.
+even before reading a chunk. On a networked limit store the finish returns
+before the call is settled: the settlement (and the alerts, record and span
+end that follow from it) runs in a task of its own.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class Call:
     tags: dict[str, str] = field(default_factory=dict)  #: what the call is for (:mod:`unimw.tags`)
     rerouted_from: str | None = None  #: the name asked for, when the plan's on_budget sent the call elsewhere
     cost: int = 0  #: what the caller is charged, in micro-USD, once the call is finished
+    #: When the answer was complete (``perf_counter``), set when the settlement runs after it: the span's end and
+    #: the call's duration are taken from here, not from when the settlement finished.
+    ended_at: float | None = None
 
     def answered_with(self, answer: JSON) -> None:
         """The upstream (or the cache) gave a whole answer."""

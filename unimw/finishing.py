@@ -7,6 +7,16 @@ still run, so a store that is down cannot leave the span open or the
 single-flight waiters waiting, and nothing here can turn a call that was
 answered and charged into an error for its caller. A cancellation that
 arrives while a step awaits its store is held until every step has run.
+
+On a limit store whose settlement is a round trip (Redis: ``settles_later``)
+the answer does not wait for it. ``finish`` fills the cache and lets the
+operation keep the answer, then hands the settlement, and what needs its
+outcome (budget alerts, the usage record, the span's end), to a task of
+its own and returns: the caller waits for one round trip (the reservation),
+not two. That task belongs to no request, so a caller that is cancelled
+(a client that left) cannot cancel it; :meth:`Finisher.flush` waits for
+every one, and the gateway's ``flush`` and ``aclose`` call it, so nothing is
+left unsettled when the gateway closes.
 """
 
 from __future__ import annotations
@@ -37,6 +47,9 @@ class Finisher:
         self._recorder = recorder
         self._tracing = tracing
         self._hooks = hooks
+        self._settles_later = limiter.settles_later
+        #: Settlements still running after their call's answer (each removes itself when done).
+        self._later: set[asyncio.Task[None]] = set()
 
     async def finish(self, call: Call) -> None:
         """Settle, store, record and trace ``call``: once, each step whatever became of the others."""
@@ -44,14 +57,14 @@ class Finisher:
             return
         call.finished = True
         call.cost = cost = self.cost(call)
+        hold = call.hold
+        later = self._settles_later and hold is not None and hold.metered and not hold.settled
         cancelled: asyncio.CancelledError | None = None
         try:
-            if call.hold is not None:
-                call.alerts = await self._limiter.settle(call.hold, call.usage, cost, answered=call.answered)
+            if hold is not None and not later:
+                await self._settle(call, cost)
         except asyncio.CancelledError as exc:
             cancelled = exc
-        except Exception:
-            logger.exception("unimw: settling call %s failed", call.request_id)
         try:
             if call.cache is not None and not call.cache_hit:
                 await self._fill_cache(call)
@@ -66,6 +79,48 @@ class Finisher:
             cancelled = exc
         except Exception:
             logger.exception("unimw: the %s operation could not keep call %s", call.operation.name, call.request_id)
+        if later:
+            call.ended_at = time.perf_counter()  # what the caller waited for ends here
+            task = asyncio.get_running_loop().create_task(self._settle_later(call, cost))
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
+        else:
+            self._close(call, cost)
+        if cancelled is not None:
+            raise cancelled
+
+    async def flush(self) -> None:
+        """Wait until every settlement started so far has run (with its alerts, record and span).
+
+        Waiting does not cancel them, even if the waiter is cancelled. Those
+        of an event loop that has ended are gone with it: close the gateway
+        before its loop ends.
+        """
+        loop = asyncio.get_running_loop()
+        while pending := [task for task in self._later if not task.done() and task.get_loop() is loop]:
+            await asyncio.wait(pending)
+
+    async def _settle(self, call: Call, cost: int) -> None:
+        """Replace the call's reservation by what it used; a failure is logged and the reservation stands
+        (the tenant is over-counted by the difference until the window passes, never under-counted)."""
+        assert call.hold is not None
+        try:
+            call.alerts = await self._limiter.settle(call.hold, call.usage, cost, answered=call.answered)
+        except Exception:
+            logger.exception("unimw: settling call %s failed", call.request_id)
+
+    async def _settle_later(self, call: Call, cost: int) -> None:
+        try:
+            await self._settle(call, cost)
+        except asyncio.CancelledError:
+            # Only the end of the event loop cancels this task (a gateway that was never closed).
+            logger.error("unimw: the settlement of call %s was cancelled before it ran", call.request_id)
+            raise
+        finally:
+            self._close(call, cost)
+
+    def _close(self, call: Call, cost: int) -> None:
+        """What needs the settlement's outcome: deliver its alerts, record the call, end its span."""
         try:
             for alert in call.alerts:
                 self._hooks.budget_alert(alert)
@@ -78,8 +133,6 @@ class Finisher:
         except Exception:
             logger.exception("unimw: tracing call %s failed", call.request_id)
             self._tracing.end(call)
-        if cancelled is not None:
-            raise cancelled
 
     def cost(self, call: Call) -> int:
         """What the call is charged, in micro-USD: its usage at the answering target's price."""
@@ -109,7 +162,7 @@ class Finisher:
             cached_tokens=usage.cached_tokens if usage else 0,
             reasoning_tokens=usage.reasoning_tokens if usage else 0,
             cost_usd=cost / MICRO if call.answered else 0.0,
-            latency_ms=round((time.perf_counter() - call.started) * 1000, 3),
+            latency_ms=round(((call.ended_at or time.perf_counter()) - call.started) * 1000, 3),
             cache_hit=call.cache_hit,
             status=call.status,
             stream=call.stream,

@@ -406,16 +406,20 @@ class Gateway:
     # ── lifecycle ────────────────────────────────────────────────────────────
 
     async def flush(self) -> None:
-        """Wait until every usage record so far is delivered and every alert hook has run."""
+        """Wait until every call finished so far is settled (on a store that settles after the answer), its
+        usage record delivered and its alert hooks run."""
+        await self._finisher.flush()
         await self._hooks.aclose()
         await self._recorder.flush()
 
     async def aclose(self) -> None:
+        """Close upstream connections, settle what is still pending, deliver records and alerts, close the stores."""
         for adapter in self._adapters.values():
             await adapter.aclose()
         await self._own_keys.aclose()
         for operation in self.operations.values():
             await operation.aclose()
+        await self._finisher.flush()  # before the hooks, the records and the limit store it needs
         await self._hooks.aclose()
         await self._recorder.aclose()
         await self._limiter.aclose()

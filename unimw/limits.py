@@ -5,7 +5,10 @@ global ones on the target models and providers) becomes counters in one
 store, reserved together or not at all. A reservation holds the call's
 worst case: one request, its estimated input plus its output cap in tokens,
 and their price at the dearest target of its route. Settling replaces those
-amounts by what the call actually used, exactly once.
+amounts by what the call actually used, exactly once: before the call's
+answer on a store where that costs nothing, after it (by the
+:class:`~unimw.finishing.Finisher`) on one where it is a round trip
+(:attr:`Limiter.settles_later`).
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class Limiter:
         self._ids = itertools.count()
         self._declared = declared(policy)
         self._alert_at = tuple(policy.tenancy.alerts.at)
+        #: Whether a settlement is a round trip worth making after the answer (the store says; see LimitStore).
+        self.settles_later = bool(getattr(store, "settles_later", False))
 
     @property
     def enabled(self) -> bool:

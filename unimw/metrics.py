@@ -158,7 +158,8 @@ class Metrics:
         failed = call.status == "error"
         if failed:
             attributes[ERROR_TYPE] = metric_error_type(call.error)
-        self._duration.record(time.perf_counter() - call.started, attributes)
+        ended = call.ended_at if call.ended_at is not None else time.perf_counter()  # set when settled after
+        self._duration.record(ended - call.started, attributes)
         if call.stream and call.first_chunk_at is not None:
             self._first_chunk.record(call.first_chunk_at - call.started, attributes)
         if call.usage is not None and not call.cache_hit:

@@ -336,7 +336,7 @@ class Tracing:
                 if self.content_on_span or self.content_in_event:
                     self._content(span, call)
         finally:
-            span.end()
+            span.end(end_time=_ended_ns(call))
 
     def end(self, call: Call) -> None:
         """End the call's span if :meth:`finish` could not (it ends it itself otherwise)."""
@@ -524,6 +524,13 @@ class Tracing:
             span.set_attributes(content)
         if self.content_in_event:
             span.add_event(OPERATION_DETAILS, content)
+
+
+def _ended_ns(call: Call) -> int | None:
+    """When the call's answer was complete, in ns since the epoch, if it was settled after that (None: now)."""
+    if call.ended_at is None:
+        return None
+    return time.time_ns() - round((time.perf_counter() - call.ended_at) * 1e9)
 
 
 def _budget_decision(call: Call) -> str:

@@ -59,6 +59,14 @@ class LimitStore(Protocol):
     ``reserve`` takes ``amounts[i]`` on ``counters[i]`` for every ``i``, or on
     none of them; ``settle`` replaces each reserved amount by the actual one.
     Both are one round trip on a networked store.
+
+    A store may also say, with a class attribute ``settles_later = True``,
+    that its ``settle`` costs a round trip: the gateway then settles each
+    call after its answer is sent (still exactly once, and before the gateway
+    closes), so a caller waits for the reservation only. Without it (or with
+    False) calls are settled before their answer, as the in-process store
+    wants: its settlement is cheaper than a task. It is not part of the
+    protocol's required members, so stores written before it still fit.
     """
 
     async def reserve(

@@ -63,6 +63,10 @@ class _Fixed:
 class MemoryLimitStore:
     """Sliding logs and calendar counters in dicts; expired ones are swept (see the module's docstring)."""
 
+    #: A settlement is a few dict updates, cheaper than the task that would defer it: calls settle before
+    #: their answer, so counters, alerts, records and spans are complete as the answer returns.
+    settles_later = False
+
     def __init__(self, *, max_counters: int = DEFAULT_MAX_COUNTERS, sweep_interval: float = 1.0) -> None:
         if max_counters < 1:
             raise ValueError(f"max_counters must be at least 1, got {max_counters}")

@@ -2,9 +2,11 @@
 
 A reservation over any number of counters is one Lua script (one round
 trip), so two replicas can never both take the last unit; settling is
-another. Sliding counters are a sorted set of call ids by time plus a hash
-of their amounts and running total; calendar counters are plain integers.
-Every key expires with its window.
+another, which the gateway makes after the call's answer is sent
+(``settles_later``), so a call waits for one round trip, not two. Sliding
+counters are a sorted set of call ids by time plus a hash of their amounts
+and running total; calendar counters are plain integers. Every key expires
+with its window.
 
 Connections come from a blocking pool: at most ``max_connections`` (50 by
 default) and a call waits up to ``timeout`` seconds (5 by default) for a free
@@ -121,6 +123,9 @@ return totals
 
 class RedisLimitStore:
     """:class:`~unimw.stores.base.LimitStore` on Redis (``redis://host:port/db``)."""
+
+    #: A settlement is a round trip: the gateway runs it after the answer is sent (see LimitStore).
+    settles_later = True
 
     def __init__(self, url: str) -> None:
         self._redis = _client(url)
