@@ -200,9 +200,15 @@ async def _send_stream(receive: Receive, send: Send, chunks: CallStream, rid: st
 
     async def produce() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        first = True
         try:
             async for chunk in chunks:
                 await send({"type": "http.response.body", "body": operation.encode_event(chunk), "more_body": True})
+                if first:
+                    # A turn of the loop: a server that sends the writes of one turn together (``unimw serve``)
+                    # sends the head and the first event now, not after the rest of an already-read stream.
+                    first = False
+                    await asyncio.sleep(0)
         except UnimwError as error:
             body = operation.error_event(error, chunks.watch)
             await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -213,23 +219,33 @@ async def _send_stream(receive: Receive, send: Send, chunks: CallStream, rid: st
             return
         await send({"type": "http.response.body", "body": operation.stream_end, "more_body": False})
 
+    task = asyncio.current_task()
+    assert task is not None
+    producing, gone = True, False
+
     async def watch() -> None:
+        nonlocal gone
         while (await receive())["type"] != "http.disconnect":
             pass
+        if producing:
+            gone = True
+            task.cancel()  # the stream stops wherever it waits (for the upstream, or to send)
 
-    producer = asyncio.ensure_future(produce())
+    # The stream is produced in this task, the disconnect watched in another: the head and the first event
+    # (which the dispatcher already holds) are sent without waiting for a task to be scheduled.
     watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((producer, watcher), return_when=asyncio.FIRST_COMPLETED)
+        await produce()
+    except asyncio.CancelledError:
+        if not gone or task.uncancel() > 0:
+            raise  # cancelled from outside, not (only) by the watcher
+    except OSError:
+        pass  # the client went away mid-send: nothing left to tell it
     finally:
-        for task in (producer, watcher):
-            task.cancel()
-        results = await asyncio.gather(producer, watcher, return_exceptions=True)
+        producing = False
+        watcher.cancel()
         await chunks.aclose()
-    if isinstance(results[0], OSError):
-        return  # the client went away mid-send: nothing left to tell it
-    if isinstance(results[0], BaseException) and not isinstance(results[0], asyncio.CancelledError):
-        raise results[0]
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
 def _encode(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

@@ -280,7 +280,9 @@ def run_serve(
     try:
         import uvicorn
 
-        protocol = bounded_http(limits)
+        from unimw.coalescing import coalescing_http
+
+        protocol = coalescing_http(bounded_http(limits))
     except ImportError:
         print("error: `unimw serve` needs uvicorn with httptools: pip install 'unimw[serve]'", file=sys.stderr)
         return 1
