@@ -280,3 +280,22 @@ async def test_an_answer_paid_with_a_tenants_own_key_is_not_cached_for_others(
     await gateway.chat_completions(body, tenant=Identity("globex"))  # acme's answer, shared globally: a hit
     assert upstream.calls == {"up-main": 2}
     assert [h["authorization"] for h in upstream.headers] == [f"Bearer {own['primary']}", "Bearer sk-primary-secret"]
+
+
+@pytest.mark.parametrize("on_store_error", ["closed", "open"])
+async def test_on_budget_with_the_store_down_follows_on_store_error(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream, on_store_error: str
+) -> None:
+    plans = {"pro": {"limits": [{"per": "day", "usd": 1}], "on_budget": [{"at": 0.5, "use": "gpt-backup"}]}}
+    store = "redis://127.0.0.1:1/0?socket_connect_timeout=0.2"  # nothing listens there
+    gateway = make_gateway(plans=plans, tenancy={**BY_HEADER, "store": store, "on_store_error": on_store_error})
+    client = sdk(gateway, "x", **{"X-Org": "acme", "X-Plan": "pro"})
+    if on_store_error == "closed":
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client.chat.completions.create(model="gpt-main", messages=HELLO)
+        assert (caught.value.status_code, caught.value.code) == (503, "limits_unavailable")
+        assert not upstream.calls
+    else:  # unmetered, and not rerouted: nothing says the budget is near
+        raw = await client.chat.completions.with_raw_response.create(model="gpt-main", messages=HELLO)
+        assert "x-unimw-rerouted-from" not in raw.headers
+        assert upstream.calls == {"up-main": 1}
