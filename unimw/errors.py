@@ -23,7 +23,7 @@ one boundary each, with ``raise ... from exc``; nothing else reaches a door.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 
 class UnimwError(Exception):
@@ -111,9 +111,17 @@ class PayloadTooLarge(UnimwError):
 
 
 class RateLimited(UnimwError):
+    """A rate limit refused the call; ``type`` names what ran out, as OpenAI's own 429s do."""
+
     status = 429
     type = "requests"
     default_code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, exhausted: Literal["requests", "tokens"] = "requests", **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.type = exhausted
 
 
 class BudgetExceeded(UnimwError):

@@ -302,6 +302,7 @@ class Limiter:
         return RateLimited(
             f"Rate limit reached for {quantity}: limit {counter.limit} per {int(counter.window)} s. "
             "Please try again later.",
+            exhausted="tokens" if quantity == "tokens" else "requests",
             headers=headers,
         )
 

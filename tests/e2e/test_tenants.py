@@ -15,6 +15,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Clock, sdk, sdk_http
+from tests.redis_support import require_redis, unique
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
 from unimw.tenants import hash_key
@@ -384,3 +385,47 @@ async def test_the_default_cap_applies_only_to_requests_without_one(
     await client.chat.completions.create(model="gpt-main", messages=HELLO)
     caps = [(r.get("max_completion_tokens"), r.get("max_tokens")) for r in upstream.requests]
     assert caps == [(500, None), (None, 50), (100, None)]
+
+
+@pytest.mark.parametrize(
+    ("limits", "code", "kind"),
+    [
+        # the request counter refuses; the token and dollar counters beside it fit
+        ([{"per": "minute", "requests": 2}, {"per": "minute", "tokens": 100000}, {"per": "day", "usd": 1000}],
+         "rate_limit_exceeded", "requests"),
+        # the token counter refuses (a call reserves its prompt estimate plus max_tokens)
+        ([{"per": "minute", "requests": 100}, {"per": "minute", "tokens": 50}, {"per": "day", "usd": 1000}],
+         "rate_limit_exceeded", "tokens"),
+        # the dollar counter refuses
+        ([{"per": "minute", "requests": 100}, {"per": "minute", "tokens": 100000}, {"per": "day", "usd": 10}],
+         "insufficient_quota", "insufficient_quota"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_refusal_among_several_counters_is_429_with_its_code_and_type(
+    backend: str,
+    make_gateway: Callable[..., Gateway],
+    upstream: OpenAIUpstream,
+    limits: list[dict[str, Any]],
+    code: str,
+    kind: str,
+) -> None:
+    """The counter that refused names the error, as OpenAI's 429s do: type ``requests`` or ``tokens``, or
+    ``insufficient_quota`` for a budget (its own code too)."""
+    tenant = unique("acme")  # counters on the shared Redis are keyed by tenant: a name of this run's own
+    gateway = make_gateway(
+        **priced(
+            tenancy={
+                "resolve": [{"header": "X-Tenant-Id"}],
+                "store": "memory://" if backend == "memory" else require_redis(),
+            },
+            tenants={tenant: {"limits": limits}},
+        )
+    )
+    client = sdk(gateway, **{"X-Tenant-Id": tenant})
+    for _ in range(2):
+        await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=5)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.chat.completions.create(model="gpt-main", messages=HELLO, max_tokens=5)
+    assert (caught.value.status_code, caught.value.code, caught.value.type) == (429, code, kind)
+    assert upstream.calls == {"up-main": 2}
