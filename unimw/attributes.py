@@ -30,7 +30,13 @@ BUDGET_DECISION: Final = "unimw.budget.decision"  #: ``reserved``, ``refused``, 
 #: Request fields an adapter left out for its target (the adapter's ``dropped_params``): on the attempt's span,
 #: or on the call's when its one attempt has no span of its own.
 DROPPED_PARAMS: Final = "unimw.request.dropped_params"
+#: How many times the call's stream failed mid-answer and was continued elsewhere (:mod:`unimw.continuation`).
+STREAM_RESUMES: Final = "unimw.stream.resumes"
 # Span events (on the gateway span) and their attributes
+#: A stream continued elsewhere: ``unimw.target`` / ``unimw.provider`` failed with ``error.type``, and the answer
+#: went on at ``unimw.stream.resumed_to``.
+STREAM_RESUMED: Final = "unimw.stream.resumed"
+RESUMED_TO: Final = "unimw.stream.resumed_to"
 BUDGET_ALERT: Final = "unimw.budget.alert"
 BUDGET_QUANTITY: Final = "unimw.budget.quantity"
 BUDGET_THRESHOLD: Final = "unimw.budget.threshold"

@@ -27,6 +27,7 @@ from unimw.wire import JSON, aclose
 if TYPE_CHECKING:
     from unimw.adapters.base import Target
     from unimw.cache import Lookup
+    from unimw.continuation import Resumed
     from unimw.limits import BudgetAlert, Hold
     from unimw.routing import Route
 
@@ -71,6 +72,8 @@ class Call:
     #: When the answer was complete (``perf_counter``), set when the settlement runs after it: the span's end and
     #: the call's duration are taken from here, not from when the settlement finished.
     ended_at: float | None = None
+    #: Attempts of a stream that failed mid-answer and were continued elsewhere (:mod:`unimw.continuation`).
+    resumed: list[Resumed] = field(default_factory=list)
 
     def answered_with(self, answer: JSON) -> None:
         """The upstream (or the cache) gave a whole answer."""

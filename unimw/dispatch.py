@@ -36,12 +36,13 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from unimw.adapters.base import Adapter, Target
 from unimw.errors import UpstreamError, UpstreamTimeout
 from unimw.own_keys import Lease, OwnKeys
-from unimw.policy import Dispatch
+from unimw.policy import Dispatch, Policy
 from unimw.redaction import Redactor
 from unimw.routing import Route, Router
 from unimw.wire import JSON, aclose
@@ -83,6 +84,7 @@ class Dispatcher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         observer: Observer | None = None,
         own_keys: OwnKeys | None = None,
+        stream_timeouts: Mapping[str, StreamTimeouts] | None = None,
     ) -> None:
         self._router = router
         redactors = redactors or {}
@@ -95,6 +97,7 @@ class Dispatcher:
         self._sleep = sleep
         self._cool_until: dict[str, float] = {}
         self._observer: Observer = observer or _Unobserved()
+        self._stream_timeouts = stream_timeouts or {}
 
     async def complete(
         self,
@@ -138,14 +141,19 @@ class Dispatcher:
         """
 
         async def attempt(target: Target) -> AsyncIterator[JSON]:
+            limits = self._stream_timeouts.get(target.name, _NO_LIMITS)
             lease = await self._lease(target, credentials)
             chunks: AsyncIterator[JSON] | None = None
             try:
-                chunks = await ask(lease.adapter, target)
-                first = await anext(chunks)
+                async with asyncio.timeout(limits.first_token):
+                    chunks = await ask(lease.adapter, target)
+                    first = await anext(chunks)
             except BaseException as error:
-                if isinstance(error, UpstreamError):
-                    lease.redactor.error(error)
+                failure = error
+                if isinstance(error, TimeoutError) and limits.first_token is not None:  # the deadline above
+                    failure = UpstreamTimeout(f"The upstream sent no first chunk within {limits.first_token:g} s.")
+                if isinstance(failure, UpstreamError):
+                    lease.redactor.error(failure)
                 try:
                     if chunks is not None:
                         await aclose(chunks)
@@ -153,8 +161,10 @@ class Dispatcher:
                     await lease.release()
                 if isinstance(error, StopAsyncIteration):
                     raise UpstreamError("The upstream sent an empty stream.", status=502) from None
+                if failure is not error:
+                    raise failure from None
                 raise
-            return _Rest(first, chunks, lease)
+            return _Rest(first, chunks, lease, limits.stall)
 
         return await self._first_success(route, operation, request, attempt, credentials)
 
@@ -233,16 +243,40 @@ class Dispatcher:
 _NO_SECRETS = Redactor(())
 
 
+@dataclass(frozen=True, slots=True)
+class StreamTimeouts:
+    """A target's limits on a stream: the wait for its first chunk, and the silence between two (None: none)."""
+
+    first_token: float | None = None
+    stall: float | None = None
+
+
+_NO_LIMITS = StreamTimeouts()
+
+
+def stream_timeouts(policy: Policy) -> dict[str, StreamTimeouts]:
+    """Each model's stream limits: its own, else its provider's (models with neither are left out)."""
+    limits = {}
+    for name, model in policy.models.items():
+        provider = policy.providers[model.provider]
+        first = model.first_token_timeout if model.first_token_timeout is not None else provider.first_token_timeout
+        stall = model.stall_timeout if model.stall_timeout is not None else provider.stall_timeout
+        if first is not None or stall is not None:
+            limits[name] = StreamTimeouts(first, stall)
+    return limits
+
+
 class _Rest:
     """A stream from its first chunk on: it redacts the errors of the rest, and closes the upstream and
     releases the adapter's lease however it ends, even when closed before it was read."""
 
-    __slots__ = ("_chunks", "_done", "_first", "_lease")
+    __slots__ = ("_chunks", "_done", "_first", "_lease", "_stall")
 
-    def __init__(self, first: JSON, chunks: AsyncIterator[JSON], lease: Lease) -> None:
+    def __init__(self, first: JSON, chunks: AsyncIterator[JSON], lease: Lease, stall: float | None = None) -> None:
         self._first: JSON | None = first
         self._chunks = chunks
         self._lease = lease
+        self._stall = stall
         self._done = False
 
     def __aiter__(self) -> _Rest:
@@ -255,7 +289,13 @@ class _Rest:
         if self._done:
             raise StopAsyncIteration
         try:
-            return await anext(self._chunks)
+            if self._stall is None:
+                return await anext(self._chunks)
+            try:
+                async with asyncio.timeout(self._stall):
+                    return await anext(self._chunks)
+            except TimeoutError:
+                raise UpstreamTimeout(f"The upstream stream stalled for {self._stall:g} s.") from None
         except BaseException as error:
             if isinstance(error, UpstreamError):
                 self._lease.redactor.error(error)

@@ -117,9 +117,7 @@ class RateLimited(UnimwError):
     type = "requests"
     default_code = "rate_limit_exceeded"
 
-    def __init__(
-        self, message: str, *, exhausted: Literal["requests", "tokens"] = "requests", **kwargs: Any
-    ) -> None:
+    def __init__(self, message: str, *, exhausted: Literal["requests", "tokens"] = "requests", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.type = exhausted
 

@@ -27,6 +27,7 @@ import time
 
 from unimw.cache import ResponseCache
 from unimw.calls import Call
+from unimw.continuation import without
 from unimw.hooks import Hooks
 from unimw.limits import Limiter
 from unimw.records import Recorder, UsageRecord
@@ -135,10 +136,15 @@ class Finisher:
             self._tracing.end(call)
 
     def cost(self, call: Call) -> int:
-        """What the call is charged, in micro-USD: its usage at the answering target's price."""
+        """What the call is charged, in micro-USD: its usage at the answering target's price (and, for a
+        stream continued elsewhere, what each failed attempt produced at its own target's price)."""
         if call.target is None or call.usage is None or (call.cache_hit and not self._cache.charges_hits):
             return 0
-        return cost_micros(self._limiter.price(call.target.name), call.usage)
+        usage, earlier = call.usage, 0
+        for switch in call.resumed:
+            earlier += cost_micros(self._limiter.price(switch.target.name), switch.usage)
+            usage = without(usage, switch.usage)
+        return earlier + cost_micros(self._limiter.price(call.target.name), usage)
 
     async def _fill_cache(self, call: Call) -> None:
         assert call.cache is not None

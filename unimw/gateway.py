@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from unimw import stores
 from unimw.adapters import adapter_class
-from unimw.adapters.base import Adapter
+from unimw.adapters.base import Adapter, Target
 from unimw.cache import ResponseCache, strip_control
 from unimw.calls import Call, CallStream
-from unimw.dispatch import Dispatcher
+from unimw.continuation import PREFILL_BY_KIND, ContinuedStream, Resumed
+from unimw.dispatch import Dispatcher, stream_timeouts
 from unimw.errors import InvalidRequest, ModelNotFound
 from unimw.finishing import Finisher
 from unimw.hooks import Hooks
@@ -38,7 +39,7 @@ from unimw.own_keys import OwnKeys
 from unimw.policy import Policy
 from unimw.records import Recorder
 from unimw.redaction import Redactor, provider_secrets
-from unimw.routing import Router
+from unimw.routing import Route, Router
 from unimw.stores.base import CacheStore, LimitStore
 from unimw.tags import tags_of
 from unimw.tenants import Caller, Tenants
@@ -139,6 +140,7 @@ class Gateway:
             sleep=sleep,
             observer=self._tracing,
             own_keys=(own_keys := OwnKeys(policy.providers)),
+            stream_timeouts=stream_timeouts(policy),
         )
         self._own_keys = own_keys
         settings = policy.cache
@@ -324,6 +326,8 @@ class Gateway:
                 lambda adapter, target: operation.stream(adapter, upstream, target),
                 credentials=call.caller.credentials,
             )
+            if operation.continues_streams and self.policy.dispatch.stream_resumes:
+                chunks = self._continued(call, upstream, chunks)
             watch = operation.watch(request, assemble=call.cache is not None or self._tracing.captures_output)
             return CallStream(call, chunks, watch, self._finisher.finish, self._price)
         call.target, answer = await self._dispatcher.complete(
@@ -335,6 +339,48 @@ class Gateway:
         )
         call.answered_with(answer)
         return answer
+
+    def _continued(self, call: Call, upstream: JSON, chunks: AsyncIterator[JSON]) -> ContinuedStream:
+        """``chunks``, continued on a target that accepts a prefill should they fail mid-answer."""
+        assert call.route is not None and call.target is not None
+        route, operation, models = call.route, call.operation, self.policy.models
+
+        async def resume(
+            request_for: Callable[[Target], JSON], targets: tuple[Target, ...]
+        ) -> tuple[Target, AsyncIterator[JSON]]:
+            return await self._dispatcher.stream(
+                Route(route.name, "fallback", targets, (1.0,) * len(targets)),
+                operation.name,
+                request_for(targets[0]),
+                lambda adapter, target: operation.stream(adapter, request_for(target), target),
+                credentials=call.caller.credentials,
+            )
+
+        def resumed(switch: Resumed) -> None:
+            call.resumed.append(switch)
+            call.target = switch.to
+            self._tracing.resumed(call, switch)
+
+        def prefill(target: Target) -> bool:
+            model = models.get(target.name)
+            if model is not None and model.prefill is not None:
+                return model.prefill
+            return PREFILL_BY_KIND.get(self.policy.providers[target.provider].kind, False)
+
+        stream = ContinuedStream(
+            chunks,
+            call.target,
+            upstream,
+            wants_usage=bool((call.request.get("stream_options") or {}).get("include_usage")),
+            targets=route.targets,
+            prefill=prefill,
+            params=lambda target: models[target.name].prefill_params if target.name in models else {},
+            resumes=self.policy.dispatch.stream_resumes,
+            resume=resume,
+            prompt_tokens=operation.prompt_tokens(upstream),
+            on_resume=resumed,
+        )
+        return stream
 
     def _serve_hit(self, call: Call, cached: JSON, answer: Answer) -> Answer:
         """A cached answer, as the caller asked for it: whole, or replayed as a stream."""

@@ -137,6 +137,16 @@ class Provider(_Frozen):
     headers: dict[str, str] = Field(default={}, description="Extra headers sent on every call to this provider.")
     timeout: Seconds = duration_field(60.0, "Per attempt: the longest wait for the next bytes of the answer.")
     connect_timeout: Seconds = duration_field(5.0, "To open a connection.")
+    first_token_timeout: Seconds | None = duration_field(
+        None,
+        "Streams: the longest wait for the first chunk (headers included); past it the attempt fails over "
+        "before anything reached the caller. Unset: timeout alone.",
+    )
+    stall_timeout: Seconds | None = duration_field(
+        None,
+        "Streams: the longest silence between two chunks; past it the stream is continued elsewhere "
+        "(dispatch.stream_resumes). Unset: timeout alone. Whole (non-streamed) answers are not cut by it.",
+    )
     retries: int | None = Field(
         default=None,
         ge=0,
@@ -185,6 +195,19 @@ class Model(_Frozen):
         description="Request fields merged into every request for this model (the caller's own fields win), "
         "in the vendor's own request format.",
     )
+    prefill: bool | None = Field(
+        default=None,
+        description="Whether it continues an assistant turn the request ends with (a prefill), which is how a "
+        "stream cut mid-answer is continued here. Unset: its kind's default (anthropic and mock yes; openai and "
+        "gemini no).",
+    )
+    prefill_params: dict[str, Any] = Field(
+        default={},
+        description="Request fields merged into a continuation request only, for servers that need to be told "
+        "(vLLM: {continue_final_message: true, add_generation_prompt: false}).",
+    )
+    first_token_timeout: Seconds | None = duration_field(None, "Overrides its provider's first_token_timeout.")
+    stall_timeout: Seconds | None = duration_field(None, "Overrides its provider's stall_timeout.")
     owned_by: str | None = Field(default=None, description="owned_by in /v1/models; unset: the provider's name.")
 
 
@@ -232,6 +255,13 @@ class Dispatch(_Frozen):
         5.0,
         "After a retryable failure a target is skipped for this long while other targets of its alias remain; "
         "0 turns cooldown off.",
+    )
+    stream_resumes: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="How many times one chat stream that failed after its first chunk is continued (its text so "
+        "far sent as a prefill to a target that accepts one); 0: the caller gets the error event instead.",
     )
 
 

@@ -84,9 +84,12 @@ from unimw.attributes import (
     PROVIDER,
     REQUEST_ID,
     REROUTED_FROM,
+    RESUMED_TO,
     ROUTE_STRATEGY,
     SCHEMA_URL,
     STATUS,
+    STREAM_RESUMED,
+    STREAM_RESUMES,
     TAG,
     TARGET,
     TENANT,
@@ -104,6 +107,7 @@ if TYPE_CHECKING:
 
     from unimw.adapters.base import Adapter, Target
     from unimw.calls import Call
+    from unimw.continuation import Resumed
     from unimw.policy import Policy, Provider
     from unimw.routing import Route
 
@@ -288,6 +292,22 @@ class Tracing:
             name, attributes = known
             span.update_name(name)
             span.set_attributes({**attributes, REROUTED_FROM: call.rerouted_from or ""})
+
+    def resumed(self, call: Call, switch: Resumed) -> None:
+        """The call's stream failed mid-answer and goes on at another attempt: an event on its span says where."""
+        span: Span | None = call.span
+        if span is None or not span.is_recording():
+            return
+        span.add_event(
+            STREAM_RESUMED,
+            {
+                TARGET: switch.target.name,
+                PROVIDER: switch.target.provider,
+                ERROR_TYPE: error_type(switch.error),
+                RESUMED_TO: switch.to.name,
+            },
+        )
+        span.set_attribute(STREAM_RESUMES, len(call.resumed))
 
     def _start_of(self, operation: str, model: str) -> tuple[str, Attributes] | None:
         """The name and attributes a span for ``model`` starts with (those samplers may look at), made once."""

@@ -249,12 +249,30 @@ async def test_retry_after_is_honoured(client: openai.AsyncOpenAI, claude: Anthr
 
 
 @pytest.mark.parametrize("fault", ["stream_error", "cut"])
-async def test_broken_stream_raises(client: openai.AsyncOpenAI, claude: AnthropicUpstream, fault: str) -> None:
+async def test_a_broken_stream_is_continued_after_what_it_sent(
+    client: openai.AsyncOpenAI, claude: AnthropicUpstream, fault: str
+) -> None:
+    """Claude continues a final assistant turn: the words already sent go back as one (tests/e2e/test_stream_continuation.py)."""
     claude.plan(SONNET, fault)
     stream = await client.chat.completions.create(model="sonnet", messages=HELLO, stream=True)
-    with pytest.raises(openai.APIError):
-        async for _ in stream:
-            pass
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == f"Hello from {SONNET}! The capital of France is Paris."
+    assert claude.calls[SONNET] == 2
+
+
+@pytest.mark.parametrize("fault", ["stream_error", "cut"])
+async def test_broken_stream_raises_when_not_continued(
+    _anthropic_server: tuple[AnthropicUpstream, str], claude: AnthropicUpstream, fault: str
+) -> None:
+    claude.plan(SONNET, fault)
+    settings = {**policy(_anthropic_server[1]), "dispatch": {"stream_resumes": 0}}
+    async with Gateway.from_dict(settings) as quiet, httpx.AsyncClient(transport=quiet.transport()) as http:
+        client = openai.AsyncOpenAI(base_url="http://unimw/v1", api_key="k", http_client=sdk_http(http), max_retries=0)
+        stream = await client.chat.completions.create(model="sonnet", messages=HELLO, stream=True)
+        with pytest.raises(openai.APIError):
+            async for _ in stream:
+                pass
+    assert claude.calls[SONNET] == 1
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])

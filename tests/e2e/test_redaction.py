@@ -68,7 +68,8 @@ async def leaky(
     policy = {
         "providers": {"leaky": {"kind": kind, "base_url": url, "api_key": KEY, "timeout": 5}},
         "models": {"leaky": {"provider": "leaky", "model": model}},
-        "dispatch": {"retries": 0, "cooldown": 0},
+        # Not continued: a stream failing mid-way must reach the caller as the (redacted) error it was.
+        "dispatch": {"retries": 0, "cooldown": 0, "stream_resumes": 0},
     }
     async with Gateway.from_dict(policy, **telemetry.providers) as gateway:
         yield gateway, server, model
@@ -117,6 +118,34 @@ async def test_key_reaches_no_http_client(leaky: tuple[Gateway, ScriptedUpstream
     assert response.status_code == HTTP_STATUS[kind, mode]
     assert MASK in response.text
     assert_no_key(response.text, repr(response.headers))
+
+
+@pytest.mark.parametrize(("vendor", "recorded"), [("anthropic", MASK), ("openai", f"c-{MASK}")], indirect=["vendor"])
+async def test_key_reaches_no_span_or_log_of_a_stream_continued_after_a_leaky_error(
+    vendor: tuple[str, ScriptedUpstream, str, str],
+    recorded: str,
+    telemetry: Telemetry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A mid-stream error that another attempt may fix is continued past; what it said is recorded redacted.
+    (Gemini's carries its 401, which no new attempt fixes: the caller gets it, as tested above.)"""
+    kind, server, url, model = vendor
+    policy = {
+        "providers": {"leaky": {"kind": kind, "base_url": url, "api_key": KEY, "timeout": 5}},
+        "models": {"leaky": {"provider": "leaky", "model": model, "prefill": True}},
+        "dispatch": {"retries": 0, "cooldown": 0},
+    }
+    server.plan(model, MODES["stream-mid"])
+    caplog.set_level(logging.DEBUG)
+    async with Gateway.from_dict(policy, **telemetry.providers) as gateway:
+        chunks = await gateway.stream_chat_completions({"model": "leaky", "messages": HELLO})
+        async with aclosing(chunks):  # type: ignore[type-var]
+            async for _ in chunks:
+                pass
+    assert server.calls[model] == 2
+    (event,) = [e for e in telemetry.span("chat leaky")["events"] if e[0] == "unimw.stream.resumed"]
+    assert event[1]["error.type"] == recorded
+    assert_no_key(caplog.text, telemetry.everything())
 
 
 def test_metric_error_type_is_bounded() -> None:

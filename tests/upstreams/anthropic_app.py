@@ -184,10 +184,12 @@ class AnthropicUpstream(ScriptedUpstream):
 
 
 def rule_errors(body: dict[str, Any]) -> list[str]:
-    """Rules the API enforces beyond the types: those about thinking."""
-    if (body.get("thinking") or {}).get("type") not in ("enabled", "adaptive"):
-        return []
+    """Rules the API enforces beyond the types: a prefill's trailing whitespace, and those about thinking."""
     errors = []
+    if (prefill := _prefill(body)) is not None and prefill != prefill.rstrip():
+        errors.append("messages: final assistant content cannot end with trailing whitespace")
+    if (body.get("thinking") or {}).get("type") not in ("enabled", "adaptive"):
+        return errors
     if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
         errors.append("Thinking may not be enabled when tool_choice forces tool use.")
     turns = [m["content"] for m in body["messages"] if m["role"] == "assistant" and isinstance(m["content"], list)]
@@ -233,7 +235,21 @@ def answer(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
         text = f"I got {len(results)} tool results for {body['model']}."
     else:
         text = f"Hello from {body['model']}! The capital of France is Paris."
+    if (prefill := _prefill(body)) is not None:
+        # A final assistant turn is continued, as the API documents: the reply is what follows it.
+        text = text[len(prefill) :] if text.startswith(prefill) else text
     return [*thinking, {"type": "text", "text": text}], "end_turn"
+
+
+def _prefill(body: dict[str, Any]) -> str | None:
+    """The text of a final assistant turn (a prefill), if the request ends with one."""
+    last = body["messages"][-1]
+    if last["role"] != "assistant":
+        return None
+    content = last["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
 
 
 def usage(body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, Any]:

@@ -17,7 +17,11 @@ answer 429, then normally. Faults:
            stream whose first event, or whose event after the first words, is such an error)
 ``badjson`` 200 with a body that is not JSON
 ``hang``   answers nothing for 30 s
-``drop``   the connection breaks after part of the body (mid-stream)
+``drop``   the connection breaks after the first 3 words of a stream (``drop:N``: N words; ``drop:0``: the role delta)
+``stall``  a stream that goes silent for 30 s after its first words
+``late:S`` a stream whose headers come at once and whose first chunk comes S seconds later
+``nodone`` a whole stream (finish reason, usage) without ``data: [DONE]``
+``malformed`` a stream with one event that is not JSON after its first words, otherwise whole
 ``slow``   like ``ok`` but 0.2 s between stream chunks
 ``delay:S`` like ``ok`` after S seconds
 ``filtered`` a completion stopped by the content filter
@@ -153,9 +157,8 @@ class OpenAIUpstream(ScriptedUpstream):
         message, finish = answer(body)
         if body.get("stream"):
             delay = 0.2 if name == "slow" else 0.0
-            return StreamingResponse(
-                stream(body, message, finish, drop=name == "drop", delay=delay), media_type="text/event-stream"
-            )
+            events = stream(body, message, finish, drop=name == "drop", delay=delay, fault=name, arg=arg)
+            return StreamingResponse(events, media_type="text/event-stream")
         completion = {
             "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
             "object": "chat.completion",
@@ -208,6 +211,11 @@ def answer(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
         content = json.dumps({"answer": "Paris", "confidence": 0.9})
     else:
         content = f"Hello from {body['model']}! The capital of France is Paris."
+    last = body["messages"][-1]
+    if body.get("continue_final_message") and last.get("role") == "assistant" and isinstance(last["content"], str):
+        # vLLM's extension: the final assistant turn is continued, and the reply is what follows it.
+        prefill = last["content"]
+        content = content[len(prefill) :] if content.startswith(prefill) else content
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
     if cap is not None and len(content) > cap * 4:
         return {"role": "assistant", "content": content[: cap * 4], "refusal": None, "annotations": []}, "length"
@@ -232,9 +240,18 @@ def usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
 
 
 async def stream(
-    body: dict[str, Any], message: dict[str, Any], finish: str, *, drop: bool, delay: float
+    body: dict[str, Any],
+    message: dict[str, Any],
+    finish: str,
+    *,
+    drop: bool,
+    delay: float,
+    fault: str = "ok",
+    arg: str = "",
 ) -> AsyncIterator[bytes]:
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    if fault == "late":
+        await asyncio.sleep(float(arg))  # the headers are out: only the first chunk is late
 
     def event(delta: dict[str, Any] | None, finish_reason: str | None = None, **extra: Any) -> bytes:
         chunk: dict[str, Any] = {
@@ -266,18 +283,26 @@ async def stream(
             arguments = call["function"]["arguments"]
             for j in range(0, len(arguments), 7):
                 yield event({"tool_calls": [{"index": i, "function": {"arguments": arguments[j : j + 7]}}]})
+    elif drop and arg == "0":
+        await asyncio.sleep(0.05)
+        raise ConnectionResetError("dropped after the role delta")
     else:
         for k, word in enumerate(message["content"].split(" ")):
             if delay:
                 await asyncio.sleep(delay)
             yield event({"content": word if k == 0 else " " + word})
-            if drop and k == 2:
+            if drop and k == int(arg or 3) - 1:
                 await asyncio.sleep(0.05)  # let what was sent reach the client before the reset
                 raise ConnectionResetError("dropped mid-stream")
+            if fault == "stall" and k == 2:
+                await asyncio.sleep(30)
+            if fault == "malformed" and k == 2:
+                yield b"data: {not json\n\n"
     yield event({}, finish)
     if include_usage:
         yield event(None, usage=usage(body, message))
-    yield b"data: [DONE]\n\n"
+    if fault != "nodone":
+        yield b"data: [DONE]\n\n"
 
 
 async def _leaking(body: dict[str, Any], error: dict[str, Any], *, mid: bool) -> AsyncIterator[bytes]:

@@ -79,6 +79,9 @@ class Operation:
     not_in_cache_key: ClassVar[frozenset[str]] = frozenset({"model", "user", "metadata", CONTROL_FIELD})
     #: What a door sends after the last event of a stream (``data: [DONE]`` for the OpenAI chat wire).
     stream_end: ClassVar[bytes] = SSE_DONE
+    #: Whether a stream that fails after its first chunk may be continued elsewhere
+    #: (:mod:`unimw.continuation`): its chunks must be ``chat.completion.chunk`` objects.
+    continues_streams: ClassVar[bool] = False
 
     def bind(self, policy: Policy) -> Operation:
         """This operation for one gateway's policy (an operation with state, a store say, builds it here)."""

@@ -63,6 +63,7 @@ class ChatCompletions(Operation):
 
     name: ClassVar[str] = GenAiOperationNameValues.CHAT.value
     path: ClassVar[str] = "/chat/completions"
+    continues_streams: ClassVar[bool] = True
     not_in_cache_key: ClassVar[frozenset[str]] = frozenset(
         {
             "model",  # replaced by the route's fingerprint

@@ -1,0 +1,259 @@
+"""Continuing a chat stream whose upstream failed after its first chunk reached the caller.
+
+Before the first chunk, a failed stream falls back like any call (the
+dispatcher). After it, the caller already holds part of an answer: ending
+the stream with an error event throws that away, and starting over would
+repeat it. So the text delivered so far is sent back as the start of the
+assistant's turn (a *prefill*) to a target that continues such a turn (the
+same target first, then the route's others, tried by the dispatcher as
+usual), and that stream's chunks carry on the caller's: same ``id`` and
+``created``, no second role delta, one usage chunk at the end adding up
+what every attempt produced.
+
+It gives up, and the caller gets the original error, when the answer
+cannot be continued faithfully: tool calls under way, several choices, no
+target that accepts a prefill, the resumes allowed used up, or a failure a
+new attempt cannot fix (a 4xx). A resume that fails never masks the
+original error. When nothing but the role delta had been delivered, there
+is nothing to prefill and any target may answer afresh.
+
+Whether a target accepts a prefill is in the policy (``models.*.prefill``);
+unset, its wire decides: Anthropic's Messages API continues a trailing
+assistant turn (documented as prefilling), while OpenAI's Chat Completions
+and Gemini answer a new turn after it, which would repeat the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from unimw.errors import UpstreamError
+from unimw.usage import Usage, estimate_text_tokens
+from unimw.wire import JSON, aclose
+
+if TYPE_CHECKING:
+    from unimw.adapters.base import Target
+
+#: Whether a kind's wire continues a trailing assistant turn, when the model does not say.
+PREFILL_BY_KIND: dict[str, bool] = {"anthropic": True, "openai": False, "gemini": False, "mock": False}
+
+#: ``(the request for each target, targets to try in order) -> (the target that answered, its chunks)``.
+Resume = Callable[[Callable[["Target"], JSON], tuple["Target", ...]], Awaitable[tuple["Target", AsyncIterator[JSON]]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """One switch: the attempt that failed, what it had produced (estimated), why, and where it went on."""
+
+    target: Target
+    usage: Usage
+    error: UpstreamError
+    to: Target
+
+
+def can_continue(request: JSON) -> bool:
+    """Whether a stream of ``request`` could be continued at all: one choice, and no logprobs to keep whole."""
+    return request.get("n") in (None, 1) and not request.get("logprobs")
+
+
+def continuation_request(request: JSON, delivered: str, params: JSON | None = None) -> JSON:
+    """``request`` asked again with ``delivered`` as the start of the answer, and what remains of its cap.
+
+    Trailing whitespace is left out of the prefill: Anthropic refuses a final
+    assistant turn that ends with it, and the continuation supplies it again.
+    """
+    prefill = delivered.rstrip()
+    continued: JSON = {**request, **(params or {})}
+    if prefill:
+        continued["messages"] = [*request["messages"], {"role": "assistant", "content": prefill}]
+    spent = estimate_text_tokens(delivered)
+    for field in ("max_completion_tokens", "max_tokens"):
+        if isinstance(cap := request.get(field), int):
+            continued[field] = max(1, cap - spent)
+    return continued
+
+
+def added(a: Usage, b: Usage) -> Usage:
+    """Two attempts' usage, added up."""
+    return Usage(**{f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(Usage)})
+
+
+def without(total: Usage, part: Usage) -> Usage:
+    """What is left of ``total`` once ``part`` is taken out (never below zero)."""
+    return Usage(**{f.name: max(0, getattr(total, f.name) - getattr(part, f.name)) for f in fields(Usage)})
+
+
+def usage_json(usage: Usage) -> JSON:
+    """``usage`` as an OpenAI ``CompletionUsage``."""
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+class ContinuedStream:
+    """A chat chunk stream that continues itself elsewhere when its upstream fails mid-answer.
+
+    ``targets`` are the route's targets in the order they were offered;
+    ``prefill`` tells which accept a prefill and ``params`` what their
+    continuation requests add; ``prompt_tokens`` estimates what a failed
+    attempt read; ``on_resume`` hears of each switch (the gateway records
+    it on the call and its span).
+
+    A failure after every choice finished ends the stream cleanly when
+    nothing the caller asked for is missing: the usage chunk, if the caller
+    asked for one (a stream is complete without ``[DONE]`` then).
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_continued",
+        "_delivered",
+        "_earlier",
+        "_finished",
+        "_head",
+        "_left",
+        "_on_resume",
+        "_params",
+        "_prefill",
+        "_prompt_tokens",
+        "_request",
+        "_resume",
+        "_since",
+        "_skip",
+        "_target",
+        "_targets",
+        "_tools",
+        "_usage_seen",
+        "_wants_usage",
+    )
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[JSON],
+        target: Target,
+        request: JSON,
+        *,
+        wants_usage: bool,
+        targets: tuple[Target, ...],
+        prefill: Callable[[Target], bool],
+        params: Callable[[Target], JSON],
+        resumes: int,
+        resume: Resume,
+        prompt_tokens: int,
+        on_resume: Callable[[Resumed], None],
+    ) -> None:
+        self._chunks = chunks
+        self._target = target
+        self._request = request
+        self._wants_usage = wants_usage
+        self._targets = targets
+        self._prefill = prefill
+        self._params = params
+        self._left = resumes
+        self._resume = resume
+        self._prompt_tokens = prompt_tokens
+        self._on_resume = on_resume
+        self._head: tuple[Any, Any] | None = None  # the first chunk's id and created, kept by every later one
+        self._delivered: list[str] = []  # the text the caller has, over every attempt
+        self._since = 0  # characters of it the current attempt produced
+        self._tools = False
+        self._finished = False
+        self._usage_seen = False
+        self._continued = False  # the current attempt continues an earlier one
+        self._skip = ""  # whitespace the prefill left out, which the continuation may repeat
+        self._earlier = Usage()  # what the failed attempts produced, estimated
+
+    def __aiter__(self) -> ContinuedStream:
+        return self
+
+    async def __anext__(self) -> JSON:
+        while True:
+            try:
+                chunk = await anext(self._chunks)
+            except UpstreamError as error:
+                if self._finished and (self._usage_seen or not self._wants_usage):
+                    raise StopAsyncIteration from None  # whole: only the end of the stream was lost
+                await self._continue(error)
+                continue
+            if self._continued:
+                rejoined = self._rejoined(chunk)
+                if rejoined is None:
+                    continue
+                chunk = rejoined
+            self._see(chunk)
+            return chunk
+
+    async def aclose(self) -> None:
+        await aclose(self._chunks)
+
+    def _see(self, chunk: JSON) -> None:
+        if self._head is None:
+            self._head = (chunk.get("id"), chunk.get("created"))
+        if chunk.get("usage"):
+            self._usage_seen = True
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if content := delta.get("content"):
+                self._delivered.append(content)
+                self._since += len(content)
+            if delta.get("tool_calls"):
+                self._tools = True
+            if choice.get("finish_reason"):
+                self._finished = True
+
+    def _rejoined(self, chunk: JSON) -> JSON | None:
+        """A continuation's chunk as part of the caller's stream; None for one that adds nothing."""
+        assert self._head is not None
+        chunk["id"], chunk["created"] = self._head
+        choices = chunk.get("choices") or ()
+        useful = not choices or bool(chunk.get("usage"))
+        for choice in choices:
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                delta.pop("role", None)
+                content = delta.get("content")
+                if self._skip and isinstance(content, str) and content:
+                    if content.startswith(self._skip):
+                        delta["content"] = content = content[len(self._skip) :]
+                    self._skip = ""
+                useful = useful or bool(content) or bool(delta.get("tool_calls"))
+            useful = useful or bool(choice.get("finish_reason"))
+        if isinstance(usage := chunk.get("usage"), dict):
+            chunk["usage"] = usage_json(added(self._earlier, Usage.from_openai(usage) or Usage()))
+        return chunk if useful else None
+
+    async def _continue(self, error: UpstreamError) -> None:
+        """Carry on elsewhere after ``error``, or raise it when the answer cannot be continued faithfully."""
+        if self._finished or self._tools or self._left <= 0 or not error.retryable:
+            raise error
+        if not can_continue(self._request):
+            raise error
+        delivered = "".join(self._delivered)
+        needs_prefill = bool(delivered.strip())
+        failed = self._target
+        order = (failed, *(t for t in self._targets if t != failed))
+        candidates = tuple(t for t in order if not needs_prefill or self._prefill(t))
+        if not candidates:
+            raise error
+        self._left -= 1
+        spent = Usage(self._prompt_tokens, estimate_text_tokens(delivered[len(delivered) - self._since :]))
+        await aclose(self._chunks)
+
+        def request_for(target: Target) -> JSON:
+            return continuation_request(self._request, delivered, self._params(target) if needs_prefill else None)
+
+        try:
+            self._target, self._chunks = await self._resume(request_for, candidates)
+        except UpstreamError:
+            raise error from None  # the original failure is the caller's to see, not the resume's
+        self._earlier = added(self._earlier, spent)
+        self._since = 0
+        self._continued = True
+        self._skip = delivered[len(delivered.rstrip()) :]
+        self._on_resume(Resumed(failed, spent, error, self._target))
