@@ -360,8 +360,11 @@ class Load:
         return self.requests / self.seconds
 
 
-async def apply_load(env: Env, url: str, seconds: float) -> Load:
-    """32 keep-alive connections for ``seconds``: wrk with a Lua body script, else an aiohttp client."""
+async def apply_load(env: Env, url: str, seconds: float, pinned: bool = True) -> Load:
+    """32 keep-alive connections for ``seconds``: wrk with a Lua body script, else an aiohttp client.
+
+    wrk runs on the client core, or, not ``pinned``, wherever this process may run.
+    """
     if not env.opts.wrk:
         done, elapsed, errors = await clients.aiohttp_load(url, 32, seconds, max_requests=int(seconds * 50_000))
         if errors:
@@ -375,7 +378,7 @@ async def apply_load(env: Env, url: str, seconds: float) -> Load:
         f'wrk.headers["Authorization"] = "Bearer {clients.API_KEY}"\n'
     )
     argv = [
-        *env.cores.prefix(env.cores.client),
+        *(env.cores.prefix(env.cores.client) if pinned else []),
         *("wrk", "-t1", "-c32", f"-d{round(seconds)}s", "--timeout", "5s", "-s", str(script), url),
     ]
     proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -423,29 +426,116 @@ class Tally:
         return f"{self.tool}, {self.requests} requests in {self.seconds:.1f}s"
 
 
-async def _loaded(env: Env, url: str, pid: int, seconds: float, tally: Tally) -> None:
-    """Load ``url`` for ``seconds`` and add to ``tally`` the requests and the CPU ``pid`` spent on them."""
-    before = cpu_seconds(pid)
-    load = await apply_load(env, url, seconds)
-    tally.add(load, cpu_seconds(pid) - before)
+async def _loaded(env: Env, url: str, pid: int, seconds: float, tally: Tally, pinned: bool = True) -> None:
+    """Load ``url`` for ``seconds`` and add to ``tally`` the requests and the CPU ``pid`` and its children
+    (the workers of ``unimw serve --workers``) spent on them."""
+    before = _tree_cpu_seconds(pid)
+    load = await apply_load(env, url, seconds, pinned)
+    tally.add(load, _tree_cpu_seconds(pid) - before)
 
 
-def _serve_workers() -> str:
-    """Why the bench reports no ``--workers`` scaling figure (read from ``unimw serve --help``)."""
+#: Every core this process may run on, read at import: ``main`` pins the bench to the client core later,
+#: and the unpinned rounds give each process all of them.
+ALL_CORES = frozenset(os.sched_getaffinity(0))
+#: The worker processes of the scaling figure.
+WORKERS = 2
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, from ``/proc``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _read(f"/proc/{entry.name}/stat")
+            if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and of its children (a child that ended meanwhile counts as none)."""
+    total = cpu_seconds(pid)
+    for child in _children(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds(child)
+    return total
+
+
+def _place(pid: int, cores: frozenset[int] | set[int]) -> None:
+    """Move every thread of ``pid`` and of its children onto ``cores``."""
+    for process in [pid, *_children(pid)]:
+        with contextlib.suppress(FileNotFoundError):
+            for task in Path(f"/proc/{process}/task").iterdir():
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(int(task.name), cores)
+
+
+def _start_server(env: Env, name: str, argv: list[str], cores: frozenset[int] | None, ready: int = 0) -> Server:
+    """A server for the throughput figures, started once with ``taskset`` on ``cores`` (None: not pinned),
+    ready when ``/health`` answers and, with ``ready``, once its log says that many apps started (workers)."""
+    if name in env.servers:
+        return env.servers[name]
+    port = free_port()
+    prefix = ["taskset", "-c", ",".join(map(str, sorted(cores)))] if cores and shutil.which("taskset") else []
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "UNIMW_BENCH_UPSTREAM": env.upstream.url}
+    proc = env.procs.start(name, [*prefix, *argv, "--host", "127.0.0.1", "--port", str(port)], environ)
+    try:
+        wait_http(proc, port, timeout=30)
+        deadline = time.monotonic() + 30
+        while env.procs.log_tail(name, 200).count("Application startup complete") < ready:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}: {ready} workers did not all start within 30s")
+            time.sleep(0.05)
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}\n{env.procs.log_tail(name)}") from None
+    env.servers[name] = Server(port, proc.pid)
+    return env.servers[name]
+
+
+def _passthrough(env: Env) -> Server:
+    """bench/passthrough.py under uvicorn as ``unimw serve`` runs: httptools, the loop uvicorn picks
+    (uvloop when installed), no access log nor websockets, the same keep-alive and connection limit."""
+    from unimw.serve_limits import ServeLimits
+
+    limits = ServeLimits()
+    argv = python(
+        *("-m", "uvicorn", "bench.passthrough:app", "--http", "httptools", "--ws", "none", "--no-access-log"),
+        *("--log-level", "warning", "--timeout-keep-alive", f"{limits.keep_alive:g}"),
+        *("--limit-concurrency", str(limits.limit_concurrency)),
+    )
+    return _start_server(env, "passthrough", argv, None if env.cores.server is None else frozenset({env.cores.server}))
+
+
+def _serve_workers(env: Env) -> Server | str:
+    """``unimw serve --workers WORKERS`` on every core, or why it cannot be measured (read from its ``--help``)."""
     done = subprocess.run(python("-m", "unimw.cli", "serve", "--help"), capture_output=True, text=True, cwd=ROOT)
-    if "--workers" in done.stdout:
-        return "skipped: unimw serve has --workers, but the bench does not measure its scaling yet"
-    return "skipped: unimw serve has no --workers option (one process per server)"
+    if "--workers" not in done.stdout:
+        return "skipped: unimw serve has no --workers option (one process per server)"
+    config = env.tmp / "serve-workers.yaml"
+    config.write_text(yaml.safe_dump(policy(env.upstream_v1)))
+    # Info, so that each worker logs its start; uvicorn logs nothing per request without the access log.
+    argv = python("-m", "unimw.cli", "serve", "--config", str(config), "--workers", str(WORKERS), "--log-level", "info")
+    return _start_server(env, "serve-workers", argv, ALL_CORES if env.cores.client is not None else None, WORKERS)
+
+
+async def _alternate(rounds: int, sides: dict[str, Callable[[], Awaitable[None]]]) -> None:
+    """Each side once a round, in order, then in reverse order the next round."""
+    names = list(sides)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else reversed(names):
+            await sides[name]()
 
 
 async def bench_throughput(env: Env) -> list[Item]:
-    """Requests/s and CPU per request of unimw serve against the fake upstream's own, alternating."""
+    """Requests/s and CPU per request of unimw serve, a bare passthrough and the fake upstream, alternating;
+    then unimw serve --workers 2 against one worker and the upstream, every process on every core."""
     rounds = 1 if env.opts.quick else 2
     seconds = env.opts.load_seconds / rounds
-    server = env.server("serve")
-    direct_url, serve_url = env.upstream.url + CHAT_PATH, server.url + CHAT_PATH
-    direct, serve = Tally(), Tally()
-    # The upstream serves the direct load on its own core; under the load through unimw serve it moves
+    warm = 1.0 if env.opts.quick else 3.0
+    server, floor = env.server("serve"), _passthrough(env)
+    direct_url = env.upstream.url + CHAT_PATH
+    direct, serve, passthrough = Tally(), Tally(), Tally()
+    # The upstream serves the direct load on its own core; under the load through a server it moves
     # next to the load client, so the server has its core to itself.
     pinned = env.cores.client is not None
 
@@ -453,21 +543,28 @@ async def bench_throughput(env: Env) -> list[Item]:
         if pinned:
             os.sched_setaffinity(env.upstream.pid, {core})  # type: ignore[arg-type]
 
+    async def direct_side() -> None:
+        upstream_on(env.cores.server)
+        await _loaded(env, direct_url, env.upstream.pid, seconds, direct)
+
+    def through(target: Server, tally: Tally) -> Callable[[], Awaitable[None]]:
+        async def side() -> None:
+            upstream_on(env.cores.client)
+            await _loaded(env, target.url + CHAT_PATH, target.pid, seconds, tally)
+
+        return side
+
     try:
         upstream_on(env.cores.client)
-        await apply_load(env, serve_url, 1.0 if env.opts.quick else 3.0)  # warm-up: connections, lazy imports
-        for i in range(rounds):
-            for side in ("direct", "serve") if i % 2 == 0 else ("serve", "direct"):
-                if side == "direct":
-                    upstream_on(env.cores.server)
-                    await _loaded(env, direct_url, env.upstream.pid, seconds, direct)
-                else:
-                    upstream_on(env.cores.client)
-                    await _loaded(env, serve_url, server.pid, seconds, serve)
+        for target in (server, floor):  # warm-up: connections, lazy imports
+            await apply_load(env, target.url + CHAT_PATH, warm)
+        await _alternate(
+            rounds, {"direct": direct_side, "serve": through(server, serve), "pass": through(floor, passthrough)}
+        )
     finally:
         upstream_on(env.cores.server)
     upstream_cpu = direct.cpu_ms_per_req
-    return [
+    items: list[Item] = [
         Figure("throughput.upstream.rps", "throughput: fake upstream alone", direct.rps, "req/s", note=direct.note),
         Figure(
             "throughput.upstream.cpu_ms_per_req",
@@ -498,7 +595,144 @@ async def bench_throughput(env: Env) -> list[Item]:
             serve.note,
             ratio_on="value",
         ),
-        Skipped("throughput.serve_workers.rps", "throughput: unimw serve --workers N", _serve_workers()),
+        # The floor: the same server and HTTP client with nothing of unimw between them.
+        Figure(
+            "throughput.passthrough.rps",
+            "throughput: bare uvicorn + aiohttp passthrough, 1 core",
+            passthrough.rps,
+            "req/s",
+            direct.rps,
+            "upstream",
+            note=passthrough.note,
+            ratio_on="value",
+        ),
+        Figure(
+            "throughput.passthrough.cpu_ms_per_req",
+            "CPU per request: bare passthrough",
+            passthrough.cpu_ms_per_req,
+            MS,
+            upstream_cpu,
+            "upstream",
+            note=passthrough.note,
+            ratio_on="value",
+        ),
+        Figure(
+            "throughput.serve.rps_vs_passthrough",
+            "throughput: unimw serve vs the bare passthrough",
+            serve.rps,
+            "req/s",
+            passthrough.rps,
+            "passthrough",
+            note=serve.note,
+            ratio_on="value",
+        ),
+        Figure(
+            "throughput.serve.cpu_vs_passthrough",
+            "CPU per request: unimw serve vs the bare passthrough",
+            serve.cpu_ms_per_req,
+            MS,
+            passthrough.cpu_ms_per_req,
+            "passthrough",
+            note=serve.note,
+            ratio_on="value",
+        ),
+    ]
+    workers = _serve_workers(env)
+    if isinstance(workers, str):
+        return [
+            *items,
+            Skipped("throughput.serve_workers.rps", f"throughput: unimw serve --workers {WORKERS}", workers),
+        ]
+    return items + await _scaling(env, server, workers, rounds, seconds, warm)
+
+
+async def _scaling(env: Env, one: Server, many: Server, rounds: int, seconds: float, warm: float) -> list[Item]:
+    """``--workers WORKERS`` against one worker and the upstream, in alternating rounds, with every process
+    (load client, upstream, servers) free to run on every core: two workers pinned to one core would
+    measure nothing, and on a 2-core machine there is no core left to give them alone."""
+    pinned = env.cores.client is not None
+    direct, single, multi = Tally(), Tally(), Tally()
+    direct_url = env.upstream.url + CHAT_PATH
+
+    def side(url: str, pid: int, tally: Tally) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            await _loaded(env, url, pid, seconds, tally, pinned=False)
+
+        return run
+
+    try:
+        if pinned:
+            os.sched_setaffinity(0, ALL_CORES)  # the load client (wrk, or this process) inherits it
+            _place(env.upstream.pid, ALL_CORES)
+            _place(one.pid, ALL_CORES)
+        await apply_load(env, many.url + CHAT_PATH, warm, pinned=False)  # warm-up: each worker's connections
+        await _alternate(
+            rounds,
+            {
+                "direct": side(direct_url, env.upstream.pid, direct),
+                "one": side(one.url + CHAT_PATH, one.pid, single),
+                "many": side(many.url + CHAT_PATH, many.pid, multi),
+            },
+        )
+    finally:
+        if pinned:
+            assert env.cores.client is not None and env.cores.server is not None
+            _place(one.pid, {env.cores.server})
+            _place(env.upstream.pid, {env.cores.server})
+            os.sched_setaffinity(0, {env.cores.client})
+    cores = len(ALL_CORES) if pinned else len(os.sched_getaffinity(0))
+    where = f"unpinned: the load client, the fake upstream and the server under load share the same {cores} core(s)" + (
+        "" if pinned else " (the bench is not pinning: --no-pin or a single core)"
+    )
+    many_label = f"--workers {WORKERS}"
+    return [
+        Figure(
+            "throughput.unpinned.upstream.rps",
+            "throughput: fake upstream alone, unpinned",
+            direct.rps,
+            "req/s",
+            note=f"{where}; {direct.note}",
+        ),
+        Figure(
+            "throughput.unpinned.serve.rps",
+            "throughput: unimw serve (1 worker), unpinned",
+            single.rps,
+            "req/s",
+            direct.rps,
+            "upstream, unpinned",
+            note=f"{where}; {single.note}",
+            ratio_on="value",
+        ),
+        Figure(
+            "throughput.serve_workers.rps",
+            f"throughput: unimw serve {many_label} vs 1 worker, unpinned",
+            multi.rps,
+            "req/s",
+            single.rps,
+            "1 worker, unpinned",
+            note=f"{where}; {multi.note}",
+            ratio_on="value",
+        ),
+        Figure(
+            "throughput.serve_workers.rps_vs_upstream",
+            f"throughput: unimw serve {many_label} vs upstream, unpinned",
+            multi.rps,
+            "req/s",
+            direct.rps,
+            "upstream, unpinned",
+            note=f"{where}; {multi.note}",
+            ratio_on="value",
+        ),
+        Figure(
+            "throughput.serve_workers.cpu_ms_per_req",
+            f"CPU per request: unimw serve {many_label} (parent + workers)",
+            multi.cpu_ms_per_req,
+            MS,
+            single.cpu_ms_per_req,
+            "1 worker, unpinned",
+            note=f"{where}; {multi.note}",
+            ratio_on="value",
+        ),
     ]
 
 

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from unimw.loader import ConfigError, load_policy, policy_schema
 from unimw.policy import Policy
@@ -26,6 +26,8 @@ from unimw.usage_report import (
 )
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.trace.export import SpanExporter
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 T = TypeVar("T")
@@ -59,6 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--otel",
         choices=("console", "otlp"),
         help="export spans and metrics to the console, or by OTLP/HTTP as the standard OTEL_* variables say",
+    )
+    serve.add_argument(
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N|auto",
+        help="processes answering on the port (auto: one per core; default: 1, this process alone); each has "
+        "its own memory:// stores, so limits need tenancy.store redis://..., and each keeps its own response "
+        "cache (and /v1/responses store) unless those are on Redis too",
     )
     add_limits(serve)
 
@@ -111,7 +122,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_alive=args.keep_alive,
         limit_concurrency=args.limit_concurrency,
     )
-    return run_serve(args.config, args.host, args.port, args.log_level, args.otel, limits)
+    return run_serve(args.config, args.host, args.port, args.log_level, args.otel, limits, args.workers)
+
+
+def worker_count(text: str) -> int:
+    """An argparse type for ``--workers``: a positive count, or ``auto`` for the cores this process may use."""
+    if text == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number or auto, not {text}")
+    return count
 
 
 #: Each connection bound of ``unimw serve``: its ServeLimits field, the flag's metavar, and what it does.
@@ -275,6 +299,7 @@ def run_serve(
     log_level: str,
     otel: str | None = None,
     limits: ServeLimits | None = None,
+    workers: int = 1,
 ) -> int:
     limits = limits or ServeLimits()
     try:
@@ -286,6 +311,18 @@ def run_serve(
     except ImportError:
         print("error: `unimw serve` needs uvicorn with httptools: pip install 'unimw[serve]'", file=sys.stderr)
         return 1
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": False,
+        # The gateway has no WebSocket routes, and a switched protocol would outlive the bounds above.
+        "ws": "none",
+        "timeout_keep_alive": limits.keep_alive,
+        "limit_concurrency": limits.limit_concurrency,
+    }
+    if workers > 1:
+        return serve_workers(path, otel, limits, workers, options)
     from unimw.server import build_app
 
     try:
@@ -300,19 +337,32 @@ def run_serve(
         return 1
     if shutdown is not None:
         app = flushing(instrument(app), shutdown)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        http=protocol,
-        # The gateway has no WebSocket routes, and a switched protocol would outlive the bounds above.
-        ws="none",
-        timeout_keep_alive=limits.keep_alive,
-        limit_concurrency=limits.limit_concurrency,
-    )
+    uvicorn.run(app, http=protocol, **options)
     return 0
+
+
+def serve_workers(path: str, otel: str | None, limits: ServeLimits, workers: int, options: dict[str, Any]) -> int:
+    """``unimw serve --workers N``, N > 1: the policy and the exporter are checked here, once, before any
+    worker starts (each builds its own app; see :mod:`unimw.serve_workers`)."""
+    from unimw.serve_workers import ServeApp, counted_in_process, run_workers
+
+    try:
+        if otel:
+            otel_exporters(otel)
+        policy = load_policy(path)
+    except (ImportError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if (counted := counted_in_process(policy)) is not None:
+        what = f"{counted} are" if counted.endswith("limits") else f"the limits the identities of {counted} carry are"
+        print(
+            f"error: {path}: {what} counted in each process with tenancy.store memory://, so {workers} "
+            f"workers would let through up to {workers} times each limit: set tenancy.store to redis://host:port/db "
+            "(one set of counters for every worker), or serve with --workers 1",
+            file=sys.stderr,
+        )
+        return 1
+    return run_workers(ServeApp(path, otel), limits, workers, **options)
 
 
 def configure_otel(exporter: str) -> Callable[[], None]:
@@ -322,21 +372,39 @@ def configure_otel(exporter: str) -> Callable[[], None]:
     (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_HEADERS``, ...);
     ``OTEL_SERVICE_NAME`` names the service (``unimw`` by default).
     """
+    span_exporter, metric_exporter = otel_exporters(exporter)
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    batching = BatchSpanProcessor if exporter == "otlp" else SimpleSpanProcessor
+    processor: SpanProcessor = batching(span_exporter())
+    named = "OTEL_SERVICE_NAME" in os.environ or "service.name" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    resource = Resource.create({} if named else {"service.name": "unimw"})
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(processor)
+    meter_provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(metric_exporter())])
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+
+    def shutdown() -> None:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+    return shutdown
+
+
+def otel_exporters(exporter: str) -> tuple[type[SpanExporter], type[MetricExporter]]:
+    """The span and metric exporter classes of ``console`` or ``otlp``, imported only: with ``--workers``
+    the parent checks them so, and each worker makes its own."""
     try:
-        from opentelemetry import metrics, trace
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import (
-            ConsoleMetricExporter,
-            MetricExporter,
-            PeriodicExportingMetricReader,
-        )
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
     except ImportError:
         raise ImportError("--otel needs the OpenTelemetry SDK: pip install 'unimw[otel]'") from None
-    processor: SpanProcessor
-    metric_exporter: MetricExporter
     if exporter == "otlp":
         try:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -346,24 +414,10 @@ def configure_otel(exporter: str) -> Callable[[], None]:
                 "--otel otlp needs the OTLP exporter (opentelemetry-exporter-otlp-proto-http): "
                 "pip install 'unimw[otel]'"
             ) from None
-        processor, metric_exporter = BatchSpanProcessor(OTLPSpanExporter()), OTLPMetricExporter()
-    elif exporter == "console":
-        processor, metric_exporter = SimpleSpanProcessor(ConsoleSpanExporter()), ConsoleMetricExporter()
-    else:
-        raise ValueError(f"unknown exporter {exporter!r}: use console or otlp")
-    named = "OTEL_SERVICE_NAME" in os.environ or "service.name" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    resource = Resource.create({} if named else {"service.name": "unimw"})
-    tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(processor)
-    meter_provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(metric_exporter)])
-    trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(meter_provider)
-
-    def shutdown() -> None:
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
-
-    return shutdown
+        return OTLPSpanExporter, OTLPMetricExporter
+    if exporter == "console":
+        return ConsoleSpanExporter, ConsoleMetricExporter
+    raise ValueError(f"unknown exporter {exporter!r}: use console or otlp")
 
 
 def flushing(app: ASGIApp, shutdown: Callable[[], None]) -> ASGIApp:
