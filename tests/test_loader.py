@@ -339,7 +339,7 @@ def isolated(code: str) -> subprocess.CompletedProcess[str]:
 def test_the_policy_imports_no_adapter() -> None:
     result = isolated("import unimw.policy; print(sorted(m for m in sys.modules if m.startswith('unimw.')))")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "['unimw.policy']"
+    assert result.stdout.strip() == "['unimw.notation', 'unimw.policy']"  # notation: plain Python, no adapter
 
 
 def test_checking_options_imports_no_adapter_module() -> None:
