@@ -9,10 +9,13 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from unimw.adapters.base import Target
 from unimw.errors import ModelNotFound
-from unimw.policy import Policy
+
+if TYPE_CHECKING:
+    from unimw.policy import Policy
 
 
 @dataclass(frozen=True, slots=True)
