@@ -330,9 +330,15 @@ providers:
 
 
 def isolated(code: str) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` with the ``unimw`` package's modules importable one by one, its ``__init__`` not run."""
+    """Run ``code`` with the ``unimw`` package's modules importable one by one, its ``__init__`` not run.
+
+    The package has what its modules take from it: ``_read_as_unimw``, here doing nothing.
+    """
     root = Path(__file__).parent.parent / "unimw"
-    prelude = f"import sys, types; pkg = types.ModuleType('unimw'); pkg.__path__ = [{str(root)!r}]; sys.modules['unimw'] = pkg\n"
+    prelude = (
+        f"import sys, types; pkg = types.ModuleType('unimw'); pkg.__path__ = [{str(root)!r}]; sys.modules['unimw'] = pkg\n"
+        "pkg._read_as_unimw = lambda: None\n"
+    )
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60)
 
 
