@@ -57,6 +57,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from unimw.policy import Price
 
+    # None: the fields set are those given, as when each price was written out as a call.
     prices = {model: Price.model_construct(None, **fields) for model, fields in _LIST_PRICES.items()}
     globals().update(DEFAULT_PRICES=prices, FREE=Price.model_construct())
     return globals()[name]
