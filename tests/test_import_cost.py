@@ -14,7 +14,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 import unimw
+import unimw.policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,52 +59,86 @@ PUBLIC = {
 #: Third-party packages ``import unimw`` must not load (nor any unimw module but the package itself).
 NOT_AT_IMPORT = ["aiohttp", "asyncio", "openai", "opentelemetry", "orjson", "pydantic", "redis", "starlette", "yaml"]
 
-#: Loaded only when a gateway's policy needs them, not by ``from unimw import Gateway``.
+#: The vendor adapter modules and their options models: every module of unimw.adapters but the registry and the
+#: protocol every step names (``base``), read from the package so a new vendor module is covered too.
+VENDOR_MODULES = sorted(
+    f"unimw.adapters.{path.stem}"
+    for path in (ROOT / "unimw" / "adapters").glob("*.py")
+    if path.stem not in {"__init__", "base"}
+)
+
+#: What mounting a gateway must not load: the policy, what reads it, and what a policy's providers and stores need.
+#: Each waits until a gateway is built from a policy (Gateway.from_yaml, from_dict, load_policy), and
+#: ``from unimw import Gateway, UnimwMiddleware`` costs about as much as ``import httpx`` (docs/performance.md).
 NOT_FOR_GATEWAY = [
     "aiohttp",
     "openai",
     "opentelemetry.sdk",
+    "pydantic",
+    "pydantic_core",
     "redis",
-    "unimw.adapters.anthropic",
-    "unimw.adapters.gemini",
-    "unimw.adapters.mock",
-    "unimw.adapters.openai",
-    "unimw.adapters.options",
     "unimw.cli",
+    "unimw.loader",
+    "unimw.policy",
     "unimw.server",
     "unimw.stores.memory",
     "unimw.stores.redis",
     "yaml",
+    *VENDOR_MODULES,
 ]
 
-#: Policy models whose validators are built on first validation, not at import. (Price is built when
-#: unimw.usage makes its default prices; the settings sections when their default instances are made.)
-DEFERRED_MODELS = [
-    "Alias",
-    "BudgetStep",
-    "CacheRule",
-    "CallableSource",
-    "GlobalLimit",
-    "HeaderSource",
-    "KeyLookupSource",
-    "Limit",
-    "Model",
-    "Plan",
-    "Policy",
-    "Provider",
-    "Tenant",
-    "WeightedTarget",
+#: Every unimw module mounting a gateway loads: what a call runs through on its hot path. The steps that only a
+#: gateway's construction names (limits, dispatch, tracing, records, the other operations, ...) load with it.
+GATEWAY_MODULES = [
+    "unimw",
+    "unimw.adapters",
+    "unimw.asgi",
+    "unimw.cache",
+    "unimw.calls",
+    "unimw.continuation",
+    "unimw.errors",
+    "unimw.gateway",
+    "unimw.identity",
+    "unimw.notation",
+    "unimw.operations",
+    "unimw.operations.base",
+    "unimw.operations.chat",
+    "unimw.operations.chat_content",
+    "unimw.operations.chat_streams",
+    "unimw.operations.chat_validation",
+    "unimw.operations.fields",
+    "unimw.plans",
+    "unimw.stores",
+    "unimw.stores.base",
+    "unimw.tags",
+    "unimw.tenants",
+    "unimw.usage",
+    "unimw.wire",
 ]
+
+#: The public names that are the policy or read it: the only ones that load pydantic.
+POLICY_NAMES = ["ConfigError", "Limit", "Policy", "load_policy"]
+
+#: Every policy model (read from the module, so a new one is covered): each one's validator is built on its
+#: first validation, not at import, and the sections' defaults are made without building theirs.
+DEFERRED_MODELS = sorted(
+    name
+    for name, value in vars(unimw.policy).items()
+    if isinstance(value, type) and issubclass(value, BaseModel) and value is not BaseModel and not name.startswith("_")
+)
 
 _REPORT = """
 import json, sys
-import unimw.policy
 
 def loaded(names):
     return sorted(n for n in names if n in sys.modules or any(m.startswith(n + ".") for m in sys.modules))
 
+# What is loaded is read before the report imports unimw.policy to see which models are built.
+found = loaded(json.loads(sys.argv[1]))
+import unimw.policy
+
 models = {name: getattr(unimw.policy, name).__pydantic_complete__ for name in json.loads(sys.argv[2])}
-print(json.dumps({"loaded": loaded(json.loads(sys.argv[1])), "built": models}))
+print(json.dumps({"loaded": found, "built": models, **globals().get("extra", {})}))
 """
 
 
@@ -120,7 +157,8 @@ def _python(code: str, *args: str) -> Any:
 
 def _after(setup: str, watched: list[str]) -> Any:
     """Which of ``watched`` are loaded after ``setup``, and which policy models are built."""
-    # The report itself imports unimw.policy, after what is measured.
+    # The report itself imports unimw.policy, after what is measured; ``setup`` may leave more to report in
+    # ``extra``.
     return _python(f"{textwrap.dedent(setup)}\n{_REPORT}", json.dumps(watched), json.dumps(DEFERRED_MODELS))
 
 
@@ -138,15 +176,46 @@ def test_import_unimw_loads_no_module_of_its_own_and_no_dependency() -> None:
     assert result == {"own": ["unimw"], "third": []}
 
 
-def test_from_unimw_import_gateway_leaves_adapters_stores_yaml_and_models_for_later() -> None:
-    result = _after("from unimw import Gateway", NOT_FOR_GATEWAY)
+def test_the_vendor_modules_are_those_of_the_registry() -> None:
+    # The list the checks below watch is read from the package: it must hold every adapter and options module.
+    assert VENDOR_MODULES == [
+        "unimw.adapters.anthropic",
+        "unimw.adapters.anthropic_messages",
+        "unimw.adapters.anthropic_models",
+        "unimw.adapters.anthropic_replies",
+        "unimw.adapters.gemini",
+        "unimw.adapters.gemini_messages",
+        "unimw.adapters.gemini_replies",
+        "unimw.adapters.gemini_schema",
+        "unimw.adapters.gemini_thinking",
+        "unimw.adapters.mock",
+        "unimw.adapters.openai",
+        "unimw.adapters.options",
+    ]
+
+
+def test_mounting_a_gateway_leaves_the_policy_pydantic_adapters_stores_and_yaml_for_later() -> None:
+    mount = """
+        import sys
+        from unimw import Gateway, UnimwMiddleware
+
+        extra = {"own": sorted(m for m in sys.modules if m.split(".")[0] == "unimw")}
+        """
+    result = _after(mount, NOT_FOR_GATEWAY)
+    assert result == {"loaded": [], "built": dict.fromkeys(DEFERRED_MODELS, False), "own": GATEWAY_MODULES}
+
+
+def test_only_the_policy_names_load_the_policy() -> None:
+    light = sorted(set(PUBLIC) - set(POLICY_NAMES))
+    result = _after(f"from unimw import {', '.join(light)}", NOT_FOR_GATEWAY)
     assert result == {"loaded": [], "built": dict.fromkeys(DEFERRED_MODELS, False)}
 
 
 _GATEWAY = """
+import asyncio
 from unimw import Gateway
 
-Gateway.from_dict(
+gateway = Gateway.from_dict(
     {{
         "providers": {{"local": {{"kind": "mock"}}}},
         "models": {{"m": {{"provider": "local", "model": "echo"}}}},
@@ -155,13 +224,71 @@ Gateway.from_dict(
 )
 """
 
+_ONE_CALL = """
+async def call():
+    async with gateway:
+        answer = await gateway.chat_completions({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    return answer["choices"][0]["message"]["content"], answer["usage"]["total_tokens"]
+
+extra = {"answer": asyncio.run(call())}
+"""
+
+#: What a gateway on the mock provider and the memory store loads of the watched modules.
+_FOR_A_MOCK_GATEWAY = [
+    "pydantic",
+    "pydantic_core",
+    "unimw.adapters.mock",
+    "unimw.adapters.options",
+    "unimw.loader",
+    "unimw.policy",
+    "unimw.stores.memory",
+]
+
 
 def test_a_gateway_loads_the_adapter_its_policy_names_and_builds_the_policy_validator() -> None:
     result = _after(_GATEWAY.format(store="memory://"), NOT_FOR_GATEWAY)
     # Policy's validator holds the sections' schemas: their own validators wait for a use of their own.
     assert result == {
-        "loaded": ["unimw.adapters.mock", "unimw.adapters.options", "unimw.stores.memory"],
+        "loaded": _FOR_A_MOCK_GATEWAY,
         "built": {**dict.fromkeys(DEFERRED_MODELS, False), "Policy": True},
+    }
+
+
+def test_a_gateway_built_from_a_dict_answers_with_what_it_loaded() -> None:
+    result = _after(_GATEWAY.format(store="memory://") + _ONE_CALL, NOT_FOR_GATEWAY)
+    assert result == {
+        "loaded": _FOR_A_MOCK_GATEWAY,
+        "built": {**dict.fromkeys(DEFERRED_MODELS, False), "Policy": True},
+        "answer": ['This is a mock reply from unimw (no model was called). You said: "hi"', 19],
+    }
+
+
+def test_names_loaded_with_a_gateway_read_as_unimw_though_the_app_never_named_them() -> None:
+    # The policy, the loader, limits and records load when a gateway is built, after ``from unimw import Gateway``.
+    result = _python(
+        """
+        import json, sys
+        from unimw import Gateway
+
+        Gateway.from_dict({"providers": {"local": {"kind": "mock"}}, "models": {"m": {"provider": "local", "model": "m"}}})
+        try:
+            Gateway.from_dict({"models": {"m": {"provider": "nowhere", "model": "m"}}})
+        except Exception as exc:
+            raised = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        late = {"BudgetAlert": "unimw.limits", "Limit": "unimw.policy", "Policy": "unimw.policy",
+                "UsageRecord": "unimw.records", "load_policy": "unimw.loader"}
+        print(json.dumps({"raised": raised, "late": {n: getattr(sys.modules[m], n).__module__ for n, m in late.items()}}))
+        """
+    )
+    assert result == {
+        "raised": "unimw.ConfigError",
+        "late": {
+            "BudgetAlert": "unimw",
+            "Limit": "unimw",
+            "Policy": "unimw",
+            "UsageRecord": "unimw",
+            "load_policy": "unimw",
+        },
     }
 
 

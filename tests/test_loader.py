@@ -330,16 +330,22 @@ providers:
 
 
 def isolated(code: str) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` with the ``unimw`` package's modules importable one by one, its ``__init__`` not run."""
+    """Run ``code`` with the ``unimw`` package's modules importable one by one, its ``__init__`` not run.
+
+    The package has what its modules take from it: ``_read_as_unimw``, here doing nothing.
+    """
     root = Path(__file__).parent.parent / "unimw"
-    prelude = f"import sys, types; pkg = types.ModuleType('unimw'); pkg.__path__ = [{str(root)!r}]; sys.modules['unimw'] = pkg\n"
+    prelude = (
+        f"import sys, types; pkg = types.ModuleType('unimw'); pkg.__path__ = [{str(root)!r}]; sys.modules['unimw'] = pkg\n"
+        "pkg._read_as_unimw = lambda: None\n"
+    )
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60)
 
 
 def test_the_policy_imports_no_adapter() -> None:
     result = isolated("import unimw.policy; print(sorted(m for m in sys.modules if m.startswith('unimw.')))")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "['unimw.policy']"
+    assert result.stdout.strip() == "['unimw.notation', 'unimw.policy']"  # notation: plain Python, no adapter
 
 
 def test_checking_options_imports_no_adapter_module() -> None:

@@ -301,12 +301,11 @@ def test_a_worker_that_cannot_build_its_app_stops_the_server(tmp_path: Path) -> 
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])},
     )  # fmt: skip
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    # One line from each worker that got as far as building its app before the parent stopped them.
-    assert errors[:1] == [
-        f"error: {config}:4: tenancy.resolve.0.callable: cannot use 'parent_only:resolve': not in a worker"
-    ]
-    assert set(errors) == set(errors[:1])
+    expected = f"error: {config}:4: tenancy.resolve.0.callable: cannot use 'parent_only:resolve': not in a worker"
+    # One such error from each worker that got as far as building its app before the parent stopped them; two
+    # workers may write theirs at the same moment, so they are counted in the text, not by line.
+    assert result.stderr.count(expected) >= 1
+    assert result.stderr.count("error:") == result.stderr.count(expected)
 
 
 def limited_policy(upstream_url: str, store: str, tenant: str = "acme") -> dict[str, Any]:

@@ -4,9 +4,10 @@ The names below are the public API; every other module and name is internal
 and may change between releases.
 
 Each name is imported on first use (``from unimw import Gateway`` or
-``unimw.Gateway``), not by ``import unimw``: an app that imports unimw at
-startup pays for pydantic, the policy models and the rest only when it
-builds a gateway. Type checkers and IDEs read the imports below.
+``unimw.Gateway``), not by ``import unimw``. Importing the gateway loads no
+policy: an app that mounts unimw at startup pays for pydantic, the policy
+models, the steps and the adapters only when it builds a gateway (from a
+policy file or data). Type checkers and IDEs read the imports below.
 """
 
 # typing.TYPE_CHECKING without importing typing (a few ms): type checkers take any TYPE_CHECKING as true.
@@ -133,9 +134,11 @@ def __dir__() -> list[str]:
 def _read_as_unimw() -> None:
     """Public names read as unimw's own in reprs, tracebacks and docs, wherever they are defined.
 
-    Done for every public name whose module is loaded by now (importing one
-    name loads most of the others): an error raised from inside reads as
-    ``unimw.RateLimited`` even if the app never named it.
+    Done for every public name whose module is loaded by now: on each first
+    use of a name here, and at the end of the modules that load later, with
+    the first policy or gateway (the loader, limits, records). An error
+    raised from inside reads as ``unimw.RateLimited`` even if the app never
+    named it.
     """
     import sys
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from typing import TYPE_CHECKING, Any
 
 from unimw.calls import CallStream
 from unimw.errors import InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnimwError
 from unimw.gateway import Gateway, Inbound
-from unimw.operations import Operation
 from unimw.wire import JSON, dumps, loads, request_id, sse_event
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from unimw.operations import Operation
 
 logger = logging.getLogger("unimw")
 

@@ -28,16 +28,19 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from unimw.errors import InvalidRequest, UpstreamError
+from unimw.notation import parse_duration
 from unimw.operations.base import CONTROL_FIELD, Operation
-from unimw.policy import Cache, Policy, parse_duration
-from unimw.routing import Route, Router
 from unimw.stores.base import CacheStore, StoreUnavailable
 from unimw.wire import JSON, dumps, loads
+
+if TYPE_CHECKING:
+    from unimw.policy import Cache, Policy
+    from unimw.routing import Route, Router
 
 logger = logging.getLogger("unimw.cache")
 

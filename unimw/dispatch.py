@@ -37,15 +37,17 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from unimw.adapters.base import Adapter, Target
 from unimw.errors import UpstreamError, UpstreamTimeout
 from unimw.own_keys import Lease, OwnKeys
-from unimw.policy import Dispatch, Policy
 from unimw.redaction import Redactor
 from unimw.routing import Route, Router
 from unimw.wire import JSON, aclose
+
+if TYPE_CHECKING:
+    from unimw.policy import Dispatch, Policy
 
 T = TypeVar("T")
 

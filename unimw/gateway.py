@@ -21,29 +21,15 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
-from unimw import stores
 from unimw.adapters import adapter_class
-from unimw.adapters.base import Adapter, Target
 from unimw.cache import ResponseCache, strip_control
 from unimw.calls import Call, CallStream
 from unimw.continuation import PREFILL_BY_KIND, ContinuedStream, Resumed
-from unimw.dispatch import Dispatcher, stream_timeouts
 from unimw.errors import InvalidRequest, ModelNotFound
-from unimw.finishing import Finisher
-from unimw.hooks import Hooks
 from unimw.identity import Identity
-from unimw.limits import Hold, Limiter
-from unimw.loader import build_policy, load_policy
-from unimw.operations import CHAT, DEFAULT_OPERATIONS, Operation
-from unimw.own_keys import OwnKeys
-from unimw.policy import Policy
-from unimw.records import Recorder
-from unimw.redaction import Redactor, provider_secrets
-from unimw.routing import Route, Router
-from unimw.stores.base import CacheStore, LimitStore
+from unimw.operations.chat import CHAT
 from unimw.tags import tags_of
 from unimw.tenants import Caller, Tenants
-from unimw.tracing import Tracing
 from unimw.usage import MICRO
 from unimw.wire import JSON, aiter_of, model_object, request_id
 
@@ -52,6 +38,11 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
     from starlette.types import ASGIApp
 
+    from unimw.adapters.base import Adapter, Target
+    from unimw.limits import Hold
+    from unimw.operations import Operation
+    from unimw.policy import Policy
+    from unimw.stores.base import CacheStore, LimitStore
     from unimw.transport import GatewayTransport
 
 
@@ -119,6 +110,20 @@ class Gateway:
         cache_store: CacheStore | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        # The steps that only a gateway's construction names load with the first gateway, not with this module:
+        # what mounting a gateway imports stays about an ``import httpx`` (tests/test_import_cost.py).
+        from unimw import stores
+        from unimw.dispatch import Dispatcher, stream_timeouts
+        from unimw.finishing import Finisher
+        from unimw.hooks import Hooks
+        from unimw.limits import Limiter
+        from unimw.operations import DEFAULT_OPERATIONS
+        from unimw.own_keys import OwnKeys
+        from unimw.records import Recorder
+        from unimw.redaction import Redactor, provider_secrets
+        from unimw.routing import Router
+        from unimw.tracing import Tracing
+
         self.policy = policy
         self.created = int(time.time())
         self.operations: dict[str, Operation] = {op.path: op.bind(policy) for op in (*DEFAULT_OPERATIONS, *operations)}
@@ -162,11 +167,15 @@ class Gateway:
         cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None, **options: Unpack[GatewayOptions]
     ) -> Gateway:
         """A gateway for the policy file at ``path`` (``${VAR}`` from ``env``, else the environment)."""
+        from unimw.loader import load_policy  # the policy's models load with the first policy, not with unimw
+
         return cls(load_policy(path, env), **options)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], **options: Unpack[GatewayOptions]) -> Gateway:
         """A gateway for a policy given as data (already interpolated)."""
+        from unimw.loader import build_policy
+
         return cls(build_policy(dict(data)), **options)
 
     # ── in-process API ───────────────────────────────────────────────────────
@@ -349,7 +358,7 @@ class Gateway:
             request_for: Callable[[Target], JSON], targets: tuple[Target, ...]
         ) -> tuple[Target, AsyncIterator[JSON]]:
             return await self._dispatcher.stream(
-                Route(route.name, "fallback", targets, (1.0,) * len(targets)),
+                route.only(targets),
                 operation.name,
                 request_for(targets[0]),
                 lambda adapter, target: operation.stream(adapter, request_for(target), target),

@@ -14,10 +14,13 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unimw.limits import BudgetAlert
-from unimw.policy import Policy, load_callable
+from unimw.notation import load_callable
+
+if TYPE_CHECKING:
+    from unimw.policy import Policy
 
 logger = logging.getLogger("unimw.hooks")
 

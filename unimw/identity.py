@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from unimw.policy import Limit
+if TYPE_CHECKING:
+    from unimw.policy import Limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,8 @@ class Identity:
 
 
 def _limit(value: Limit | Mapping[str, Any]) -> Limit:
+    from unimw.policy import Limit  # only an identity with limits of its own needs the policy models
+
     return value if isinstance(value, Limit) else Limit.model_validate(value)
 
 

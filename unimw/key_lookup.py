@@ -31,12 +31,16 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
 from unimw.errors import ServiceUnavailable
 from unimw.identity import Identity, identity_of
-from unimw.policy import KeyLookupSource, load_callable
+from unimw.notation import load_callable
+
+if TYPE_CHECKING:
+    from unimw.policy import KeyLookupSource
 
 logger = logging.getLogger("unimw.tenants")
 

@@ -21,17 +21,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from cachetools import LRUCache
 
+from unimw import _read_as_unimw
 from unimw.errors import BudgetExceeded, RateLimited, ServiceUnavailable, UnimwError
 from unimw.plans import OPEN, Rules, declared
-from unimw.policy import Limit, Policy, Price
 from unimw.routing import Route
 from unimw.stores.base import Counter, LimitStore, StoreUnavailable
 from unimw.tenants import Caller
-from unimw.usage import DEFAULT_PRICES, FREE, MICRO, Usage, cost_micros
+from unimw.usage import MICRO, Usage, cost_micros
+
+if TYPE_CHECKING:
+    from unimw.policy import Limit, Policy, Price
 
 logger = logging.getLogger("unimw.limits")
 
@@ -80,6 +84,9 @@ class Limiter:
         self._settings = policy.tenancy
         self._clock = clock
         self._zone = ZoneInfo(policy.tenancy.reset_timezone)
+        from unimw.usage import DEFAULT_PRICES, FREE  # price models, made with the first limiter
+
+        self._free = FREE
         self._prices = {
             name: model.price or DEFAULT_PRICES.get(model.model, FREE) for name, model in policy.models.items()
         }
@@ -109,7 +116,7 @@ class Limiter:
         return self._declared.get(caller.tenant or "", OPEN)
 
     def price(self, target_name: str) -> Price:
-        return self._prices.get(target_name, FREE)
+        return self._prices.get(target_name, self._free)
 
     def needs_output_cap(self, caller: Caller) -> bool:
         """Whether the call must carry an output cap for its reservation to be a true worst case."""
@@ -362,3 +369,8 @@ def go_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
+
+
+# Loaded with the first policy or gateway, maybe after unimw's names were first read: its public names (and
+# those of the modules it loaded) read as unimw's too, as those loaded with ``from unimw import Gateway`` do.
+_read_as_unimw()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from unimw import _read_as_unimw
 from unimw.adapters import ADAPTERS
 from unimw.policy import Path, Policy, PolicyError, Provider
 from unimw.stores import check_url
@@ -323,3 +324,8 @@ def _interpolate(value: str, env: Mapping[str, str], source: str, line: int) -> 
         )
 
     return _ENV.sub(replace, value) if "${" in value else value
+
+
+# Loaded with the first policy or gateway, maybe after unimw's names were first read: its public names (and
+# those of the modules it loaded) read as unimw's too, as those loaded with ``from unimw import Gateway`` do.
+_read_as_unimw()

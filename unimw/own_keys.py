@@ -22,13 +22,14 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-
-from pydantic import SecretStr
+from typing import TYPE_CHECKING
 
 from unimw.adapters import adapter_class
 from unimw.adapters.base import Adapter
-from unimw.policy import Provider
 from unimw.redaction import Redactor, provider_secrets
+
+if TYPE_CHECKING:
+    from unimw.policy import Provider
 
 #: Tenant keys whose adapters are kept by default: each holds a pool of connections.
 MAX_ADAPTERS = 256
@@ -121,6 +122,8 @@ class OwnKeys:
 
     @staticmethod
     def _build(provider: Provider, key: str) -> _Entry:
+        from pydantic import SecretStr  # loaded with the policy this provider is part of
+
         own = provider.model_copy(update={"api_key": SecretStr(key)})
         return _Entry(adapter_class(own.kind)(own), Redactor(provider_secrets(own)))
 

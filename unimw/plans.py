@@ -12,10 +12,11 @@ per rules, and rules per identity, so none of this runs per call.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from unimw.identity import Identity
-from unimw.policy import BudgetStep, Limit, Plan, Policy, Tenant
+if TYPE_CHECKING:
+    from unimw.identity import Identity
+    from unimw.policy import BudgetStep, Limit, Plan, Policy, Tenant
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,7 @@ published schema (``unimw schema``), and docs/policy.md is checked against it.
 
 from __future__ import annotations
 
-import importlib
 import re
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -32,11 +30,14 @@ from pydantic import (
     model_validator,
 )
 
-Path = tuple[str | int, ...]
+# Defined apart, for the steps to use without pydantic; re-exported here, where the policy is described.
+from unimw.notation import DURATION as _DURATION
+from unimw.notation import DURATION_HELP as DURATION_HELP
+from unimw.notation import TAG_KEY as TAG_KEY
+from unimw.notation import load_callable as load_callable
+from unimw.notation import parse_duration as parse_duration
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-DURATION_HELP = "seconds, or a duration such as 250ms, 30s, 5m, 1h, 1d"
+Path = tuple[str | int, ...]
 
 
 class PolicyError(ValueError):
@@ -46,16 +47,6 @@ class PolicyError(ValueError):
         super().__init__(message)
         self.path = path
         self.message = message
-
-
-def parse_duration(value: Any) -> Any:
-    """``"1h"``, ``"30s"``, ``"250ms"`` or a number of seconds → seconds."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"invalid duration {value!r}: use a number of seconds or e.g. 250ms, 30s, 5m, 1h, 1d")
-        return float(match[1]) * _UNIT_SECONDS[match[2]]
-    return value
 
 
 #: Seconds, written as a number or as a duration; published as either, since users write ``1h``.
@@ -87,17 +78,6 @@ def _store_url(url: str) -> str:
 
 
 StoreURL = Annotated[str, AfterValidator(_store_url)]
-
-
-def load_callable(path: str) -> Callable[..., Any]:
-    """The function a ``"package.module:function"`` path names."""
-    module, _, name = path.partition(":")
-    target: Any = importlib.import_module(module)
-    for part in name.split("."):
-        target = getattr(target, part)
-    if not callable(target):
-        raise TypeError(f"{path} is not callable")
-    return target  # type: ignore[no-any-return]
 
 
 def _importable(path: str) -> str:
@@ -556,10 +536,6 @@ class ResponsesSettings(_Frozen):
     ttl: Seconds = duration_field(30 * 86400.0, "How long a stored response (and the conversation to it) is kept.")
     max_entries: int = Field(default=10_000, gt=0, description="Responses the memory store holds at most.")
     max_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="Bytes the memory store holds at most.")
-
-
-#: A tag key: what OpenAI allows as a metadata key, kept to names that are safe as attribute suffixes.
-TAG_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class UsageSinks(_Frozen):

@@ -13,10 +13,14 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from unimw.policy import UsageSinks, load_callable
+from unimw import _read_as_unimw
+from unimw.notation import load_callable
 from unimw.wire import dumps
+
+if TYPE_CHECKING:
+    from unimw.policy import UsageSinks
 
 logger = logging.getLogger("unimw.records")
 
@@ -107,3 +111,8 @@ class Recorder:
 def _append(path: str, data: bytes) -> None:
     with open(path, "ab") as file:
         file.write(data)
+
+
+# Loaded with the first policy or gateway, maybe after unimw's names were first read: its public names (and
+# those of the modules it loaded) read as unimw's too, as those loaded with ``from unimw import Gateway`` do.
+_read_as_unimw()

@@ -10,10 +10,12 @@ error after that point, never before.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from unimw.errors import UpstreamError
-from unimw.policy import Provider
+
+if TYPE_CHECKING:
+    from unimw.policy import Provider
 
 MASK: Final = "***"
 #: Shorter values are not worth masking (and would mask ordinary words): real keys are far longer.

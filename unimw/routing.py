@@ -9,10 +9,13 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from unimw.adapters.base import Target
 from unimw.errors import ModelNotFound
-from unimw.policy import Policy
+
+if TYPE_CHECKING:
+    from unimw.policy import Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,10 @@ class Route:
         return Route(
             self.name, self.strategy, tuple(self.targets[i] for i in kept), tuple(self.weights[i] for i in kept)
         )
+
+    def only(self, targets: tuple[Target, ...]) -> Route:
+        """This name tried on ``targets`` alone, in that order (a stream continued elsewhere)."""
+        return Route(self.name, "fallback", targets, (1.0,) * len(targets))
 
     def order(self, rng: random.Random) -> tuple[Target, ...]:
         """Targets in the order to try them.

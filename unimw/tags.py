@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from unimw.errors import InvalidRequest
-from unimw.policy import TAG_KEY
+from unimw.notation import TAG_KEY
 
 MAX_TAGS = 16
 MAX_VALUE = 512

@@ -22,17 +22,20 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache
 
 from unimw.errors import AuthenticationFailed, ModelNotFound, PermissionDenied
 from unimw.identity import Identity, identity_of
-from unimw.key_lookup import KeyLookup
+from unimw.notation import load_callable
 from unimw.plans import OPEN, Rules, declared, layered
-from unimw.policy import CallableSource, HeaderSource, KeyLookupSource, Policy, load_callable
-from unimw.routing import Route
 from unimw.wire import JSON
+
+if TYPE_CHECKING:
+    from unimw.key_lookup import KeyLookup
+    from unimw.policy import HeaderSource, Policy
+    from unimw.routing import Route
 
 #: A key's digest, as :func:`hash_key` writes it.
 KEY_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -95,11 +98,15 @@ class Tenants:
         self._sources = [self._source(source) for source in policy.tenancy.resolve]
 
     def _source(self, source: Any) -> Source:
+        from unimw.policy import CallableSource, HeaderSource, KeyLookupSource  # loaded with the policy
+
         if isinstance(source, HeaderSource):
             return _header_source(source)
         if isinstance(source, CallableSource):
             return _callable_source(load_callable(source.callable))
         if isinstance(source, KeyLookupSource):
+            from unimw.key_lookup import KeyLookup  # only a policy with a key_lookup source needs it
+
             lookup = KeyLookup(source, clock=self._clock)
             self.key_lookups.append(lookup)
             return _key_lookup_source(lookup)

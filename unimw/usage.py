@@ -8,37 +8,59 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from unimw.policy import Price
 from unimw.wire import JSON, dumps
+
+if TYPE_CHECKING:
+    from unimw.policy import Price
+
+    #: List prices in USD per 1M tokens for common models, by the vendor's model id (see _LIST_PRICES).
+    DEFAULT_PRICES: dict[str, Price]
+    #: The price of a model in neither the policy nor the list.
+    FREE: Price
 
 MICRO = 1_000_000
 
 #: List prices in USD per 1M tokens for common models, by the vendor's model
 #: id, as published by the vendors; a model's ``price`` in policies.yaml
-#: overrides them. Models in neither cost 0.
-#: Made with model_construct, as constants: validating them would build Price's validator when unimw is imported.
-DEFAULT_PRICES: dict[str, Price] = {
-    "gpt-4o": Price.model_construct(input=2.50, cached_input=1.25, output=10.00),
-    "gpt-4o-mini": Price.model_construct(input=0.15, cached_input=0.075, output=0.60),
-    "gpt-4.1": Price.model_construct(input=2.00, cached_input=0.50, output=8.00),
-    "gpt-4.1-mini": Price.model_construct(input=0.40, cached_input=0.10, output=1.60),
-    "gpt-4.1-nano": Price.model_construct(input=0.10, cached_input=0.025, output=0.40),
-    "o3": Price.model_construct(input=2.00, cached_input=0.50, output=8.00),
-    "o4-mini": Price.model_construct(input=1.10, cached_input=0.275, output=4.40),
-    "claude-3-5-haiku-latest": Price.model_construct(input=0.80, cached_input=0.08, output=4.00),
-    "claude-sonnet-4-0": Price.model_construct(input=3.00, cached_input=0.30, output=15.00),
-    "claude-opus-4-0": Price.model_construct(input=15.00, cached_input=1.50, output=75.00),
-    "gemini-2.5-flash": Price.model_construct(input=0.30, cached_input=0.075, output=2.50),
-    "gemini-2.5-pro": Price.model_construct(input=1.25, cached_input=0.31, output=10.00),
+#: overrides them. Models in neither cost 0. Kept as each price's fields and
+#: made into ``DEFAULT_PRICES`` on first use: :class:`~unimw.policy.Price` is a
+#: pydantic model, and importing the gateway loads no pydantic.
+_LIST_PRICES: dict[str, dict[str, float]] = {
+    "gpt-4o": {"input": 2.50, "cached_input": 1.25, "output": 10.00},
+    "gpt-4o-mini": {"input": 0.15, "cached_input": 0.075, "output": 0.60},
+    "gpt-4.1": {"input": 2.00, "cached_input": 0.50, "output": 8.00},
+    "gpt-4.1-mini": {"input": 0.40, "cached_input": 0.10, "output": 1.60},
+    "gpt-4.1-nano": {"input": 0.10, "cached_input": 0.025, "output": 0.40},
+    "o3": {"input": 2.00, "cached_input": 0.50, "output": 8.00},
+    "o4-mini": {"input": 1.10, "cached_input": 0.275, "output": 4.40},
+    "claude-3-5-haiku-latest": {"input": 0.80, "cached_input": 0.08, "output": 4.00},
+    "claude-sonnet-4-0": {"input": 3.00, "cached_input": 0.30, "output": 15.00},
+    "claude-opus-4-0": {"input": 15.00, "cached_input": 1.50, "output": 75.00},
+    "gemini-2.5-flash": {"input": 0.30, "cached_input": 0.075, "output": 2.50},
+    "gemini-2.5-pro": {"input": 1.25, "cached_input": 0.31, "output": 10.00},
     # Embedding models: input only (an embedding has no output tokens).
-    "text-embedding-3-small": Price.model_construct(input=0.02),
-    "text-embedding-3-large": Price.model_construct(input=0.13),
-    "gemini-embedding-001": Price.model_construct(input=0.15),
+    "text-embedding-3-small": {"input": 0.02},
+    "text-embedding-3-large": {"input": 0.13},
+    "gemini-embedding-001": {"input": 0.15},
 }
 
-FREE = Price.model_construct()
+
+def __getattr__(name: str) -> Any:
+    """``DEFAULT_PRICES`` and ``FREE``, made on first use (by the first gateway's limiter) and kept.
+
+    Made with model_construct, as constants: validating them would build Price's validator, which waits for
+    the first policy read.
+    """
+    if name not in ("DEFAULT_PRICES", "FREE"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from unimw.policy import Price
+
+    # None: the fields set are those given, as when each price was written out as a call.
+    prices = {model: Price.model_construct(None, **fields) for model, fields in _LIST_PRICES.items()}
+    globals().update(DEFAULT_PRICES=prices, FREE=Price.model_construct())
+    return globals()[name]
 
 
 @dataclass(frozen=True, slots=True)

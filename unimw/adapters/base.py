@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from unimw.errors import InvalidRequest, UpstreamError
 from unimw.http import StreamReply, UpstreamClient
-from unimw.policy import Provider
 from unimw.wire import JSON, dumps, loads, now
+
+if TYPE_CHECKING:
+    from unimw.policy import Provider
 
 
 @dataclass(frozen=True, slots=True)

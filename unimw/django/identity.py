@@ -22,7 +22,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from unimw.errors import AuthenticationFailed, PermissionDenied
 from unimw.gateway import Gateway, Inbound
 from unimw.identity import Identity
-from unimw.policy import load_callable
+from unimw.notation import load_callable
 from unimw.tenants import Caller
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})

@@ -15,10 +15,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from unimw.policy import Policy, load_callable
+from unimw.notation import load_callable
 from unimw.records import UsageRecord
+
+if TYPE_CHECKING:
+    from unimw.policy import Policy
 
 logger = logging.getLogger("unimw.django")
 

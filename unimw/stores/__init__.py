@@ -9,9 +9,10 @@ every replica of the app (its pool is set in the URL, see
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import parse_qsl, urlsplit
+from typing import TYPE_CHECKING
 
-from unimw.stores.base import CacheStore, LimitStore
+if TYPE_CHECKING:
+    from unimw.stores.base import CacheStore, LimitStore
 
 
 def limit_store(url: str) -> LimitStore:
@@ -51,6 +52,8 @@ def check_url(url: str) -> None:
     if url.startswith("memory://"):
         _memory_options(url)
         return
+    from urllib.parse import parse_qsl, urlsplit  # with the policy: the steps import this package, not its URLs
+
     if unknown := sorted({name for name, _ in parse_qsl(urlsplit(url).query)} - REDIS_OPTIONS):
         raise ValueError(
             f"unknown Redis store option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(REDIS_OPTIONS))}"
@@ -59,6 +62,8 @@ def check_url(url: str) -> None:
 
 def _memory_options(url: str) -> dict[str, int]:
     """The options of a ``memory://`` limit store URL; an unknown or malformed one is a configuration error."""
+    from urllib.parse import parse_qsl, urlsplit
+
     options: dict[str, int] = {}
     for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True, strict_parsing=False):
         if name != "max_counters":
