@@ -26,6 +26,8 @@ PUBLIC = {
     "BudgetExceeded": "unimw.errors",
     "CallStream": "unimw.calls",
     "ConfigError": "unimw.loader",
+    "ContentFiltered": "unimw.errors",
+    "ContextLengthExceeded": "unimw.errors",
     "Gateway": "unimw.gateway",
     "GatewayApp": "unimw.asgi",
     "Identity": "unimw.identity",
