@@ -30,6 +30,10 @@ BUDGET_DECISION: Final = "unimw.budget.decision"  #: ``reserved``, ``refused``, 
 #: Request fields an adapter left out for its target (the adapter's ``dropped_params``): on the attempt's span,
 #: or on the call's when its one attempt has no span of its own.
 DROPPED_PARAMS: Final = "unimw.request.dropped_params"
+#: On the call's span: targets its context check left out before any attempt (their window cannot hold it).
+CONTEXT_SKIPPED: Final = "unimw.context.skipped"
+#: On the call's span: why it moved on after a 400 (``context_length_exceeded`` or ``content_filter``).
+RECOVERY: Final = "unimw.recovery"
 # Span events (on the gateway span) and their attributes
 BUDGET_ALERT: Final = "unimw.budget.alert"
 BUDGET_QUANTITY: Final = "unimw.budget.quantity"

@@ -26,6 +26,7 @@ from unimw.adapters import adapter_class
 from unimw.adapters.base import Adapter
 from unimw.cache import ResponseCache, strip_control
 from unimw.calls import Call, CallStream
+from unimw.context_window import ContextWindows, estimate_tokens, known_windows
 from unimw.dispatch import Dispatcher
 from unimw.errors import InvalidRequest, ModelNotFound
 from unimw.finishing import Finisher
@@ -139,6 +140,7 @@ class Gateway:
             sleep=sleep,
             observer=self._tracing,
             own_keys=(own_keys := OwnKeys(policy.providers)),
+            windows=ContextWindows(known_windows(policy)),
         )
         self._own_keys = own_keys
         settings = policy.cache
@@ -315,6 +317,10 @@ class Gateway:
     async def _dispatch(self, call: Call) -> JSON | CallStream:
         assert call.route is not None
         operation, request = call.operation, call.request
+        # The context check is for chat (and Responses) requests: an embeddings window holds each input alone.
+        needs = None
+        if call.route.context_check and operation.name == CHAT.name:
+            needs = estimate_tokens(request, operation.output_cap(request))
         if call.stream:
             upstream = operation.stream_request(request)
             call.target, chunks = await self._dispatcher.stream(
@@ -323,6 +329,7 @@ class Gateway:
                 upstream,
                 lambda adapter, target: operation.stream(adapter, upstream, target),
                 credentials=call.caller.credentials,
+                needs=needs,
             )
             watch = operation.watch(request, assemble=call.cache is not None or self._tracing.captures_output)
             return CallStream(call, chunks, watch, self._finisher.finish, self._price)
@@ -332,6 +339,7 @@ class Gateway:
             request,
             lambda adapter, target: operation.complete(adapter, request, target),
             credentials=call.caller.credentials,
+            needs=needs,
         )
         call.answered_with(answer)
         return answer
