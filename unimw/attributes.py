@@ -32,6 +32,10 @@ BUDGET_DECISION: Final = "unimw.budget.decision"  #: ``reserved``, ``refused``, 
 DROPPED_PARAMS: Final = "unimw.request.dropped_params"
 #: How many times the call's stream failed mid-answer and was continued elsewhere (:mod:`unimw.continuation`).
 STREAM_RESUMES: Final = "unimw.stream.resumes"
+#: On the call's span: targets its context check left out before any attempt (their window cannot hold it).
+CONTEXT_SKIPPED: Final = "unimw.context.skipped"
+#: On the call's span: why it moved on after a 400 (``context_length_exceeded`` or ``content_filter``).
+RECOVERY: Final = "unimw.recovery"
 # Span events (on the gateway span) and their attributes
 #: A stream continued elsewhere: ``unimw.target`` / ``unimw.provider`` failed with ``error.type``, and the answer
 #: went on at ``unimw.stream.resumed_to``.

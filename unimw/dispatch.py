@@ -9,7 +9,13 @@
 * A stream may fall back only before its first chunk: once a chunk has
   reached the caller, a failure is the caller's to see.
 * Errors that another attempt cannot fix (400, 401, 404, ...) are raised
-  at once.
+  at once, but for two 400s that another model may not give
+  (:mod:`unimw.context_window`): a request too long for the target's
+  context window moves to the alias's ``on_context_overflow`` targets (or
+  its next ones known to hold more), and a content filter's refusal to its
+  ``on_content_filter`` targets; neither cools the target down. With the
+  route's context check on, targets that cannot hold the request's
+  estimated tokens are skipped before any call.
 
 Each attempt runs through an :class:`Observer` (tracing puts a span around
 it), numbered from 1 across all the targets of the call.
@@ -40,6 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from unimw.adapters.base import Adapter, Target
+from unimw.context_window import ContextWindows
 from unimw.errors import UpstreamError, UpstreamTimeout
 from unimw.own_keys import Lease, OwnKeys
 from unimw.redaction import Redactor
@@ -63,12 +70,26 @@ class Observer(Protocol):
         self, operation: str, request: JSON, target: Target, number: int, run: Callable[[Target], Awaitable[T]]
     ) -> T: ...
 
+    def skipped(self, targets: tuple[str, ...]) -> None:
+        """``targets`` were left out before any attempt: their context window cannot hold the request."""
+        ...
+
+    def moved(self, reason: str) -> None:
+        """The call moved on after a 400 for ``reason`` (``context_length_exceeded`` or ``content_filter``)."""
+        ...
+
 
 class _Unobserved:
     async def attempt(
         self, operation: str, request: JSON, target: Target, number: int, run: Callable[[Target], Awaitable[T]]
     ) -> T:
         return await run(target)
+
+    def skipped(self, targets: tuple[str, ...]) -> None:
+        pass
+
+    def moved(self, reason: str) -> None:
+        pass
 
 
 class Dispatcher:
@@ -87,8 +108,10 @@ class Dispatcher:
         observer: Observer | None = None,
         own_keys: OwnKeys | None = None,
         stream_timeouts: Mapping[str, StreamTimeouts] | None = None,
+        windows: ContextWindows | None = None,
     ) -> None:
         self._router = router
+        self._windows = windows or ContextWindows()
         redactors = redactors or {}
         # The policy's adapters live as long as the gateway: their leases are permanent, made once.
         self._leases = {name: Lease(adapter, redactors.get(name, _NO_SECRETS)) for name, adapter in adapters.items()}
@@ -109,11 +132,13 @@ class Dispatcher:
         ask: Ask[JSON],
         *,
         credentials: Mapping[str, str] | None = None,
+        needs: int | None = None,
     ) -> tuple[Target, JSON]:
         """The answer to ``request`` of the first target that answered, and that target.
 
         ``ask`` makes one upstream request; ``operation`` and ``request`` are for the observer.
         ``credentials`` are the caller's own keys by provider name, used instead of the policy's.
+        ``needs`` is the request's estimated size in tokens, for the context check (None: no check).
         """
 
         async def attempt(target: Target) -> JSON:
@@ -126,7 +151,7 @@ class Dispatcher:
             finally:
                 await lease.release()
 
-        return await self._first_success(route, operation, request, attempt, credentials)
+        return await self._first_success(route, operation, request, attempt, credentials, needs)
 
     async def stream(
         self,
@@ -136,6 +161,7 @@ class Dispatcher:
         ask: Ask[AsyncIterator[JSON]],
         *,
         credentials: Mapping[str, str] | None = None,
+        needs: int | None = None,
     ) -> tuple[Target, AsyncIterator[JSON]]:
         """The chunk stream of the first target that produced a first chunk, and that target.
 
@@ -168,7 +194,7 @@ class Dispatcher:
                 raise
             return _Rest(first, chunks, lease, limits.stall)
 
-        return await self._first_success(route, operation, request, attempt, credentials)
+        return await self._first_success(route, operation, request, attempt, credentials, needs)
 
     async def _lease(self, target: Target, credentials: Mapping[str, str] | None) -> Lease:
         """The adapter (and redactor) for an attempt on ``target``: the caller's own key's, else the policy's."""
@@ -185,15 +211,24 @@ class Dispatcher:
         request: JSON,
         attempt: Callable[[Target], Awaitable[T]],
         credentials: Mapping[str, str] | None,
+        needs: int | None,
     ) -> tuple[Target, T]:
         def own(target: Target) -> bool:
             return credentials is not None and target.provider in credentials
 
-        targets = self._available(self._router.order(route), own)
+        targets = self._router.order(route)
+        if needs is not None:
+            targets, skipped = self._windows.plan(route, targets, needs)
+            if skipped:
+                self._observer.skipped(skipped)
+        queue = list(self._available(targets, own))
+        tried: set[str] = set()
         last_error: UpstreamError | None = None
         number = 0
-        for position, target in enumerate(targets):
-            has_next = position + 1 < len(targets)
+        while queue:
+            target = queue.pop(0)
+            tried.add(target.name)
+            has_next = bool(queue)
             # Cooldown is the policy key's standing, shared by every caller: an attempt with the caller's
             # own key neither sets nor clears it, so one tenant's rate limit does not send everyone elsewhere.
             shared = not own(target)
@@ -204,7 +239,9 @@ class Dispatcher:
                     result = await self._observer.attempt(operation, request, target, number, attempt)
                 except UpstreamError as error:
                     if not error.retryable:
-                        raise
+                        queue = self._recover(error, route, target, tuple(queue), tried, needs, own)
+                        last_error = error
+                        break
                     last_error = error
                     wait = self._wait(error, tries)
                     moves_on = has_next and (error.status == 429 or isinstance(error, UpstreamTimeout))
@@ -219,6 +256,24 @@ class Dispatcher:
                     return target, result
         assert last_error is not None  # every route has a target
         raise last_error
+
+    def _recover(
+        self,
+        error: UpstreamError,
+        route: Route,
+        failed: Target,
+        rest: tuple[Target, ...],
+        tried: set[str],
+        needs: int | None,
+        own: Callable[[Target], bool],
+    ) -> list[Target]:
+        """The targets a call goes on to after a 400 no retry fixes (see the module docstring); raises ``error``
+        when there are none. The failed target is not cooled down: the fault is the request's, not its."""
+        targets = self._windows.after(error, route, failed, rest, tried, needs)
+        if not targets:
+            raise error
+        self._observer.moved(error.default_code or "")  # the kind's own code: context_length_exceeded, content_filter
+        return list(self._available(targets, own))
 
     def _wait(self, error: UpstreamError, tries: int) -> float | None:
         """Seconds before retrying the same target, or ``None`` to move on."""

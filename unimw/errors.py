@@ -15,7 +15,9 @@
     ├── ServiceUnavailable        503     service_unavailable_error
     └── UpstreamError             any     whatever the vendor said, translated
         ├── UpstreamUnavailable   502     upstream_error / upstream_unreachable
-        └── UpstreamTimeout       504     upstream_error / upstream_timeout
+        ├── UpstreamTimeout       504     upstream_error / upstream_timeout
+        ├── ContextLengthExceeded 400     invalid_request_error / context_length_exceeded
+        └── ContentFiltered       400     the vendor's type / content_filter (or the vendor's code)
 
 Lower-layer exceptions (HTTP client, JSON, pydantic) are mapped to these at
 one boundary each, with ``raise ... from exc``; nothing else reaches a door.
@@ -174,6 +176,26 @@ class UpstreamTimeout(UpstreamError):
         super().__init__(message, status=504, code="upstream_timeout", retryable=True)
 
 
+class ContextLengthExceeded(UpstreamError):
+    """The upstream refused the request (a 400) as longer than its model's context window.
+
+    Never worth another attempt on the same model; a model with a larger window
+    may take it, so dispatch moves on (an alias's ``on_context_overflow``).
+    """
+
+    default_code = "context_length_exceeded"
+
+
+class ContentFiltered(UpstreamError):
+    """The upstream's content filter refused the request, or the answer it was making (a 400).
+
+    Never retried; dispatch sends it to an alias's ``on_content_filter`` targets
+    when it names some, and returns it otherwise.
+    """
+
+    default_code = "content_filter"
+
+
 #: Error codes with a known, bounded meaning: unimw's own, those the adapters map vendor errors to, and
 #: OpenAI's documented ones. A metric attribute may carry only these: any other vendor code is free text
 #: (unbounded, and possibly an echo of what the vendor was sent), so metrics show its HTTP status instead.
@@ -184,7 +206,8 @@ KNOWN_CODES: frozenset[str] = frozenset(
         "upstream_unreachable", "upstream_timeout", "bad_upstream_response", "invalid_value", "invalid_type",
         "missing_required_parameter", "unsupported_value", "unsupported_parameter", "context_length_exceeded",
         "content_filter", "server_error", "server_is_overloaded", "service_unavailable", "deadline_exceeded",
-        "failed_precondition", "permission_denied", "invalid_prompt", "string_above_max_length", "empty_array",
+        "content_policy_violation", "failed_precondition", "permission_denied", "invalid_prompt",
+        "string_above_max_length", "empty_array",
         "unknown_parameter", "unsupported_model", "previous_response_not_found", "responses_unavailable", "csrf_failed",
         "tenant_lookup_unavailable", "plan_not_found", "byok_required", "invalid_tags",
     }

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 from unimw.adapters import adapter_class
 from unimw.cache import ResponseCache, strip_control
 from unimw.calls import Call, CallStream
+from unimw.context_window import ContextWindows, estimate_tokens, known_windows
 from unimw.continuation import PREFILL_BY_KIND, ContinuedStream, Resumed
 from unimw.errors import InvalidRequest, ModelNotFound
 from unimw.identity import Identity
@@ -146,6 +147,7 @@ class Gateway:
             observer=self._tracing,
             own_keys=(own_keys := OwnKeys(policy.providers)),
             stream_timeouts=stream_timeouts(policy),
+            windows=ContextWindows(known_windows(policy)),
         )
         self._own_keys = own_keys
         settings = policy.cache
@@ -326,6 +328,10 @@ class Gateway:
     async def _dispatch(self, call: Call) -> JSON | CallStream:
         assert call.route is not None
         operation, request = call.operation, call.request
+        # The context check is for chat (and Responses) requests: an embeddings window holds each input alone.
+        needs = None
+        if call.route.context_check and operation.name == CHAT.name:
+            needs = estimate_tokens(request, operation.output_cap(request))
         if call.stream:
             upstream = operation.stream_request(request)
             call.target, chunks = await self._dispatcher.stream(
@@ -334,6 +340,7 @@ class Gateway:
                 upstream,
                 lambda adapter, target: operation.stream(adapter, upstream, target),
                 credentials=call.caller.credentials,
+                needs=needs,
             )
             if operation.continues_streams and self.policy.dispatch.stream_resumes:
                 chunks = self._continued(call, upstream, chunks)
@@ -345,6 +352,7 @@ class Gateway:
             request,
             lambda adapter, target: operation.complete(adapter, request, target),
             credentials=call.caller.credentials,
+            needs=needs,
         )
         call.answered_with(answer)
         return answer

@@ -189,6 +189,12 @@ class Model(_Frozen):
     first_token_timeout: Seconds | None = duration_field(None, "Overrides its provider's first_token_timeout.")
     stall_timeout: Seconds | None = duration_field(None, "Overrides its provider's stall_timeout.")
     owned_by: str | None = Field(default=None, description="owned_by in /v1/models; unset: the provider's name.")
+    context_window: int | None = Field(
+        default=None,
+        gt=0,
+        description="Tokens its context holds (prompt and answer); unset: the built-in figure of well-known models, "
+        "else unknown (never skipped by the context check, never moved to as larger).",
+    )
 
 
 class WeightedTarget(_Frozen):
@@ -214,6 +220,21 @@ class Alias(_Frozen):
         default="fallback",
         description="fallback: in order, the next on failure; weighted: the first drawn by weight, the rest "
         "as fallbacks.",
+    )
+    on_context_overflow: list[str] = Field(
+        default=[],
+        description="Models or aliases tried, in order, when a target answers that the request is longer than its "
+        "context window (or the context check finds none fits); unset: the next targets with a known larger window.",
+    )
+    on_content_filter: list[str] = Field(
+        default=[],
+        description="Models or aliases tried, in order, when a target's content filter refuses the request; "
+        "unset: the refusal is returned.",
+    )
+    context_check: bool | None = Field(
+        default=None,
+        description="Skip targets whose context_window cannot hold the request's estimated tokens before calling "
+        "them; unset: dispatch.context_check.",
     )
 
 
@@ -242,6 +263,11 @@ class Dispatch(_Frozen):
         le=10,
         description="How many times one chat stream that failed after its first chunk is continued (its text so "
         "far sent as a prefill to a target that accepts one); 0: the caller gets the error event instead.",
+    )
+    context_check: bool = Field(
+        default=False,
+        description="Skip targets whose context_window cannot hold a chat request's estimated tokens (prompt plus "
+        "max tokens) before calling them; an alias's context_check decides for its calls.",
     )
 
 
@@ -633,6 +659,8 @@ class Policy(_Frozen):
                 raise PolicyError(("aliases", name), f"alias {name!r} has the same name as a model")
         for name in self.aliases:
             self.expand(name)
+        for name, alias in self.aliases.items():
+            self._check_recovery(name, alias)
         public = self.models.keys() | self.aliases.keys()
         for section, rules in (("plans", self.plans), ("tenants", self.tenants)):
             for name, rule in rules.items():
@@ -658,6 +686,17 @@ class Policy(_Frozen):
                 raise PolicyError(("limits", i, "model"), f"limit on {limit.model!r}, which is not a model")
             if limit.provider is not None and limit.provider not in self.providers:
                 raise PolicyError(("limits", i, "provider"), f"limit on {limit.provider!r}, which is not a provider")
+
+    def _check_recovery(self, name: str, alias: Alias) -> None:
+        for field in ("on_context_overflow", "on_content_filter"):
+            for i, target in enumerate(getattr(alias, field)):
+                if target == name:
+                    raise PolicyError(("aliases", name, field, i), f"{field} of alias {name!r} names the alias itself")
+                if target not in self.models and target not in self.aliases:
+                    raise PolicyError(
+                        ("aliases", name, field, i),
+                        f"{field} of alias {name!r} names {target!r}, which is neither a model nor an alias",
+                    )
 
     def _check_rules(self, at: Path, rule: Plan, public: set[str]) -> None:
         kind = "plan" if at[0] == "plans" else "tenant"

@@ -26,6 +26,12 @@ class Route:
     strategy: str  #: ``single``, ``fallback`` or ``weighted``
     targets: tuple[Target, ...]
     weights: tuple[float, ...]
+    #: Where a call goes when a target says the request is too long for its context window (the alias's
+    #: ``on_context_overflow``, flattened), or when its content filter refused the request.
+    on_context_overflow: tuple[Target, ...] = ()
+    on_content_filter: tuple[Target, ...] = ()
+    #: Whether targets whose context window cannot hold the request are skipped before any call.
+    context_check: bool = False
 
     @property
     def is_alias(self) -> bool:
@@ -35,7 +41,13 @@ class Route:
         """This route minus its targets on ``providers``."""
         kept = [i for i, target in enumerate(self.targets) if target.provider not in providers]
         return Route(
-            self.name, self.strategy, tuple(self.targets[i] for i in kept), tuple(self.weights[i] for i in kept)
+            self.name,
+            self.strategy,
+            tuple(self.targets[i] for i in kept),
+            tuple(self.weights[i] for i in kept),
+            tuple(t for t in self.on_context_overflow if t.provider not in providers),
+            tuple(t for t in self.on_content_filter if t.provider not in providers),
+            self.context_check,
         )
 
     def only(self, targets: tuple[Target, ...]) -> Route:
@@ -65,8 +77,13 @@ class Router:
             name: Target(name=name, model=model.model, provider=model.provider, params=model.params)
             for name, model in policy.models.items()
         }
+        check = policy.dispatch.context_check
+
+        def flattened(names: list[str]) -> tuple[Target, ...]:
+            return tuple(targets[m] for m in dict.fromkeys(m for n in names for m, _ in policy.expand(n)))
+
         for name, target in targets.items():
-            self.routes[name] = Route(name, "single", (target,), (1.0,))
+            self.routes[name] = Route(name, "single", (target,), (1.0,), context_check=check)
         for name, alias in policy.aliases.items():
             expanded = policy.expand(name)
             self.routes[name] = Route(
@@ -74,6 +91,9 @@ class Router:
                 alias.strategy,
                 tuple(targets[model] for model, _ in expanded),
                 tuple(weight for _, weight in expanded),
+                flattened(alias.on_context_overflow),
+                flattened(alias.on_content_filter),
+                check if alias.context_check is None else alias.context_check,
             )
 
     def target(self, name: str | None) -> Target | None:

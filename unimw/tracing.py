@@ -76,12 +76,14 @@ from unimw.attributes import (
     BUDGET_USED,
     CACHE_HIT,
     CACHE_STATUS,
+    CONTEXT_SKIPPED,
     COST_USD,
     DROPPED_PARAMS,
     END_USER,
     OPERATION_DETAILS,
     PLAN,
     PROVIDER,
+    RECOVERY,
     REQUEST_ID,
     REROUTED_FROM,
     RESUMED_TO,
@@ -403,6 +405,14 @@ class Tracing:
         if recording and dropped:
             parent.set_attribute(DROPPED_PARAMS, dropped)
         return result
+
+    def skipped(self, targets: tuple[str, ...]) -> None:
+        """The context check left ``targets`` out: noted on the call's span (current while it dispatches)."""
+        trace.get_current_span().set_attribute(CONTEXT_SKIPPED, targets)
+
+    def moved(self, reason: str) -> None:
+        """The call moved on after a 400 (the failed attempt's span says which): noted on the call's span."""
+        trace.get_current_span().set_attribute(RECOVERY, reason)
 
     async def _spanned(
         self,

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict, deque
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def recorded(vendor: str, case: str) -> JSONResponse:
+    """Fault ``recorded:<case>``: the error answer of that id in ``tests/fixtures/error_kinds/<vendor>.json``,
+    in the vendor's exact wire format (status, headers, body)."""
+    [found] = [c for c in json.loads((FIXTURES / "error_kinds" / f"{vendor}.json").read_text()) if c["id"] == case]
+    return JSONResponse(found["body"], status_code=found["status"], headers=found["headers"])
 
 
 class ScriptedUpstream:

@@ -26,6 +26,7 @@ Streams are named SSE events (``message_start`` … ``message_stop``, with a
 ``stream_error``  a stream with an ``error`` event after the first text
 ``early_error``   a stream with an ``error`` event right after ``message_start``
 ``cut``           a stream that ends without ``message_stop``
+``recorded:ID``   the error recorded as ``ID`` in ``fixtures/error_kinds/anthropic.json``
 ================  =========================================================
 """
 
@@ -46,7 +47,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from typing_extensions import is_typeddict
 
-from tests.upstreams import ScriptedUpstream
+from tests.upstreams import ScriptedUpstream, recorded
 
 VERSIONS = ("2023-06-01", "2026-10-21")
 #: Declared by the 2023-06-01 API but no longer by the SDK's types.
@@ -163,6 +164,8 @@ class AnthropicUpstream(ScriptedUpstream):
             return error(400, "invalid_request_error", f"anthropic-version: invalid version {version!r}")
         if problems := sdk_errors(body, version) + rule_errors(body):
             return error(400, "invalid_request_error", "; ".join(problems))
+        if fault == "recorded":
+            return recorded("anthropic", arg)
         if fault == "529":
             return error(529, "overloaded_error", "Overloaded")
         if fault == "429":

@@ -25,6 +25,7 @@ Faults, planned per model with ``upstream.plan("m", "503", "ok")``:
 ``leak``    401 that echoes the key in every field of the error (``leak:first`` / ``leak:mid``: a
             stream with such an error object as its first event, or after the first words)
 ``cut``     a stream that ends before any ``finishReason``
+``recorded:ID``  the error recorded as ``ID`` in ``fixtures/error_kinds/gemini.json``
 ==========  ================================================================
 
 ``:embedContent`` answers ``{"embedding": {"values"}}`` and
@@ -46,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.upstreams import ScriptedUpstream
+from tests.upstreams import ScriptedUpstream, recorded
 
 DUMMY_SIGNATURE = "skip_thought_signature_validator"
 #: The length of this server's embeddings when the request sets no ``outputDimensionality``.
@@ -94,6 +95,8 @@ class GeminiUpstream(ScriptedUpstream):
         body = await request.json()
         name, arg = self.received(model, body, request)
         key = request.headers.get("x-goog-api-key", "")
+        if name == "recorded":
+            return recorded("gemini", arg)
         if name == "leak" and arg:
             return StreamingResponse(_leaking(model, key, mid=arg == "mid"), media_type="text/event-stream")
         if fault := _fault(name, arg, model, key):

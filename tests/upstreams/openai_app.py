@@ -25,6 +25,7 @@ answer 429, then normally. Faults:
 ``slow``   like ``ok`` but 0.2 s between stream chunks
 ``delay:S`` like ``ok`` after S seconds
 ``filtered`` a completion stopped by the content filter
+``recorded:ID`` the error recorded as ``ID`` in ``fixtures/error_kinds/openai.json``
 ``nousage`` a completion without ``usage``
 =========  ==============================================================
 
@@ -48,7 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.upstreams import ScriptedUpstream, openai_responses
+from tests.upstreams import ScriptedUpstream, openai_responses, recorded
 
 CREATED = 1741570283
 FINGERPRINT = "fp_fc9f1d7035"
@@ -98,6 +99,8 @@ class OpenAIUpstream(ScriptedUpstream):
         body = await request.json()
         model = body["model"]
         name, arg = self.received(model, body, request)
+        if name == "recorded":
+            return recorded("openai", arg)
         if name == "429":
             return _error(
                 429,

@@ -40,7 +40,15 @@ from unimw.adapters.base import (
     parse_object,
     retry_after,
 )
-from unimw.errors import InvalidRequest, UnimwError, UpstreamError, UpstreamUnavailable, is_retryable_status
+from unimw.errors import (
+    ContentFiltered,
+    ContextLengthExceeded,
+    InvalidRequest,
+    UnimwError,
+    UpstreamError,
+    UpstreamUnavailable,
+    is_retryable_status,
+)
 from unimw.policy import Provider
 from unimw.wire import JSON, dumps, now, sse_events, usage_chunk
 
@@ -268,14 +276,33 @@ def _error_from_body(status: int, body: JSON, headers: Mapping[str, str]) -> Ups
         code = str(error_code)
         openai_type = "insufficient_quota" if kind == "rate_limit_error" else openai_type
     message = error.get("message")
-    return UpstreamError(
-        message if isinstance(message, str) and message else f"The upstream answered with status {status}.",
+    text = message if isinstance(message, str) and message else f"The upstream answered with status {status}."
+    cls = _kind(status, kind, text)
+    return cls(
+        text,
         status=status,
         type=openai_type,
-        code=code,
+        param="messages" if cls is ContextLengthExceeded else None,
+        code=code if cls is UpstreamError else None,  # the kind's own OpenAI code
         retryable=True if kind == "overloaded_error" else is_retryable_status(status),
         retry_after=retry_after(headers),
     )
+
+
+def _kind(status: int, kind: str, message: str) -> type[UpstreamError]:
+    """What an ``invalid_request_error`` means, for dispatch; only its message tells.
+
+    A prompt over the context window: "prompt is too long: 208310 tokens > 200000 maximum"; with
+    ``max_tokens`` added (models since Claude 3.7 refuse rather than shorten the answer): "input length
+    and `max_tokens` exceed context limit: 199759 + 8192 > 200000, ...". The content filter (as the API
+    answers it, before or in a stream): "Output blocked by content filtering policy".
+    """
+    if status != 400 or kind != "invalid_request_error":
+        return UpstreamError
+    lowered = message.lower()
+    if lowered.startswith("prompt is too long") or "exceed context limit" in lowered:
+        return ContextLengthExceeded
+    return ContentFiltered if lowered.startswith("output blocked by content filtering") else UpstreamError
 
 
 def _object(value: Any) -> JSON:

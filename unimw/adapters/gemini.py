@@ -72,7 +72,7 @@ from unimw.adapters.gemini_thinking import (
     to_thinking,
     tool_call_id,
 )
-from unimw.errors import InvalidRequest, UnimwError, UpstreamError, UpstreamUnavailable
+from unimw.errors import ContextLengthExceeded, InvalidRequest, UnimwError, UpstreamError, UpstreamUnavailable
 from unimw.policy import Provider
 from unimw.wire import JSON, chunk, loads, now, sse_events, usage_chunk
 
@@ -398,14 +398,27 @@ def _error_from_body(status: int, body: JSON, headers: Mapping[str, str]) -> Ups
         mapped = (401, "invalid_request_error", "invalid_api_key")  # Google answers a bad key with 400
     http, type, code = mapped
     message = error.get("message")
+    text = message if isinstance(message, str) and message else f"The upstream answered with status {status}."
+    if http == 400 and error.get("status") == "INVALID_ARGUMENT" and _too_long(text):
+        return ContextLengthExceeded(text, status=400, type=type, param="messages")
     return UpstreamError(
-        message if isinstance(message, str) and message else f"The upstream answered with status {status}.",
+        text,
         status=http,
         type=type,
         code=code,
         param="model" if code == "model_not_found" else None,
         retry_after=_first(retry_after(headers), _retry_delay(details)),
     )
+
+
+def _too_long(message: str) -> bool:
+    """Whether an ``INVALID_ARGUMENT`` is a prompt over the model's input token limit; only its message tells:
+    "The input token count (1200293) exceeds the maximum number of tokens allowed (1048576)."
+
+    Gemini has no content filter error to tell apart: a blocked prompt is an answer (``promptFeedback``).
+    """
+    lowered = message.lower()
+    return "input token count" in lowered and "exceeds the maximum number of tokens" in lowered
 
 
 def _by_http_status(status: int) -> tuple[int, str, str | None]:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from unimw.adapters.base import HTTPAdapter, Target, error_body, merge_params, parse_object, retry_after
-from unimw.errors import UpstreamError, UpstreamUnavailable
+from unimw.errors import ContentFiltered, ContextLengthExceeded, UpstreamError, UpstreamUnavailable
 from unimw.policy import Provider
 from unimw.wire import JSON, aclose, now, sse_events
 
@@ -121,14 +121,37 @@ def _error_from_body(status: int, body: JSON, headers: Mapping[str, str]) -> Ups
         # Some compatible servers answer ``{"detail": ...}`` or ``{"message": ...}``.
         error = {"message": body.get("message") or body.get("detail")}
     message = error.get("message")
-    return UpstreamError(
-        message if isinstance(message, str) and message else f"The upstream answered with status {status}.",
+    code = _str_or(error.get("code"), None)
+    text = message if isinstance(message, str) and message else f"The upstream answered with status {status}."
+    kind = _kind(status, code, text)
+    param = _str_or(error.get("param"), None)
+    if kind is ContextLengthExceeded:  # OpenAI's code and param, where a compatible server gave none
+        code, param = None, param or "messages"
+    return kind(
+        text,
         status=status,
         type=_str_or(error.get("type"), None) or "upstream_error",
-        param=_str_or(error.get("param"), None),
-        code=_str_or(error.get("code"), None),
+        param=param,
+        code=code,
         retry_after=retry_after(headers),
     )
+
+
+#: Codes of a 400 that mean a content filter refused the request: Azure OpenAI's, and OpenAI's for images.
+_FILTERED = frozenset({"content_filter", "content_policy_violation"})
+
+
+def _kind(status: int, code: str | None, message: str) -> type[UpstreamError]:
+    """What a 400 means, for dispatch: a context window overflow, a content filter, or neither.
+
+    OpenAI says ``context_length_exceeded``; compatible servers (vLLM, DeepSeek, ...) often give no code
+    but OpenAI's message, "This model's maximum context length is N tokens ...".
+    """
+    if status != 400:
+        return UpstreamError
+    if code == "context_length_exceeded" or "maximum context length" in message.lower():
+        return ContextLengthExceeded
+    return ContentFiltered if code in _FILTERED else UpstreamError
 
 
 def _str_or(value: Any, default: str | None) -> str | None:
