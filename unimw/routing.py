@@ -55,7 +55,13 @@ class Router:
         self._rng = rng or random.Random()
         self.routes: dict[str, Route] = {}
         targets = {
-            name: Target(name=name, model=model.model, provider=model.provider, params=model.params)
+            name: Target(
+                name=name,
+                model=model.model,
+                provider=model.provider,
+                params=model.params,
+                prompt_cache=model.prompt_cache,
+            )
             for name, model in policy.models.items()
         }
         for name, target in targets.items():

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Protocol
 
 from unimw.errors import InvalidRequest, UpstreamError
 from unimw.http import StreamReply, UpstreamClient
-from unimw.policy import Provider
+from unimw.policy import PromptCache, Provider
 from unimw.wire import JSON, dumps, loads, now
 
 
@@ -20,6 +20,7 @@ class Target:
     model: str  #: the vendor's model id
     provider: str  #: provider name in the policy
     params: Mapping[str, Any] = field(default_factory=dict)
+    prompt_cache: PromptCache | None = None  #: breakpoints to add where the caller marked none
 
 
 class Adapter(Protocol):
