@@ -22,6 +22,7 @@ answer 429, then normally. Faults:
 ``delay:S`` like ``ok`` after S seconds
 ``filtered`` a completion stopped by the content filter
 ``nousage`` a completion without ``usage``
+``cached:N`` like ``ok``, with N prompt tokens read from OpenAI's (implicit) prompt cache
 =========  ==============================================================
 
 ``POST /v1/embeddings`` answers a ``CreateEmbeddingResponse`` whose vectors
@@ -151,10 +152,12 @@ class OpenAIUpstream(ScriptedUpstream):
                 }
             )
         message, finish = answer(body)
+        cached = int(arg) if name == "cached" else 0
         if body.get("stream"):
             delay = 0.2 if name == "slow" else 0.0
             return StreamingResponse(
-                stream(body, message, finish, drop=name == "drop", delay=delay), media_type="text/event-stream"
+                stream(body, message, finish, drop=name == "drop", delay=delay, cached=cached),
+                media_type="text/event-stream",
             )
         completion = {
             "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
@@ -162,7 +165,7 @@ class OpenAIUpstream(ScriptedUpstream):
             "created": CREATED,
             "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-            "usage": usage(body, message),
+            "usage": usage(body, message, cached),
             "service_tier": "default",
             "system_fingerprint": FINGERPRINT,
         }
@@ -214,14 +217,14 @@ def answer(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return {"role": "assistant", "content": content, "refusal": None, "annotations": []}, "stop"
 
 
-def usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
-    prompt = sum(len(str(m.get("content") or "")) for m in body["messages"]) // 4 + 7
+def usage(body: dict[str, Any], message: dict[str, Any], cached: int = 0) -> dict[str, Any]:
+    prompt = sum(len(str(m.get("content") or "")) for m in body["messages"]) // 4 + 7 + cached
     completion = len(json.dumps(message.get("tool_calls")) if message.get("tool_calls") else message["content"]) // 4
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -232,7 +235,7 @@ def usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
 
 
 async def stream(
-    body: dict[str, Any], message: dict[str, Any], finish: str, *, drop: bool, delay: float
+    body: dict[str, Any], message: dict[str, Any], finish: str, *, drop: bool, delay: float, cached: int = 0
 ) -> AsyncIterator[bytes]:
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -276,7 +279,7 @@ async def stream(
                 raise ConnectionResetError("dropped mid-stream")
     yield event({}, finish)
     if include_usage:
-        yield event(None, usage=usage(body, message))
+        yield event(None, usage=usage(body, message, cached))
     yield b"data: [DONE]\n\n"
 
 
