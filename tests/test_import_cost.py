@@ -183,6 +183,7 @@ def test_the_vendor_modules_are_those_of_the_registry() -> None:
     # The list the checks below watch is read from the package: it must hold every adapter and options module.
     assert VENDOR_MODULES == [
         "unimw.adapters.anthropic",
+        "unimw.adapters.anthropic_cache",
         "unimw.adapters.anthropic_messages",
         "unimw.adapters.anthropic_models",
         "unimw.adapters.anthropic_replies",

@@ -177,9 +177,13 @@ def test_durations_are_published_as_numbers_or_strings(schema: dict[str, Any]) -
         "dispatch.cooldown",
         "dispatch.max_backoff",
         "dispatch.max_retry_after",
+        "models.*.first_token_timeout",
+        "models.*.stall_timeout",
         "providers.*.connect_timeout",
+        "providers.*.first_token_timeout",
         "providers.*.options.chunk_delay",
         "providers.*.options.latency",
+        "providers.*.stall_timeout",
         "providers.*.timeout",
         "responses.ttl",
         "tenancy.resolve[].negative_ttl",
@@ -189,7 +193,8 @@ def test_durations_are_published_as_numbers_or_strings(schema: dict[str, Any]) -
     pattern = re.compile(durations["cache.ttl"]["anyOf"][1]["pattern"])
     for path, node in durations.items():
         assert DURATION_HELP in node["description"], path
-        choices = node["anyOf"] if path != "cache.models.*.ttl" else node["anyOf"][0]["anyOf"]
+        unset_allowed = path == "cache.models.*.ttl" or path.endswith(("first_token_timeout", "stall_timeout"))
+        choices = node["anyOf"][0]["anyOf"] if unset_allowed else node["anyOf"]
         assert choices == [
             {"type": "number", "minimum": 0},
             {"type": "string", "pattern": pattern.pattern},

@@ -177,4 +177,5 @@ class Finisher:
             plan=call.caller.plan,
             tags=call.tags,
             rerouted_from=call.rerouted_from,
+            cache_write_tokens=usage.cache_write_tokens if usage else 0,
         )

@@ -158,6 +158,47 @@ class Price(_Frozen):
     cached_input: float | None = Field(
         default=None, ge=0, description="USD per 1M input tokens read from the vendor's prompt cache; unset: input."
     )
+    cache_write: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per 1M input tokens written to the vendor's prompt cache (5-minute writes, where the "
+        "lifetimes are priced apart); unset: input.",
+    )
+    cache_write_1h: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per 1M input tokens written to the prompt cache to live one hour (ttl: 1h); "
+        "unset: cache_write.",
+    )
+
+
+#: Where :class:`PromptCache` may add a breakpoint.
+CacheBreakpoint = Literal["tools", "system", "last_user"]
+
+
+class PromptCache(_Frozen):
+    """Prompt-cache breakpoints added to a model's requests where the caller marked none.
+
+    For wire protocols that mark breakpoints per request (``kind: anthropic``'s ``cache_control``); the
+    others ignore it, their vendors caching prompt prefixes by themselves.
+    """
+
+    breakpoints: list[CacheBreakpoint] = Field(
+        min_length=1,
+        description="Where to mark, in order of preference while fewer than 4 breakpoints are set: tools (the last "
+        "tool), system (the last system block), last_user (the last block of a trailing user turn); each only "
+        "where the caller marked nothing.",
+    )
+    ttl: Literal["5m", "1h"] | None = Field(
+        default=None, description="The lifetime of the breakpoints added, 5m or 1h; unset: the vendor's default (5m)."
+    )
+
+    @field_validator("breakpoints")
+    @classmethod
+    def _once_each(cls, breakpoints: list[str]) -> list[str]:
+        if len(set(breakpoints)) != len(breakpoints):
+            raise ValueError("each breakpoint may be listed once")
+        return breakpoints
 
 
 class Model(_Frozen):
@@ -194,6 +235,11 @@ class Model(_Frozen):
         gt=0,
         description="Tokens its context holds (prompt and answer); unset: the built-in figure of well-known models, "
         "else unknown (never skipped by the context check, never moved to as larger).",
+    )
+    prompt_cache: PromptCache | None = Field(
+        default=None,
+        description="Prompt-cache breakpoints the gateway adds where the caller marked none (anthropic models); "
+        "unset: only the caller's own.",
     )
 
 

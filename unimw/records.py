@@ -49,6 +49,7 @@ class UsageRecord:
     plan: str | None = None  #: the tenant's plan, when it is on one
     tags: dict[str, str] = field(default_factory=dict)  #: from the request's metadata and X-Unimw-Tags
     rerouted_from: str | None = None  #: the name asked for, when a plan's on_budget sent the call elsewhere
+    cache_write_tokens: int = 0  #: input tokens written to the vendor's prompt cache (``cached_tokens`` were read)
 
 
 class Recorder:

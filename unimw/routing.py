@@ -74,7 +74,13 @@ class Router:
         self._rng = rng or random.Random()
         self.routes: dict[str, Route] = {}
         targets = {
-            name: Target(name=name, model=model.model, provider=model.provider, params=model.params)
+            name: Target(
+                name=name,
+                model=model.model,
+                provider=model.provider,
+                params=model.params,
+                prompt_cache=model.prompt_cache,
+            )
             for name, model in policy.models.items()
         }
         check = policy.dispatch.context_check

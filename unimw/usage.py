@@ -35,16 +35,20 @@ _LIST_PRICES: dict[str, dict[str, float]] = {
     "gpt-4.1-nano": {"input": 0.10, "cached_input": 0.025, "output": 0.40},
     "o3": {"input": 2.00, "cached_input": 0.50, "output": 8.00},
     "o4-mini": {"input": 1.10, "cached_input": 0.275, "output": 4.40},
-    "claude-3-5-haiku-latest": {"input": 0.80, "cached_input": 0.08, "output": 4.00},
-    "claude-sonnet-4-0": {"input": 3.00, "cached_input": 0.30, "output": 15.00},
-    "claude-opus-4-0": {"input": 15.00, "cached_input": 1.50, "output": 75.00},
+    # Claude's cache writes: 5-minute ones at 1.25 times input, hour-long ones at twice it.
+    "claude-3-5-haiku-latest": {"input": 0.80, "cached_input": 0.08, "cache_write": 1.00, "cache_write_1h": 1.60,
+                                "output": 4.00},
+    "claude-sonnet-4-0": {"input": 3.00, "cached_input": 0.30, "cache_write": 3.75, "cache_write_1h": 6.00,
+                          "output": 15.00},
+    "claude-opus-4-0": {"input": 15.00, "cached_input": 1.50, "cache_write": 18.75, "cache_write_1h": 30.00,
+                        "output": 75.00},
     "gemini-2.5-flash": {"input": 0.30, "cached_input": 0.075, "output": 2.50},
     "gemini-2.5-pro": {"input": 1.25, "cached_input": 0.31, "output": 10.00},
     # Embedding models: input only (an embedding has no output tokens).
     "text-embedding-3-small": {"input": 0.02},
     "text-embedding-3-large": {"input": 0.13},
     "gemini-embedding-001": {"input": 0.15},
-}
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -65,12 +69,18 @@ def __getattr__(name: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts with OpenAI's meanings: input includes cached, output includes reasoning."""
+    """Token counts with OpenAI's meanings: input includes cached, output includes reasoning.
+
+    ``cached_tokens`` were read from the vendor's prompt cache and ``cache_write_tokens`` written to it
+    (both part of the input); ``cache_write_1h_tokens`` are the writes made to live an hour.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -83,17 +93,40 @@ class Usage:
             return None
         prompt = usage.get("prompt_tokens") or 0
         completion = usage.get("completion_tokens") or 0
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        details = usage.get("prompt_tokens_details") or {}
         reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-        return cls(int(prompt), int(completion), int(cached), int(reasoning))
+        return cls(
+            int(prompt),
+            int(completion),
+            int(details.get("cached_tokens") or 0),
+            int(reasoning),
+            int(details.get("cache_write_tokens") or 0),
+            int(details.get("cache_write_1h_tokens") or 0),
+        )
 
 
 def cost_micros(price: Price, usage: Usage) -> int:
-    """What ``usage`` costs at ``price``, in micro-USD, rounded up."""
-    cached_rate = price.input if price.cached_input is None else price.cached_input
-    uncached = max(0, usage.input_tokens - usage.cached_tokens)
+    """What ``usage`` costs at ``price``, in micro-USD, rounded up.
+
+    Input is priced in three parts: read from the prompt cache (``cached_input``), written to it
+    (``cache_write``, or ``cache_write_1h`` for hour-long writes), and the rest (``input``). An
+    unset read or write price is the input price; an unset hour-long one, the write price.
+    """
+    read_rate = price.input if price.cached_input is None else price.cached_input
+    write_rate = price.input if price.cache_write is None else price.cache_write
+    hour_rate = write_rate if price.cache_write_1h is None else price.cache_write_1h
+    read = min(usage.cached_tokens, usage.input_tokens)
+    written = min(usage.cache_write_tokens, usage.input_tokens - read)  # a vendor's overcount costs nothing extra
+    hour = min(usage.cache_write_1h_tokens, written)
+    uncached = max(0, usage.input_tokens - read - written)
     # price is USD per 1M tokens, so tokens x price is already micro-USD.
-    micros = uncached * price.input + usage.cached_tokens * cached_rate + usage.output_tokens * price.output
+    micros = (
+        uncached * price.input
+        + read * read_rate
+        + (written - hour) * write_rate
+        + hour * hour_rate
+        + usage.output_tokens * price.output
+    )
     return math.ceil(round(micros, 6))  # round first: 1000 x 0.4 is 400.00000000000006 in floats
 
 

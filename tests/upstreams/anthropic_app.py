@@ -15,6 +15,15 @@ about thinking the API enforces (:func:`rule_errors`) and the ``x-api-key`` /
 Streams are named SSE events (``message_start`` … ``message_stop``, with a
 ``ping``). A test scripts faults per model: ``upstream.plan("m", "529", "ok")``.
 
+Prompt caching: a request with ``cache_control`` markers is answered as the
+API would, from a cache this server keeps (:meth:`AnthropicUpstream.prompt`):
+the longest prefix cached before (at a breakpoint or up to 20 blocks before
+one) is read, the marked prefixes beyond it (of at least
+:data:`MIN_CACHEABLE` tokens) are written, each with its marker's lifetime,
+and no more than 4 markers are taken. Tokens are words of
+text (50 for a tool, an image or a document, 20 for the request's framing). A
+request without markers reports the same few cached tokens every time.
+
 ================  =========================================================
 ``529``           529 overloaded_error
 ``429``           429 rate_limit_error + ``retry-after: 0`` (``429:2`` for 2 s)
@@ -33,6 +42,8 @@ Streams are named SSE events (``message_start`` … ``message_stop``, with a
 from __future__ import annotations
 
 import collections.abc
+import hashlib
+import itertools
 import json
 import types
 import typing
@@ -50,6 +61,11 @@ from typing_extensions import is_typeddict
 from tests.upstreams import ScriptedUpstream, recorded
 
 VERSIONS = ("2023-06-01", "2026-10-21")
+#: The fewest tokens a marked prefix must have to be cached (Claude Sonnet's documented minimum).
+MIN_CACHEABLE = 1024
+#: How many blocks before a breakpoint the API looks for a cached prefix.
+LOOKBACK = 20
+FRAMING_TOKENS = 20
 #: Declared by the 2023-06-01 API but no longer by the SDK's types.
 LEGACY_FIELDS = frozenset({"temperature", "top_p", "top_k"})
 _SEQUENCES = (list, collections.abc.Iterable, collections.abc.Sequence)
@@ -152,6 +168,43 @@ class AnthropicUpstream(ScriptedUpstream):
     def __init__(self) -> None:
         super().__init__()
         self.app = Starlette(routes=[Route("/v1/messages", self.messages, methods=["POST"])])
+        self.cached: set[str] = set()  #: the prefixes in the prompt cache, by digest
+
+    def reset(self) -> None:
+        super().reset()
+        self.cached.clear()
+
+    def prompt(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The input side of the usage for ``body``, reading and writing this server's prompt cache."""
+        pieces = _pieces(body)
+        marks = [(i, mark) for i, (_, mark) in enumerate(pieces) if mark is not None]
+        if not marks:
+            return {
+                "input_tokens": FRAMING_TOKENS + len(body["messages"]),
+                "cache_creation_input_tokens": 4,
+                "cache_read_input_tokens": 6,
+                "cache_creation": {"ephemeral_5m_input_tokens": 4, "ephemeral_1h_input_tokens": 0},
+            }
+        sizes = list(itertools.accumulate(_tokens(piece) for piece, _ in pieces))
+        keys = [
+            hashlib.sha256(json.dumps([p for p, _ in pieces[: i + 1]]).encode()).hexdigest() for i in range(len(pieces))
+        ]
+        # Each breakpoint looks back up to LOOKBACK pieces for a prefix an earlier request cached.
+        hits = [j for i, _ in marks for j in range(max(0, i - LOOKBACK), i + 1) if keys[j] in self.cached]
+        read = sizes[max(hits)] if hits else 0
+        written = {"5m": 0, "1h": 0}
+        done = read
+        for i, mark in marks:
+            if sizes[i] > done and sizes[i] >= MIN_CACHEABLE:
+                written[mark.get("ttl", "5m")] += sizes[i] - done
+                done = sizes[i]
+                self.cached.add(keys[i])
+        return {
+            "input_tokens": FRAMING_TOKENS + sizes[-1] - read - written["5m"] - written["1h"],
+            "cache_creation_input_tokens": written["5m"] + written["1h"],
+            "cache_read_input_tokens": read,
+            "cache_creation": {"ephemeral_5m_input_tokens": written["5m"], "ephemeral_1h_input_tokens": written["1h"]},
+        }
 
     async def messages(self, request: Request) -> Response:
         body = await request.json()
@@ -180,17 +233,79 @@ class AnthropicUpstream(ScriptedUpstream):
         if fault == "leak" and not arg:
             return JSONResponse(leaking_error(key), status_code=401)
         content, stop_reason = answer(body)
+        prompt = self.prompt(body)
         if body.get("stream"):
-            events = stream(body, content, stop_reason, fault + arg, leak=leaking_error(key))
+            events = stream(body, content, stop_reason, fault + arg, prompt, leak=leaking_error(key))
             return StreamingResponse(events, media_type="text/event-stream")
-        return JSONResponse(message(body, content, stop_reason))
+        return JSONResponse(message(body, content, stop_reason, prompt))
+
+
+def _pieces(body: dict[str, Any]) -> list[tuple[Any, dict[str, Any] | None]]:
+    """What the API caches, in the order it renders it (tools, system, messages), each with its marker.
+
+    A marker inside a tool result marks the result; the request's own marker marks the last piece.
+    """
+    pieces: list[tuple[Any, dict[str, Any] | None]] = []
+    for tool in body.get("tools") or ():
+        pieces.append((_unmarked(tool), tool.get("cache_control")))
+    for block in _blocks(body.get("system")):
+        pieces.append((_unmarked(block), block.get("cache_control")))
+    for turn in body["messages"]:
+        for block in _blocks(turn["content"]):
+            inner = _blocks(block.get("content")) if isinstance(block.get("content"), list) else []
+            mark = block.get("cache_control") or next((b["cache_control"] for b in inner if "cache_control" in b), None)
+            pieces.append(([turn["role"], _unmarked(block)], mark))
+    if body.get("cache_control") and pieces and pieces[-1][1] is None:
+        pieces[-1] = (pieces[-1][0], body["cache_control"])
+    return pieces
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    """Content as blocks: a string is one text block."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return list(content or ())
+
+
+def _unmarked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _unmarked(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_unmarked(v) for v in value]
+    return value
+
+
+def _tokens(piece: Any) -> int:
+    """Words of text; 50 for anything else (a tool, an image, a document, a tool call)."""
+    block = piece[1] if isinstance(piece, list) else piece
+    if block.get("type") == "text":
+        return len(block["text"].split())
+    if block.get("type") == "tool_result":
+        content = block.get("content") or ""
+        texts = [content] if isinstance(content, str) else [b.get("text", "") for b in content]
+        return sum(len(t.split()) for t in texts)
+    return 50
+
+
+def _markers(body: dict[str, Any]) -> int:
+    """Blocks with ``cache_control`` in ``body``, the request's own marker included."""
+    system = body.get("system")
+    blocks = [*(system if isinstance(system, list) else ()), *(body.get("tools") or ())]
+    for turn in body["messages"]:
+        for block in turn["content"] if isinstance(turn["content"], list) else ():
+            blocks.append(block)
+            blocks.extend(block.get("content") if isinstance(block.get("content"), list) else ())
+    return sum("cache_control" in b for b in blocks) + ("cache_control" in body)
 
 
 def rule_errors(body: dict[str, Any]) -> list[str]:
-    """Rules the API enforces beyond the types: a prefill's trailing whitespace, and those about thinking."""
+    """Rules the API enforces beyond the types: a prefill's trailing whitespace, the number of cache
+    breakpoints, and those about thinking."""
     errors = []
     if (prefill := _prefill(body)) is not None and prefill != prefill.rstrip():
         errors.append("messages: final assistant content cannot end with trailing whitespace")
+    if (count := _markers(body)) > 4:
+        errors.append(f"A maximum of 4 blocks with cache_control may be provided. Found {count}.")
     if (body.get("thinking") or {}).get("type") not in ("enabled", "adaptive"):
         return errors
     if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
@@ -255,18 +370,13 @@ def _prefill(body: dict[str, Any]) -> str | None:
     return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
 
 
-def usage(body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "input_tokens": 20 + len(body["messages"]),
-        "cache_creation_input_tokens": 4,
-        "cache_read_input_tokens": 6,
-        "cache_creation": {"ephemeral_5m_input_tokens": 4, "ephemeral_1h_input_tokens": 0},
-        "output_tokens": len(json.dumps(content)) // 8,
-        "service_tier": "standard",
-    }
+def output_tokens(content: list[dict[str, Any]]) -> int:
+    return len(json.dumps(content)) // 8
 
 
-def message(body: dict[str, Any], content: list[dict[str, Any]], stop_reason: str) -> dict[str, Any]:
+def message(
+    body: dict[str, Any], content: list[dict[str, Any]], stop_reason: str, prompt: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "id": "msg_01LoopbackReply0000000000",
         "type": "message",
@@ -276,7 +386,7 @@ def message(body: dict[str, Any], content: list[dict[str, Any]], stop_reason: st
         "stop_reason": stop_reason,
         "stop_sequence": None,
         "stop_details": None,
-        "usage": usage(body, content),
+        "usage": {**prompt, "output_tokens": output_tokens(content), "service_tier": "standard"},
     }
 
 
@@ -297,11 +407,12 @@ async def stream(
     content: list[dict[str, Any]],
     stop_reason: str,
     fault: str,
+    prompt: dict[str, Any],
     *,
     leak: dict[str, Any] | None = None,
 ) -> AsyncIterator[bytes]:
     """The named events that carry ``content``, as the Messages API streams them."""
-    start = {**message(body, [], stop_reason), "stop_reason": None}
+    start = {**message(body, [], stop_reason, prompt), "stop_reason": None}
     start["usage"] = {**start["usage"], "output_tokens": 1}
     yield _event("message_start", {"type": "message_start", "message": start})
     yield _event("ping", {"type": "ping"})
@@ -329,7 +440,7 @@ async def stream(
     if fault == "cut":
         return
     delta = {"stop_reason": stop_reason, "stop_sequence": None, "stop_details": None}
-    final = {"output_tokens": usage(body, content)["output_tokens"]}
+    final = {"output_tokens": output_tokens(content)}
     yield _event("message_delta", {"type": "message_delta", "delta": delta, "usage": final})
     yield _event("message_stop", {"type": "message_stop"})
 

@@ -26,6 +26,7 @@ Faults, planned per model with ``upstream.plan("m", "503", "ok")``:
             stream with such an error object as its first event, or after the first words)
 ``cut``     a stream that ends before any ``finishReason``
 ``recorded:ID``  the error recorded as ``ID`` in ``fixtures/error_kinds/gemini.json``
+``cached:N`` like ``ok``, with N prompt tokens read from Gemini's (implicit) context cache
 ==========  ================================================================
 
 ``:embedContent`` answers ``{"embedding": {"values"}}`` and
@@ -105,7 +106,7 @@ class GeminiUpstream(ScriptedUpstream):
             return _error(400, missing, "INVALID_ARGUMENT")
         parts = answer(body, model)
         response_id = "r" + hashlib.sha256(json.dumps(body["contents"]).encode()).hexdigest()[:20]
-        usage = _usage(body, parts)
+        usage = _usage(body, parts, int(arg) if name == "cached" else 0)
         if method == "streamGenerateContent":
             if request.query_params.get("alt") != "sse":
                 return _error(400, "This test server only streams with alt=sse.", "INVALID_ARGUMENT")
@@ -160,16 +161,19 @@ def _missing_signature(body: dict[str, Any], model: str) -> str | None:
     return None
 
 
-def _usage(body: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, int]:
-    prompt = len(json.dumps(body["contents"])) // 4
+def _usage(body: dict[str, Any], parts: list[dict[str, Any]], cached: int = 0) -> dict[str, int]:
+    prompt = len(json.dumps(body["contents"])) // 4 + cached
     candidates = len(json.dumps([p for p in parts if not p.get("thought")])) // 4
     thoughts = 12
-    return {
+    usage = {
         "promptTokenCount": prompt,
         "candidatesTokenCount": candidates,
         "thoughtsTokenCount": thoughts,
         "totalTokenCount": prompt + candidates + thoughts,
     }
+    if cached:  # promptTokenCount counts them too
+        usage["cachedContentTokenCount"] = cached
+    return usage
 
 
 async def stream(

@@ -27,6 +27,7 @@ answer 429, then normally. Faults:
 ``filtered`` a completion stopped by the content filter
 ``recorded:ID`` the error recorded as ``ID`` in ``fixtures/error_kinds/openai.json``
 ``nousage`` a completion without ``usage``
+``cached:N`` like ``ok``, with N prompt tokens read from OpenAI's (implicit) prompt cache
 =========  ==============================================================
 
 ``POST /v1/embeddings`` answers a ``CreateEmbeddingResponse`` whose vectors
@@ -158,9 +159,10 @@ class OpenAIUpstream(ScriptedUpstream):
                 }
             )
         message, finish = answer(body)
+        cached = int(arg) if name == "cached" else 0
         if body.get("stream"):
             delay = 0.2 if name == "slow" else 0.0
-            events = stream(body, message, finish, drop=name == "drop", delay=delay, fault=name, arg=arg)
+            events = stream(body, message, finish, drop=name == "drop", delay=delay, fault=name, arg=arg, cached=cached)
             return StreamingResponse(events, media_type="text/event-stream")
         completion = {
             "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
@@ -168,7 +170,7 @@ class OpenAIUpstream(ScriptedUpstream):
             "created": CREATED,
             "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-            "usage": usage(body, message),
+            "usage": usage(body, message, cached),
             "service_tier": "default",
             "system_fingerprint": FINGERPRINT,
         }
@@ -225,14 +227,14 @@ def answer(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return {"role": "assistant", "content": content, "refusal": None, "annotations": []}, "stop"
 
 
-def usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
-    prompt = sum(len(str(m.get("content") or "")) for m in body["messages"]) // 4 + 7
+def usage(body: dict[str, Any], message: dict[str, Any], cached: int = 0) -> dict[str, Any]:
+    prompt = sum(len(str(m.get("content") or "")) for m in body["messages"]) // 4 + 7 + cached
     completion = len(json.dumps(message.get("tool_calls")) if message.get("tool_calls") else message["content"]) // 4
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -251,6 +253,7 @@ async def stream(
     delay: float,
     fault: str = "ok",
     arg: str = "",
+    cached: int = 0,
 ) -> AsyncIterator[bytes]:
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     if fault == "late":
@@ -303,7 +306,7 @@ async def stream(
                 yield b"data: {not json\n\n"
     yield event({}, finish)
     if include_usage:
-        yield event(None, usage=usage(body, message))
+        yield event(None, usage=usage(body, message, cached))
     if fault != "nodone":
         yield b"data: [DONE]\n\n"
 

@@ -5,7 +5,9 @@ know reaches it; fields with no counterpart are left out, and
 :func:`translate` returns them for the attempt's span. What needs a choice is documented where it is made:
 messages and tools in :mod:`unimw.adapters.anthropic_messages`;
 structured output, thinking and sampling, which depend on the model, in
-:mod:`unimw.adapters.anthropic_models`; reading replies and stream events in
+:mod:`unimw.adapters.anthropic_models`; prompt-cache breakpoints, the
+caller's and a model's ``prompt_cache`` policy, in
+:mod:`unimw.adapters.anthropic_cache`; reading replies and stream events in
 :mod:`unimw.adapters.anthropic_replies`.
 
 Provider options: ``anthropic_version`` (default ``2026-10-21``) and
@@ -21,6 +23,7 @@ import copy
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any, ClassVar
 
+from unimw.adapters.anthropic_cache import add_breakpoints, finish_system, marker, openai_breakpoints
 from unimw.adapters.anthropic_messages import tool_id, translate_messages, translate_tools
 from unimw.adapters.anthropic_models import (
     JSON_TOOL,
@@ -96,6 +99,7 @@ _HANDLED = frozenset(
         "model", "messages", "max_tokens", "max_completion_tokens", "stop", "temperature", "top_p",
         "tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort", "user",
         "safety_identifier", "service_tier", "stream", "stream_options", "n", "logprobs", "top_logprobs",
+        "cache_control",
     }
 )  # fmt: skip
 
@@ -118,9 +122,11 @@ def translate(
     dropped = sorted(k for k, v in chat.items() if k not in _HANDLED and v is not None)
     _refuse_unsupported(chat)
     system, messages = translate_messages(chat["messages"])
+    if openai_breakpoints(chat["messages"]):
+        dropped.append("prompt_cache_breakpoint")
     body: JSON = {"model": target.model, "messages": messages}
     if system:
-        body["system"] = system[0]["text"] if len(system) == 1 else system
+        body["system"] = system
     max_tokens = chat.get("max_completion_tokens") or chat.get("max_tokens")
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
@@ -141,7 +147,11 @@ def translate(
             dropped.append("service_tier")
     if chat.get("stream"):
         body["stream"] = True
+    if chat.get("cache_control") is not None:  # the API's automatic caching: its last cacheable block
+        body["cache_control"] = marker(chat["cache_control"], "cache_control")
     _merge(body, target.params)
+    add_breakpoints(body, target.prompt_cache)
+    finish_system(body)
     grow = "max_tokens" not in body  # thinking counts against max_tokens: its budget goes on top of a default
     body.setdefault("max_tokens", default_max_tokens)
     add_thinking(body, chat.get("reasoning_effort"), model, dropped, grow=grow)

@@ -4,6 +4,8 @@
   folded into the user turn at their place, marked ``[system]``.
 * ``tool`` messages become ``tool_result`` blocks at the head of a user turn;
   consecutive same-role turns are merged.
+* ``cache_control`` on a part, a message or a tool stays on the block it
+  marks (:mod:`unimw.adapters.anthropic_cache`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from unimw.adapters.anthropic_cache import mark, mark_message, refuse_empty
 from unimw.adapters.anthropic_models import Traits
 from unimw.errors import InvalidRequest
 from unimw.wire import JSON, dumps, loads
@@ -28,16 +31,17 @@ def translate_messages(messages: list[JSON]) -> tuple[list[JSON], list[JSON]]:
         role, content, param = message["role"], message.get("content"), f"messages[{i}].content"
         if role in ("system", "developer"):
             blocks = _text_blocks(content, param)
+            mark_message(blocks, message, i)
             if not turns:
                 system.extend(blocks)
             else:  # the Messages API has no system turn mid-conversation on most models
-                _append(turns, "user", [{"type": "text", "text": "[system] " + b["text"]} for b in blocks])
+                _append(turns, "user", [{**b, "text": "[system] " + b["text"]} for b in blocks])
         elif role == "user":
-            _append(turns, "user", _user_blocks(content, param))
+            _append(turns, "user", _marked(_user_blocks(content, param), message, i))
         elif role == "assistant":
-            _append(turns, "assistant", _assistant_blocks(message, i))
+            _append(turns, "assistant", _marked(_assistant_blocks(message, i), message, i))
         elif role == "tool":
-            _append(turns, "user", [_tool_result(message, param)])
+            _append(turns, "user", _marked([_tool_result(message, param)], message, i))
         else:
             raise InvalidRequest(
                 f"Messages with role '{role}' are not supported by this model; use tools.", param=f"messages[{i}].role"
@@ -46,6 +50,11 @@ def translate_messages(messages: list[JSON]) -> tuple[list[JSON], list[JSON]]:
         if turn["role"] == "user":  # tool results must lead their turn
             turn["content"].sort(key=lambda block: block["type"] != "tool_result")
     return system, turns
+
+
+def _marked(blocks: list[JSON], message: JSON, i: int) -> list[JSON]:
+    mark_message(blocks, message, i)
+    return blocks
 
 
 def _append(turns: list[JSON], role: str, blocks: list[JSON]) -> None:
@@ -62,10 +71,13 @@ def _text_blocks(content: Any, param: str) -> list[JSON]:
         return [{"type": "text", "text": content}] if content else []
     blocks = []
     for j, part in enumerate(content or ()):
+        where = f"{param}[{j}]"
         if part.get("type") not in ("text", "refusal"):
-            raise InvalidRequest(f"Only text parts are allowed in '{param}'.", param=f"{param}[{j}]")
-        if text := _part_text(part, f"{param}[{j}]"):
-            blocks.append({"type": "text", "text": text})
+            raise InvalidRequest(f"Only text parts are allowed in '{param}'.", param=where)
+        if text := _part_text(part, where):
+            blocks.append(mark({"type": "text", "text": text}, part, where))
+        else:
+            refuse_empty(part, where)
     return blocks
 
 
@@ -84,13 +96,17 @@ def _user_blocks(content: Any, param: str) -> list[JSON]:
         kind, where = part.get("type"), f"{param}[{j}]"
         if kind == "text":
             if text := _part_text(part, where):
-                blocks.append({"type": "text", "text": text})
+                blocks.append(mark({"type": "text", "text": text}, part, where))
+            else:
+                refuse_empty(part, where)
         elif kind == "image_url":
             image = part.get("image_url")
-            blocks.append(_image(image.get("url") if isinstance(image, dict) else image, where))
+            blocks.append(mark(_image(image.get("url") if isinstance(image, dict) else image, where), part, where))
         elif kind == "file":
             file = part.get("file")
-            blocks.append(_document(file.get("file_data") if isinstance(file, dict) else None, where))
+            blocks.append(
+                mark(_document(file.get("file_data") if isinstance(file, dict) else None, where), part, where)
+            )
         else:
             raise InvalidRequest(f"Content parts of type {kind!r} are not supported by this model.", param=where)
     return blocks
@@ -243,4 +259,4 @@ def _tool(tool: JSON, i: int, model: Traits, dropped: list[str]) -> JSON:
             out["strict"] = bool(function["strict"])
         elif "tools.function.strict" not in dropped:
             dropped.append("tools.function.strict")
-    return out
+    return mark(out, tool, f"tools[{i}]")

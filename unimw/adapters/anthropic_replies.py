@@ -38,10 +38,17 @@ def finish_reason(stop_reason: str | None, tool_calls: bool) -> str:
 
 
 def to_usage(raw: JSON) -> JSON:
-    """OpenAI usage: ``prompt_tokens`` counts all input, cache reads and writes included."""
+    """OpenAI usage: ``prompt_tokens`` counts all input, cache reads and writes included.
+
+    Reads are ``cached_tokens`` and writes ``cache_write_tokens``, as OpenAI names them; the writes made to
+    live an hour, which cost more, are also ``cache_write_1h_tokens`` (an extension, present when non-zero).
+    """
     cached = raw.get("cache_read_input_tokens") or 0
     written = raw.get("cache_creation_input_tokens") or 0
-    details: JSON = {"prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written}}
+    prompt: JSON = {"cached_tokens": cached, "cache_write_tokens": written}
+    if hour := (raw.get("cache_creation") or {}).get("ephemeral_1h_input_tokens"):
+        prompt["cache_write_1h_tokens"] = hour
+    details: JSON = {"prompt_tokens_details": prompt}
     thinking = (raw.get("output_tokens_details") or {}).get("thinking_tokens")
     if thinking is not None:
         details["completion_tokens_details"] = {"reasoning_tokens": thinking}

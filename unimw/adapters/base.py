@@ -11,7 +11,7 @@ from unimw.http import StreamReply, UpstreamClient
 from unimw.wire import JSON, dumps, loads, now
 
 if TYPE_CHECKING:
-    from unimw.policy import Provider
+    from unimw.policy import PromptCache, Provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,7 @@ class Target:
     model: str  #: the vendor's model id
     provider: str  #: provider name in the policy
     params: Mapping[str, Any] = field(default_factory=dict)
+    prompt_cache: PromptCache | None = None  #: breakpoints to add where the caller marked none
 
 
 class Adapter(Protocol):

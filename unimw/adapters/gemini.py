@@ -169,6 +169,7 @@ def translate(
     dropped = [k for k in chat if k not in _TRANSLATED]
     if chat.get("parallel_tool_calls") is False:
         dropped.append("parallel_tool_calls")  # Gemini may always call several functions at once
+    dropped.extend(m for m in _cache_markers(chat) if m not in dropped)  # Gemini caches prefixes by itself
     config = _generation_config(chat, version)
     effort = chat.get("reasoning_effort")
     if effort is not None and not isinstance(effort, str):
@@ -186,6 +187,14 @@ def translate(
     if chat.get("service_tier") in ("flex", "priority"):
         body["serviceTier"] = chat["service_tier"]
     return (_with_params(target.params, body) if target.params else body), tuple(sorted(dropped))
+
+
+def _cache_markers(chat: JSON) -> set[str]:
+    """The prompt-cache markers on the request's messages, parts and tools (Anthropic's, OpenAI's), none sent."""
+    messages = chat.get("messages") or []
+    parts = [p for m in messages if isinstance(m.get("content"), list) for p in m["content"]]
+    items = [i for i in (*messages, *parts, *(chat.get("tools") or ())) if isinstance(i, dict)]
+    return {key for key in ("cache_control", "prompt_cache_breakpoint") for i in items if i.get(key) is not None}
 
 
 def _generation_config(chat: JSON, version: tuple[int, int] | None) -> JSON:
