@@ -10,6 +10,9 @@
   reached the caller, a failure is the caller's to see.
 * Errors that another attempt cannot fix (400, 401, 404, ...) are raised
   at once.
+* Each attempt's duration (to the first chunk, for a stream) goes to the
+  router's latency figures, when an alias orders by them; a retryable
+  failure counts against its target there (:mod:`unimw.latency`).
 
 Each attempt runs through an :class:`Observer` (tracing puts a span around
 it), numbered from 1 across all the targets of the call.
@@ -177,7 +180,8 @@ class Dispatcher:
         def own(target: Target) -> bool:
             return credentials is not None and target.provider in credentials
 
-        targets = self._available(self._router.order(route), own)
+        targets = self._available(self._router.order(route, request), own)
+        latency = self._router.latency  # None unless an alias is least_latency
         last_error: UpstreamError | None = None
         number = 0
         for position, target in enumerate(targets):
@@ -188,11 +192,14 @@ class Dispatcher:
             retries = self._retries.get(target.provider, self._settings.retries)
             for tries in range(retries + 1):
                 number += 1
+                started = time.perf_counter()
                 try:
                     result = await self._observer.attempt(operation, request, target, number, attempt)
                 except UpstreamError as error:
                     if not error.retryable:
                         raise
+                    if latency is not None and shared:
+                        latency.failed(target.name, time.perf_counter() - started)
                     last_error = error
                     wait = self._wait(error, tries)
                     moves_on = has_next and (error.status == 429 or isinstance(error, UpstreamTimeout))
@@ -202,6 +209,8 @@ class Dispatcher:
                         break
                     await self._sleep(wait)
                 else:
+                    if latency is not None:  # a stream's attempt ends at its first chunk
+                        latency.observe(target.name, time.perf_counter() - started)
                     if shared:
                         self._cool_until.pop(target.name, None)
                     return target, result

@@ -171,4 +171,5 @@ class Finisher:
             plan=call.caller.plan,
             tags=call.tags,
             rerouted_from=call.rerouted_from,
+            arm=call.route.arm if call.route is not None else None,
         )

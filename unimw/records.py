@@ -45,6 +45,7 @@ class UsageRecord:
     plan: str | None = None  #: the tenant's plan, when it is on one
     tags: dict[str, str] = field(default_factory=dict)  #: from the request's metadata and X-Unimw-Tags
     rerouted_from: str | None = None  #: the name asked for, when a plan's on_budget sent the call elsewhere
+    arm: str | None = None  #: the target a sticky weighted alias placed the caller on (its experiment arm)
 
 
 class Recorder:
