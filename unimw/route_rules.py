@@ -70,16 +70,16 @@ class Facts:
 
     @classmethod
     def of(cls, call: Call, headers: Mapping[str, str]) -> Facts:
-        """The facts of a call in the pipeline, with the request's headers."""
-        caller = call.caller
-        return cls(
-            call.request,
-            tenant=caller.tenant,
-            plan=caller.plan,
-            end_user=caller.end_user,
-            tags=call.tags,
-            headers=headers,
-        )
+        """The facts of a call in the pipeline, with the request's headers.
+
+        The end user is the caller's, else (a policy that tells no tenants apart identifies none) the request's
+        own ``user`` or ``safety_identifier``.
+        """
+        caller, request = call.caller, call.request
+        end_user = caller.end_user
+        if end_user is None and isinstance(user := request.get("user") or request.get("safety_identifier"), str):
+            end_user = user
+        return cls(request, tenant=caller.tenant, plan=caller.plan, end_user=end_user, tags=call.tags, headers=headers)
 
     @property
     def tokens(self) -> int:
