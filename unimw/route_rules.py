@@ -127,7 +127,10 @@ class Rule:
     conditions: tuple[Condition, ...]
 
     def matches(self, facts: Facts) -> bool:
-        return all(condition.holds(facts) for condition in self.conditions)
+        for condition in self.conditions:
+            if not condition.holds(facts):
+                return False
+        return True
 
     @property
     def text(self) -> str:
@@ -210,13 +213,16 @@ def estimate_tokens(request: JSON) -> int:
 def _text_length(value: Any) -> int:
     if isinstance(value, str):
         return len(value)
-    if isinstance(value, list):
-        return sum(_text_length(item) for item in value)
     if isinstance(value, dict):
         if value.get("type") in _MEDIA_PARTS:
             return MEDIA_TOKENS * 4
-        return sum(_text_length(item) for item in value.values())
-    return 0
+        value = value.values()
+    elif not isinstance(value, list):
+        return 0
+    total = 0
+    for item in value:  # strings counted here, without a call each: most of a request
+        total += len(item) if isinstance(item, str) else _text_length(item)
+    return total
 
 
 def _has_image(value: Any) -> bool:

@@ -50,14 +50,14 @@ class Route:
     #: The ``when`` rules, in order, each with the route it picks.
     rules: tuple[tuple[Rule, Route], ...] = ()
     sticky: str | None = None  #: ``tenant`` or ``end_user``: the weighted draw is a hash of that id
-    #: For a sticky route: per arm, the route with that arm first (the rest heaviest first).
+    #: For a weighted route: per target, the route with it first (the rest heaviest first).
     arms: tuple[Route, ...] = ()
     arm: str | None = None  #: the target a sticky draw placed the call on
     rule: int | None = None  #: the index of the ``when`` rule that picked these targets
     probe_after: float = 30.0  #: ``least_latency``: see :class:`~unimw.policy.Alias`
     #: The call must be placed (:meth:`Router.place`): it has rules, or it is sticky.
     per_call: bool = False
-    #: A sticky route's arms' upper bounds in [0, 1], by weight.
+    #: A weighted route's arms' upper bounds in [0, 1], by weight.
     bounds: tuple[float, ...] = ()
     #: Whether the targets are tried as they stand (no strategy orders them per call).
     fixed: bool = field(init=False)
@@ -79,6 +79,8 @@ class Route:
         following heaviest first, as fallbacks."""
         if self.strategy != "weighted" or len(self.targets) < 2 or self.arm is not None:
             return self.targets
+        if len(self.arms) == len(self.targets):  # the orders made with the policy (a narrowed route has fewer)
+            return self.arms[min(bisect.bisect_right(self.bounds, rng.random()), len(self.arms) - 1)].targets
         first = rng.choices(range(len(self.targets)), weights=self.weights)[0]
         return self.targets[first : first + 1] + tuple(self.targets[i] for i in _heaviest(self.weights, first))
 
@@ -107,6 +109,8 @@ class Router:
         self._prices = {
             name: model.price or DEFAULT_PRICES.get(model.model, FREE) for name, model in policy.models.items()
         }
+        #: USD per 1M input and output tokens, as plain floats: cheapest compares them on every call.
+        self._rates = {name: (price.input, price.output) for name, price in self._prices.items()}
         for name, target in targets.items():
             self.routes[name] = Route(name, "single", (target,), (1.0,))
         for name, alias in policy.aliases.items():
@@ -175,8 +179,10 @@ class Router:
 
     def cheapest(self, targets: tuple[Target, ...], request: JSON, tokens: int | None = None) -> tuple[Target, ...]:
         """``targets``, cheapest first for the request's estimated tokens (ties in the alias's order)."""
-        usage = Usage(estimate_tokens(request) if tokens is None else tokens, output_tokens(request))
-        return tuple(sorted(targets, key=lambda t: cost_micros(self._prices[t.name], usage)))
+        prompt = estimate_tokens(request) if tokens is None else tokens
+        output = output_tokens(request)
+        rates = self._rates
+        return tuple(sorted(targets, key=lambda t: rates[t.name][0] * prompt + rates[t.name][1] * output))
 
     def cost(self, name: str, usage: Usage) -> int:
         """What ``usage`` would cost on model ``name``, in micro-USD."""
@@ -223,7 +229,7 @@ def _route(
     targets = tuple(models[model] for model, _ in expanded)
     weights = tuple(weight for _, weight in expanded)
     route = Route(name, alias.strategy, targets, weights, sticky=alias.sticky, rule=rule, probe_after=alias.probe_after)
-    if alias.sticky is None:
+    if alias.strategy != "weighted":
         return route
     arms = tuple(
         replace(
@@ -235,4 +241,4 @@ def _route(
         )
         for i in range(len(targets))
     )
-    return replace(route, arms=arms, per_call=True, bounds=_cumulative(weights))
+    return replace(route, arms=arms, per_call=alias.sticky is not None, bounds=_cumulative(weights))
