@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.redis_support import require_redis, unique
 from unimw.cli import main
@@ -297,3 +300,50 @@ def test_flags_are_checked(tmp_path: Path) -> None:
     ):
         result = route(tmp_path, *args)
         assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+DOC = Path(__file__).parent.parent / "docs" / "routing.md"
+
+
+def test_the_routing_doc_shows_what_the_command_prints(tmp_path: Path) -> None:
+    """Its YAML examples make one valid policy, and each ``unimw route`` it shows (but the one reading a store) is
+    printed exactly so."""
+    doc = DOC.read_text()
+    base, *examples = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    aliases: dict[str, object] = {}
+    for example in examples:
+        aliases.update(yaml.safe_load(example)["aliases"])
+    policy = yaml.safe_load(base) | {"aliases": aliases}
+    for provider in policy["providers"].values():
+        provider["api_key"] = "sk-test"  # not ${...}: the test's environment has no keys
+    shown = re.findall(r"\$ unimw route (.*?)\n(.*?)(?=\n\$ |\n```)", doc, re.S)
+    assert len(shown) == 3
+    for flags, output in shown:
+        if "--store" in flags:
+            continue
+        args = [a for a in shlex.split(flags) if a not in ("--config", "policies.yaml")]
+        result = route(tmp_path, *args, policy=yaml.safe_dump(policy))
+        assert (result.returncode, result.stderr, result.stdout) == (0, "", output.rstrip("\n") + "\n"), flags
+
+
+README = Path(__file__).parent.parent / "README.md"
+README_MODELS = {
+    "providers": {"openai": {"kind": "openai", "api_key": "sk-test"}, "anthropic": {"kind": "anthropic"}},
+    "models": {
+        "gpt-4.1": {"provider": "openai", "model": "gpt-4.1"},
+        "gpt-4.1-mini": {"provider": "openai", "model": "gpt-4.1-mini"},
+        "claude-sonnet": {"provider": "anthropic", "model": "claude-sonnet-4-0"},
+    },
+    "plans": {"free": {}, "pro": {}},
+    "tenants": {"acme": {"plan": "pro"}},
+}
+
+
+def test_the_readme_routing_example_is_what_the_command_prints(tmp_path: Path) -> None:
+    section = README.read_text().split("## Routing\n", 1)[1].split("\n## ", 1)[0]
+    example, shown = re.findall(r"```(?:yaml|text)\n(.*?)```", section, re.S)
+    policy = README_MODELS | yaml.safe_load(example)
+    flags, output = shown.split("\n", 1)
+    args = [a for a in shlex.split(flags.removeprefix("$ unimw route ")) if a not in ("--config", "policies.yaml")]
+    result = route(tmp_path, *args, policy=yaml.safe_dump(policy))
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", output)

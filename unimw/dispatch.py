@@ -192,7 +192,7 @@ class Dispatcher:
             retries = self._retries.get(target.provider, self._settings.retries)
             for tries in range(retries + 1):
                 number += 1
-                started = time.perf_counter()
+                started = time.perf_counter() if latency is not None else 0.0
                 try:
                     result = await self._observer.attempt(operation, request, target, number, attempt)
                 except UpstreamError as error:

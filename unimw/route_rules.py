@@ -127,7 +127,7 @@ class Rule:
     conditions: tuple[Condition, ...]
 
     def matches(self, facts: Facts) -> bool:
-        for condition in self.conditions:
+        for condition in self.conditions:  # noqa: SIM110 - all() would make a generator per rule per call
             if not condition.holds(facts):
                 return False
         return True
