@@ -33,6 +33,7 @@ class UsageRecord(models.Model):
         "plan",
         "tags",
         "rerouted_from",
+        "arm",
     )
 
     at: models.DateTimeField[datetime.datetime, datetime.datetime] = models.DateTimeField(db_index=True)
@@ -57,6 +58,7 @@ class UsageRecord(models.Model):
     #: At most 16 pairs of short strings (the gateway bounds them), so a JSON column rather than a table.
     tags: models.JSONField[dict[str, str], dict[str, str]] = models.JSONField(default=dict)
     rerouted_from: models.CharField[str | None, str | None] = models.CharField(max_length=200, null=True, blank=True)
+    arm: models.CharField[str | None, str | None] = models.CharField(max_length=200, null=True, blank=True)
 
     class Meta:
         verbose_name = "usage record"
