@@ -347,3 +347,21 @@ def test_the_readme_routing_example_is_what_the_command_prints(tmp_path: Path) -
     args = [a for a in shlex.split(flags.removeprefix("$ unimw route ")) if a not in ("--config", "policies.yaml")]
     result = route(tmp_path, *args, policy=yaml.safe_dump(policy))
     assert (result.returncode, result.stderr, result.stdout) == (0, "", output)
+
+
+def test_check_lists_the_rules_and_stickiness(tmp_path: Path) -> None:
+    path = tmp_path / "policies.yaml"
+    path.write_text(POLICY)
+    result = subprocess.run(
+        [sys.executable, "-m", "unimw.cli", "check", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("aliases (4):\n")[1].splitlines() == [
+        "  smart [fallback] -> big, sonnet",
+        "    when plan: free -> mini",
+        "    when tools: true, tokens_over: 50000 -> sonnet, big",
+        "    when tag feature: ask, header X-Team: search -> mini, big",
+        "  cheap [cheapest] -> big, sonnet, mini",
+        "  fast [least_latency] -> big, sonnet",
+        "  exp [weighted, sticky on end_user] -> big (weight 3), mini",
+    ]

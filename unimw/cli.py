@@ -155,6 +155,8 @@ def run_check(path: str) -> int:
 
 def describe(policy: Policy, path: str) -> str:
     """A human summary of what a valid policy defines."""
+    from unimw.route_rules import compile_rule
+
     lines = [f"{path}: OK"]
     lines.append(f"providers ({len(policy.providers)}):")
     lines += [f"  {name}: {p.kind} {p.base_url or ''}".rstrip() for name, p in policy.providers.items()]
@@ -165,7 +167,11 @@ def describe(policy: Policy, path: str) -> str:
         targets = ", ".join(
             model if weight == 1 else f"{model} (weight {weight:g})" for model, weight in policy.expand(name)
         )
-        lines.append(f"  {name} [{alias.strategy}] -> {targets}")
+        sticky = f", sticky on {alias.sticky}" if alias.sticky is not None else ""
+        lines.append(f"  {name} [{alias.strategy}{sticky}] -> {targets}")
+        for i, rule in enumerate(alias.when):
+            picked = ", ".join(model for model, _ in policy.expand_rule(name, i))
+            lines.append(f"    when {compile_rule(i, rule).text} -> {picked}")
     return "\n".join(lines)
 
 
