@@ -80,6 +80,7 @@ class LatencyBook:
         self._tried: dict[str, float] = {}
         self._pending: list[Sample] = []
         self._pushing: asyncio.Task[None] | None = None
+        self._unshared = False  #: the last push failed (and said so)
 
     def observe(self, name: str, seconds: float) -> None:
         """An attempt on ``name`` answered (its first chunk, for a stream) after ``seconds``."""
@@ -141,7 +142,11 @@ class LatencyBook:
             try:
                 self.merge(await self._shared.push(samples, self._clock()))
             except Exception as error:  # the figures stay this process's own until the store answers again
-                logger.warning("unimw: latency figures not shared (%s: %s)", type(error).__name__, error)
+                if not self._unshared:  # once per outage, not once per batch
+                    logger.warning("unimw: latency figures not shared (%s: %s)", type(error).__name__, error)
+                self._unshared = True
+            else:
+                self._unshared = False
 
     async def flush(self) -> None:
         """Wait until every sample so far has been sent to the shared store."""
