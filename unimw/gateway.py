@@ -38,7 +38,6 @@ from unimw.own_keys import OwnKeys
 from unimw.policy import Policy
 from unimw.records import Recorder
 from unimw.redaction import Redactor, provider_secrets
-from unimw.route_rules import Facts
 from unimw.routing import Router
 from unimw.stores.base import CacheStore, LimitStore
 from unimw.tags import tags_of
@@ -241,7 +240,7 @@ class Gateway:
         if self._tenants.rules_of(call.caller).on_budget:
             await self._reroute(call, answer)
         if call.route.per_call:  # its when rules, its sticky arm
-            call.route = self._router.place(call.route, Facts.of(call, inbound.headers))
+            call.route = self._router.place_call(call.route, call, inbound.headers)
         call.request = self._authorize(call)
         route = call.route
         await call.operation.prepare(call)

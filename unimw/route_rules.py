@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from unimw.policy import RouteRule
 from unimw.wire import JSON, dumps
 
 if TYPE_CHECKING:
     from unimw.calls import Call
+    from unimw.policy import RouteRule
 
 #: Content parts that are not text: each counts as this many tokens in the estimate.
 MEDIA_TOKENS = 1000

@@ -26,14 +26,20 @@ import random
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from unimw.adapters.base import Target
 from unimw.errors import ModelNotFound
 from unimw.latency import LatencyBook
-from unimw.policy import Alias, Policy
 from unimw.route_rules import Facts, Rule, compile_rule, estimate_tokens
-from unimw.usage import DEFAULT_PRICES, FREE, Usage, cost_micros
+from unimw.usage import Usage, cost_micros
 from unimw.wire import JSON
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from unimw.calls import Call
+    from unimw.policy import Alias, Policy, Price
 
 #: Output tokens a request that sets no cap is priced for, by ``cheapest``.
 OUTPUT_TOKENS = 1000
@@ -106,7 +112,9 @@ class Router:
             name: Target(name=name, model=model.model, provider=model.provider, params=model.params)
             for name, model in policy.models.items()
         }
-        self._prices = {
+        from unimw.usage import DEFAULT_PRICES, FREE  # price models, made with the first router
+
+        self._prices: dict[str, Price] = {
             name: model.price or DEFAULT_PRICES.get(model.model, FREE) for name, model in policy.models.items()
         }
         #: USD per 1M input and output tokens, as plain floats: cheapest compares them on every call.
@@ -139,10 +147,6 @@ class Router:
         route = self.routes.get(name) if name is not None else None
         return route.targets[0] if route is not None and not route.is_alias else None
 
-    def price(self, name: str) -> float:
-        """USD per 1M input tokens of a model (for explanations)."""
-        return self._prices.get(name, FREE).input
-
     def resolve(self, name: str) -> Route:
         try:
             return self.routes[name]
@@ -159,6 +163,10 @@ class Router:
         if route.sticky is not None:
             route = route.arms[self.arm_of(route, facts)]
         return route
+
+    def place_call(self, route: Route, call: Call, headers: Mapping[str, str]) -> Route:
+        """:meth:`place` for a call in the pipeline, with its request's headers."""
+        return self.place(route, Facts.of(call, headers))
 
     def arm_of(self, route: Route, facts: Facts) -> int:
         """The arm of a sticky route for a caller: from the hash of its id, or drawn when it has none."""
