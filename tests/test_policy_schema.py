@@ -170,6 +170,7 @@ def test_every_field_says_what_it_is(schema: dict[str, Any]) -> None:
 def test_durations_are_published_as_numbers_or_strings(schema: dict[str, Any]) -> None:
     durations = {row.path: row.schema for row in rows(schema) if "duration such as" in row.schema["description"]}
     assert sorted(durations) == [
+        "aliases.*.probe_after",
         "cache.models.*.ttl",
         "cache.ttl",
         "cache.wait",

@@ -18,7 +18,9 @@ PLAN: Final = "unimw.plan"  #: the tenant's plan (also on the unimw metrics)
 TAG: Final = "unimw.tag."  #: prefix of a call's tags (``unimw.tag.feature``); on metrics only those the policy names
 REROUTED_FROM: Final = "unimw.rerouted_from"  #: the name asked for, when the plan's on_budget sent the call elsewhere
 ALIAS: Final = "unimw.alias"  #: the public name called, when it is an alias
-ROUTE_STRATEGY: Final = "unimw.route.strategy"  #: ``single``, ``fallback`` or ``weighted``
+#: ``single``, ``fallback``, ``weighted``, ``least_latency`` or ``cheapest``
+ROUTE_STRATEGY: Final = "unimw.route.strategy"
+ROUTE_ARM: Final = "unimw.route.arm"  #: the target a sticky weighted alias placed the caller on
 TARGET: Final = "unimw.target"  #: the public model that answered (or was tried, on an attempt span)
 PROVIDER: Final = "unimw.provider"  #: that model's provider, by its name in the policy
 ATTEMPT: Final = "unimw.attempt"  #: attempt number within the call, from 1

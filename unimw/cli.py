@@ -1,4 +1,4 @@
-"""The ``unimw`` command: ``serve`` a policy, ``check`` one, or print the ``schema`` of one."""
+"""The ``unimw`` command: ``serve`` a policy, ``check`` one, explain a ``route``, or print the ``schema`` of one."""
 
 from __future__ import annotations
 
@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     usage.add_argument("--plan", help="without --records: the plan of an undeclared --tenant (default: default_plan)")
     usage.add_argument("--json", action="store_true", dest="as_json", help="print one JSON document")
 
+    route = commands.add_parser("route", help="print the targets a request would try, in order, and why")
+    add_route_flags(route)
+
     commands.add_parser("schema", help="print the JSON Schema of policy files, for editors to check them with")
 
     hash_key = commands.add_parser("hash-key", help="print the sha256: form of an API key, for tenants.*.api_keys")
@@ -110,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "usage":
         return usage_command(usage, args)
+    if args.command == "route":
+        return asyncio.run(run_route(args))
     if args.command == "hash-key":
         from unimw.tenants import hash_key as hashed
 
@@ -174,6 +179,8 @@ def run_check(path: str) -> int:
 
 def describe(policy: Policy, path: str) -> str:
     """A human summary of what a valid policy defines."""
+    from unimw.route_rules import compile_rule
+
     lines = [f"{path}: OK"]
     lines.append(f"providers ({len(policy.providers)}):")
     lines += [f"  {name}: {p.kind} {p.base_url or ''}".rstrip() for name, p in policy.providers.items()]
@@ -184,8 +191,108 @@ def describe(policy: Policy, path: str) -> str:
         targets = ", ".join(
             model if weight == 1 else f"{model} (weight {weight:g})" for model, weight in policy.expand(name)
         )
-        lines.append(f"  {name} [{alias.strategy}] -> {targets}")
+        sticky = f", sticky on {alias.sticky}" if alias.sticky is not None else ""
+        lines.append(f"  {name} [{alias.strategy}{sticky}] -> {targets}")
+        for i, rule in enumerate(alias.when):
+            picked = ", ".join(model for model, _ in policy.expand_rule(name, i))
+            lines.append(f"    when {compile_rule(i, rule).text} -> {picked}")
     return "\n".join(lines)
+
+
+def add_route_flags(route: argparse.ArgumentParser) -> None:
+    """The flags of ``unimw route``: the policy, the name called, and what the request would be."""
+    route.add_argument("--config", default="policies.yaml", help="policy file (default: policies.yaml)")
+    route.add_argument("--model", required=True, help="the model or alias the request names")
+    route.add_argument("--tenant", help="the calling tenant (default: tenancy.default)")
+    route.add_argument("--plan", help="the plan of an undeclared --tenant (default: tenancy.default_plan)")
+    route.add_argument("--end-user", help="the end user the request is for")
+    route.add_argument("--tools", action="store_true", help="the request offers tools")
+    route.add_argument("--images", action="store_true", help="a message carries an image")
+    route.add_argument("--structured", action="store_true", help="the request wants structured output")
+    route.add_argument("--tokens", type=int, default=0, metavar="N", help="estimated prompt tokens (default: 0)")
+    route.add_argument("--max-tokens", type=int, metavar="N", help="the request's output cap")
+    route.add_argument(
+        "--tag", action="append", type=checked(tag_pair), default=[], metavar="KEY=VALUE", help="a tag; repeatable"
+    )
+    route.add_argument(
+        "--header",
+        action="append",
+        type=checked(header_pair),
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header; repeatable",
+    )
+    route.add_argument("--store", metavar="URL", help="read least_latency figures from this redis:// store")
+
+
+def tag_pair(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise ValueError(f"{text!r} is not KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+def header_pair(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise ValueError(f"{text!r} is not 'NAME: VALUE'")
+    return name.strip().lower(), value.strip()
+
+
+async def run_route(args: argparse.Namespace) -> int:
+    """``unimw route``: 0 with the explanation, 1 for a policy, name, tenant or store that cannot be used."""
+    from unimw.errors import ModelNotFound
+    from unimw.latency import Figure
+    from unimw.route_report import report
+    from unimw.route_rules import Facts
+    from unimw.stores.base import StoreUnavailable
+
+    try:
+        policy = load_policy(args.config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    tenant = args.tenant or policy.tenancy.default
+    try:
+        rules = tenant_rules(policy, tenant, args.plan) if tenant is not None else None
+    except UnknownTenant as error:
+        print(f"error: {args.config}: {error}", file=sys.stderr)
+        return 1
+    figures: dict[str, Figure] | None = None
+    if args.store is not None:
+        if not args.store.startswith(("redis://", "rediss://", "unix://")):
+            print(f"error: --store must be a redis:// URL, got {args.store!r}", file=sys.stderr)
+            return 1
+        from unimw.stores.latency import RedisLatency
+
+        shared = RedisLatency(args.store)
+        try:
+            figures = await shared.read()
+        except StoreUnavailable as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        finally:
+            await shared.aclose()
+    request = {"max_tokens": args.max_tokens} if args.max_tokens is not None else {}
+    facts = Facts(
+        request,
+        tenant=tenant,
+        plan=rules.plan if rules is not None else None,
+        end_user=args.end_user,
+        tags=dict(args.tag),
+        headers=dict(args.header),
+        tokens=args.tokens,
+        tools=args.tools,
+        images=args.images,
+        structured=args.structured,
+    )
+    try:
+        lines = report(policy, args.model, facts, now=time.time(), figures=figures, rules=rules)
+    except ModelNotFound:
+        print(f"error: {args.config}: no model or alias {args.model!r}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
 
 
 def checked(parse: Callable[[str], T]) -> Callable[[str], T]:

@@ -16,6 +16,9 @@
   ``on_content_filter`` targets; neither cools the target down. With the
   route's context check on, targets that cannot hold the request's
   estimated tokens are skipped before any call.
+* Each attempt's duration (to the first chunk, for a stream) goes to the
+  router's latency figures, when an alias orders by them; a retryable
+  failure counts against its target there (:mod:`unimw.latency`).
 
 Each attempt runs through an :class:`Observer` (tracing puts a span around
 it), numbered from 1 across all the targets of the call.
@@ -216,13 +219,14 @@ class Dispatcher:
         def own(target: Target) -> bool:
             return credentials is not None and target.provider in credentials
 
-        targets = self._router.order(route)
+        targets = self._router.order(route, request)
         if needs is not None:
             targets, skipped = self._windows.plan(route, targets, needs)
             if skipped:
                 self._observer.skipped(skipped)
         queue = list(self._available(targets, own))
         tried: set[str] = set()
+        latency = self._router.latency  # None unless an alias is least_latency
         last_error: UpstreamError | None = None
         number = 0
         while queue:
@@ -235,6 +239,7 @@ class Dispatcher:
             retries = self._retries.get(target.provider, self._settings.retries)
             for tries in range(retries + 1):
                 number += 1
+                started = time.perf_counter() if latency is not None else 0.0
                 try:
                     result = await self._observer.attempt(operation, request, target, number, attempt)
                 except UpstreamError as error:
@@ -242,6 +247,8 @@ class Dispatcher:
                         queue = self._recover(error, route, target, tuple(queue), tried, needs, own)
                         last_error = error
                         break
+                    if latency is not None and shared:
+                        latency.failed(target.name, time.perf_counter() - started)
                     last_error = error
                     wait = self._wait(error, tries)
                     moves_on = has_next and (error.status == 429 or isinstance(error, UpstreamTimeout))
@@ -251,6 +258,8 @@ class Dispatcher:
                         break
                     await self._sleep(wait)
                 else:
+                    if latency is not None:  # a stream's attempt ends at its first chunk
+                        latency.observe(target.name, time.perf_counter() - started)
                     if shared:
                         self._cool_until.pop(target.name, None)
                     return target, result

@@ -178,4 +178,5 @@ class Finisher:
             tags=call.tags,
             rerouted_from=call.rerouted_from,
             cache_write_tokens=usage.cache_write_tokens if usage else 0,
+            arm=call.route.arm if call.route is not None else None,
         )

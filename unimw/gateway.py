@@ -130,7 +130,7 @@ class Gateway:
         self.operations: dict[str, Operation] = {op.path: op.bind(policy) for op in (*DEFAULT_OPERATIONS, *operations)}
         self._tenants = Tenants(policy, clock)
         self._limiter = Limiter(policy, limit_store or stores.limit_store(policy.tenancy.store), clock)
-        self._router = Router(policy)
+        self._router = Router(policy, clock=clock)
         self._adapters: dict[str, Adapter] = {
             name: adapter_class(provider.kind)(provider) for name, provider in policy.providers.items()
         }
@@ -252,6 +252,8 @@ class Gateway:
         answer = Answer(request, {})
         if self._tenants.rules_of(call.caller).on_budget:
             await self._reroute(call, answer)
+        if call.route.per_call:  # its when rules, its sticky arm
+            call.route = self._router.place_call(call.route, call, inbound.headers)
         call.request = self._authorize(call)
         route = call.route
         await call.operation.prepare(call)
@@ -474,6 +476,7 @@ class Gateway:
         await self._finisher.flush()
         await self._hooks.aclose()
         await self._recorder.flush()
+        await self._router.flush()
 
     async def aclose(self) -> None:
         """Close upstream connections, settle what is still pending, deliver records and alerts, close the stores."""
@@ -487,6 +490,7 @@ class Gateway:
         await self._recorder.aclose()
         await self._limiter.aclose()
         await self._cache.aclose()
+        await self._router.aclose()
 
     async def __aenter__(self) -> Gateway:
         return self

@@ -24,6 +24,7 @@ from pydantic import (
     Discriminator,
     Field,
     SecretStr,
+    StrictBool,
     Tag,
     WithJsonSchema,
     field_validator,
@@ -256,16 +257,86 @@ def _target(value: Any) -> Any:
     return {"model": value} if isinstance(value, str) else value
 
 
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+#: One name, or several (any of them matches).
+Names = Annotated[list[str], BeforeValidator(_listed, json_schema_input_type=str | list[str]), Field(min_length=1)]
+#: A header's name as RFC 9110 writes a token.
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+#: The conditions of a ``when`` rule, in the order they are explained.
+CONDITIONS = ("tenant", "plan", "tags", "headers", "tools", "images", "structured", "tokens_over")
+
+
+class RouteRule(_Frozen):
+    """One ``when`` rule of an alias: if every condition it sets holds, its targets are tried instead of the
+    alias's own. Rules are tried in order; the first that matches wins."""
+
+    tenant: Names | None = Field(default=None, description="The caller's tenant is this one (or one of these).")
+    plan: Names | None = Field(default=None, description="The caller's plan is this one (or one of these).")
+    tags: dict[Annotated[str, Field(pattern=TAG_KEY.pattern)], Names] | None = Field(
+        default=None,
+        description="Each tag (from metadata or X-Unimw-Tags) has this value (or one of these values).",
+    )
+    headers: dict[str, Names] | None = Field(
+        default=None, description="Each request header has this value (or one of these values); names in any case."
+    )
+    tools: StrictBool | None = Field(default=None, description="true: the request offers tools; false: it offers none.")
+    images: StrictBool | None = Field(default=None, description="true: a message carries an image; false: none does.")
+    structured: StrictBool | None = Field(
+        default=None,
+        description="true: the request wants structured output (response_format json_schema or json_object); "
+        "false: it does not.",
+    )
+    tokens_over: int | None = Field(
+        default=None,
+        ge=0,
+        description="The request's estimated prompt tokens (about four characters of text a token, 1000 an image "
+        "or file) are more than this.",
+    )
+    targets: list[Annotated[WeightedTarget, BeforeValidator(_target, json_schema_input_type=str | WeightedTarget)]] = (
+        Field(min_length=1, description="What is tried when the rule matches, by the alias's strategy.")
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        for name in headers or ():
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a header name")
+        return headers
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> RouteRule:
+        if all(getattr(self, name) is None for name in CONDITIONS):
+            raise ValueError(
+                f"a when rule needs a condition ({', '.join(CONDITIONS)}); the alias's own targets are the default"
+            )
+        return self
+
+
 class Alias(_Frozen):
     """One public name for several targets, tried by a strategy."""
 
     targets: list[Annotated[WeightedTarget, BeforeValidator(_target, json_schema_input_type=str | WeightedTarget)]] = (
         Field(min_length=1, description="Models or aliases, as names or as {model, weight}; aliases are flattened.")
     )
-    strategy: Literal["fallback", "weighted"] = Field(
+    strategy: Literal["fallback", "weighted", "least_latency", "cheapest"] = Field(
         default="fallback",
         description="fallback: in order, the next on failure; weighted: the first drawn by weight, the rest "
-        "as fallbacks.",
+        "as fallbacks; least_latency: the fastest lately first; cheapest: the cheapest for the request first.",
+    )
+    sticky: Literal["tenant", "end_user"] | None = Field(
+        default=None,
+        description="weighted only: draw the first target from a hash of the tenant's (or end user's) id, so each "
+        "caller stays on one arm; unset: a random draw per call.",
+    )
+    when: list[RouteRule] = Field(
+        default=[], description="Rules tried in order; the first that matches picks the targets instead of targets."
+    )
+    probe_after: Seconds = duration_field(
+        30.0, "least_latency: a target tried no more often than this is tried first once, to see if it got faster."
     )
     on_context_overflow: list[str] = Field(
         default=[],
@@ -707,6 +778,7 @@ class Policy(_Frozen):
             self.expand(name)
         for name, alias in self.aliases.items():
             self._check_recovery(name, alias)
+            self._check_alias(name, alias)
         public = self.models.keys() | self.aliases.keys()
         for section, rules in (("plans", self.plans), ("tenants", self.tenants)):
             for name, rule in rules.items():
@@ -769,6 +841,25 @@ class Policy(_Frozen):
             if provider not in self.providers:
                 raise PolicyError((*at, "byok", i), f"byok names {provider!r}, which is not a provider")
 
+    def _check_alias(self, name: str, alias: Alias) -> None:
+        """The parts of an alias that name other things: its rules' targets and plans, and sticky's strategy."""
+        if alias.sticky is not None and alias.strategy != "weighted":
+            raise PolicyError(("aliases", name, "sticky"), f"alias {name!r} is sticky, which needs strategy: weighted")
+        for i, rule in enumerate(alias.when):
+            self.expand_rule(name, i)
+            for j, plan in enumerate(rule.plan or ()):
+                if plan not in self.plans:
+                    raise PolicyError(
+                        ("aliases", name, "when", i, "plan", j),
+                        f"a when rule names plan {plan!r}, which is not in plans",
+                    )
+
+    def expand_rule(self, alias: str, index: int) -> list[tuple[str, float]]:
+        """The concrete models behind the targets of ``when`` rule ``index`` of ``alias``, as :meth:`expand`."""
+        rule = self.aliases[alias].when[index]
+        where = f"when rule {index} of alias {alias!r}"
+        return self._flatten(rule.targets, ("aliases", alias, "when", index, "targets"), where, ())
+
     def expand(self, name: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, float]]:
         """The concrete models behind ``name``, in order, with weights.
 
@@ -780,15 +871,20 @@ class Policy(_Frozen):
         if name in _seen:
             cycle = " -> ".join((*_seen[_seen.index(name) :], name))
             raise PolicyError(("aliases", _seen[0]), f"alias cycle: {cycle}")
-        alias = self.aliases[name]
+        return self._flatten(
+            self.aliases[name].targets, ("aliases", name, "targets"), f"alias {name!r}", (*_seen, name)
+        )
+
+    def _flatten(
+        self, targets: list[WeightedTarget], at: Path, where: str, seen: tuple[str, ...]
+    ) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
-        for i, target in enumerate(alias.targets):
+        for i, target in enumerate(targets):
             if target.model not in self.models and target.model not in self.aliases:
                 raise PolicyError(
-                    ("aliases", name, "targets", i),
-                    f"alias {name!r} points at {target.model!r}, which is neither a model nor an alias",
+                    (*at, i), f"{where} points at {target.model!r}, which is neither a model nor an alias"
                 )
-            for model, weight in self.expand(target.model, (*_seen, name)):
+            for model, weight in self.expand(target.model, seen):
                 if model not in (m for m, _ in out):
                     out.append((model, weight * target.weight))
         return out

@@ -50,6 +50,7 @@ class UsageRecord:
     tags: dict[str, str] = field(default_factory=dict)  #: from the request's metadata and X-Unimw-Tags
     rerouted_from: str | None = None  #: the name asked for, when a plan's on_budget sent the call elsewhere
     cache_write_tokens: int = 0  #: input tokens written to the vendor's prompt cache (``cached_tokens`` were read)
+    arm: str | None = None  #: the target a sticky weighted alias placed the caller on (its experiment arm)
 
 
 class Recorder:

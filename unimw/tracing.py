@@ -87,6 +87,7 @@ from unimw.attributes import (
     REQUEST_ID,
     REROUTED_FROM,
     RESUMED_TO,
+    ROUTE_ARM,
     ROUTE_STRATEGY,
     SCHEMA_URL,
     STATUS,
@@ -512,6 +513,8 @@ class Tracing:
             attributes[PLAN] = plan
         if call.rerouted_from is not None:
             attributes[REROUTED_FROM] = call.rerouted_from
+        if call.route is not None and call.route.arm is not None:
+            attributes[ROUTE_ARM] = call.route.arm
         for key, value in call.tags.items():
             attributes[TAG + key] = value
         if call.cache is not None:

@@ -34,6 +34,7 @@ class UsageRecord(models.Model):
         "tags",
         "rerouted_from",
         "cache_write_tokens",
+        "arm",
     )
 
     at: models.DateTimeField[datetime.datetime, datetime.datetime] = models.DateTimeField(db_index=True)
@@ -59,6 +60,7 @@ class UsageRecord(models.Model):
     tags: models.JSONField[dict[str, str], dict[str, str]] = models.JSONField(default=dict)
     rerouted_from: models.CharField[str | None, str | None] = models.CharField(max_length=200, null=True, blank=True)
     cache_write_tokens: models.BigIntegerField[int, int] = models.BigIntegerField(default=0)
+    arm: models.CharField[str | None, str | None] = models.CharField(max_length=200, null=True, blank=True)
 
     class Meta:
         verbose_name = "usage record"
