@@ -163,8 +163,12 @@ class ResponseCache:
     def _key(self, operation: Operation, route: Route, request: JSON, scope: str | None) -> str:
         ignored = operation.not_in_cache_key
         canonical = {k: v for k, v in request.items() if k not in ignored}
+        fingerprint = self._fingerprints[route.name]
+        if route.rule is not None or route.arm is not None:
+            # Placed by a when rule or on a sticky arm: other targets, or another first, than the name's own.
+            fingerprint = [*fingerprint, route.rule, route.arm]
         payload = orjson.dumps(
-            [scope or "global", operation.path, self._fingerprints[route.name], canonical],
+            [scope or "global", operation.path, fingerprint, canonical],
             option=orjson.OPT_SORT_KEYS,
         )
         return "unimw:cache:" + hashlib.sha256(payload).hexdigest()

@@ -237,6 +237,24 @@ async def test_each_when_rule_selects_its_targets(
     assert upstream.calls == {expected: 1}
 
 
+async def test_the_response_cache_keeps_each_rules_answers_apart(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream
+) -> None:
+    """The same request placed by different rules went to different targets: one's answer is not the other's."""
+    gateway = make_gateway(
+        models=RULE_MODELS,
+        aliases={"routed": RULED},
+        plans={"pro": {}, "free": {}},
+        tenants={"anon": {"plan": "free"}},
+        tenancy={"resolve": [{"header": "X-Org", "plan_header": "X-Plan"}], "default": "anon"},
+        cache={"enabled": True, "scope": "global"},
+    )
+    for headers, expected in [({"X-Team": "core"}, "up-header"), ({}, "up-main"), ({"X-Team": "core"}, "up-header")]:
+        completion = await sdk(gateway, **headers).chat.completions.create(model="routed", messages=HELLO)
+        assert completion.model == expected
+    assert upstream.calls == {"up-header": 1, "up-main": 1}  # the third was the first one's cached answer
+
+
 # ── sticky arms ─────────────────────────────────────────────────────────────
 
 
