@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         body_timeout=args.body_timeout,
         keep_alive=args.keep_alive,
         limit_concurrency=args.limit_concurrency,
+        shutdown_grace=args.shutdown_grace,
     )
     return run_serve(args.config, args.host, args.port, args.log_level, args.otel, limits, args.workers)
 
@@ -150,6 +151,7 @@ _LIMIT_FLAGS = (
     ("body_timeout", "SECONDS", "close a connection whose request body is not complete in this time"),
     ("keep_alive", "SECONDS", "close an idle kept-alive connection after this time"),
     ("limit_concurrency", "N", "answer 503 once this many connections and requests are open"),
+    ("shutdown_grace", "SECONDS", "on SIGTERM, let calls and streams in flight finish this long, then cancel them"),
 )
 
 
@@ -427,6 +429,7 @@ def run_serve(
         "ws": "none",
         "timeout_keep_alive": limits.keep_alive,
         "limit_concurrency": limits.limit_concurrency,
+        "timeout_graceful_shutdown": limits.shutdown_grace,
     }
     if workers > 1:
         return serve_workers(path, otel, limits, workers, options)

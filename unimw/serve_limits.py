@@ -30,6 +30,9 @@ class ServeLimits:
     keep_alive: int = 5
     #: Open connections plus running requests beyond which new requests are answered 503.
     limit_concurrency: int = 1000
+    #: Seconds a stopping server (SIGTERM, Ctrl-C) lets calls and streams in flight finish; past it they
+    #: are cancelled, and each is settled for what it produced before the process exits.
+    shutdown_grace: float = 30.0
 
 
 #: Seconds a refused connection is kept reading (and discarding) after its 431, so that a client still
