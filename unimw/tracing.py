@@ -490,16 +490,18 @@ class Tracing:
             BUDGET_DECISION: decision,
             COST_USD: cost_usd,
         }
-        if call.caller.tenant is not None:
-            attributes[TENANT] = call.caller.tenant
-        if call.caller.end_user is not None:
-            attributes[END_USER] = call.caller.end_user
-        if (plan := call.caller.plan) is not None:
+        caller = call.caller
+        if caller.tenant is not None:
+            attributes[TENANT] = caller.tenant
+        if caller.end_user is not None:
+            attributes[END_USER] = caller.end_user
+        if caller.rules is not None and (plan := caller.plan) is not None:
             attributes[PLAN] = plan
         if call.rerouted_from is not None:
             attributes[REROUTED_FROM] = call.rerouted_from
-        for key, value in call.tags.items():
-            attributes[TAG + key] = value
+        if call.tags:
+            for key, value in call.tags.items():
+                attributes[TAG + key] = value
         if call.cache is not None:
             attributes[CACHE_STATUS] = call.cache.status
         if (target := call.target) is not None:
