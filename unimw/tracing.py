@@ -392,8 +392,8 @@ class Tracing:
 
     @staticmethod
     async def _propagated(target: Target, run: Callable[[Target], Awaitable[T]]) -> T:
-        """An attempt of a call that records nothing, to a provider that gets the trace context all the same
-        (a sampled-out call's says so; the configured propagators decide what else goes)."""
+        """An attempt of a call that records nothing, to a provider that gets the trace context all the same:
+        a sampled-out call's tells the upstream not to sample either."""
         token = context.attach(context.set_value(PROPAGATE_TRACE, True))
         try:
             return await run(target)
