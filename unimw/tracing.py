@@ -55,6 +55,7 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
     GEN_AI_RESPONSE_ID,
     GEN_AI_RESPONSE_MODEL,
     GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK,
+    GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
     GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
     GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_OUTPUT_TOKENS,
@@ -243,6 +244,8 @@ class Tracing:
         #: once its span turns out to record (with no SDK, never); from then on, they are in the one dict
         #: its span starts with.
         self._recorded = False
+        #: Per (public name, target that answered): what call spans say of the target (:meth:`_answerer`).
+        self._answered_by: dict[tuple[str | None, str], Attributes] = {}
         self._every_attempt = settings.attempt_spans == "always"
         self._metrics = Metrics(
             meter_provider, self._routes, tenants=frozenset(policy.tenants), tags=tuple(policy.usage.tags)
@@ -263,7 +266,9 @@ class Tracing:
         """Open the call's span as a child of the current one and make it current; detach with the token."""
         operation = call.operation.name
         model = call.request.get("model")
-        known = self._start_of(operation, model) if isinstance(model, str) else None
+        known = None
+        if isinstance(model, str):
+            known = self._starts.get((operation, model)) or self._start_of(operation, model)
         if known is not None:
             name, first = known
         else:  # an unknown name (refused later): no span name from arbitrary input
@@ -335,12 +340,12 @@ class Tracing:
             return
         call.span = None  # ended exactly once, even if recording the outcome fails half-way
         upstream = self._upstreams.get(call.target.provider) if call.target is not None else None
-        failure = error_type(call.error) if call.status == "error" else None
         decision = _budget_decision(call)
         cost_usd = cost / MICRO if call.answered else 0.0
         try:
             self._metrics.record(call, upstream, decision, cost_usd)
             if span.is_recording():
+                failure = error_type(call.error) if call.status == "error" else None
                 outcome = self._outcome(call, upstream, failure, decision, cost_usd)
                 if (first := _FIRST.get()) is not None and first.parent is span:
                     # A failed first attempt with no second one has no span: the call's tells what it left out.
@@ -378,32 +383,34 @@ class Tracing:
     ) -> T:
         """Run one upstream attempt, in its own span when it needs one (the dispatcher's
         :class:`~unimw.dispatch.Observer`)."""
-        upstream = self._upstreams[target.provider]
         parent = trace.get_current_span()  # the call's span
         # With no SDK (or the call sampled out) the call's span is a no-op one, current all the same.
-        recording = parent.is_recording()
-        if recording and (number > 1 or self._every_attempt):
-            return await self._spanned(parent, operation, request, target, number, upstream, run)
-        # No span of its own: the only attempt (so far) of a recorded call, or a call that records nothing.
-        if recording:
-            dropped = self._adapters[target.provider].dropped_params(request, target)
-            start = time.time_ns()
+        if not parent.is_recording():
+            if self._upstreams[target.provider].propagate:
+                return await self._propagated(target, run)
+            return await run(target)
+        if number > 1 or self._every_attempt:
+            return await self._spanned(parent, operation, request, target, number, run)
+        # No span of its own (the only attempt so far of a recorded call): its times and outcome noted.
+        upstream = self._upstreams[target.provider]
+        dropped = self._adapters[target.provider].dropped_params(request, target)
+        start = time.time_ns()
         token = context.attach(context.set_value(PROPAGATE_TRACE, True)) if upstream.propagate else None
         try:
             result = await run(target)
         except asyncio.CancelledError:
             raise  # nothing follows a cancelled attempt: the call's span says it was
         except BaseException as error:
-            if recording:  # what its span says, should a second attempt follow
-                attributes = self._attempt_attributes(operation, request, target, number, upstream, dropped)
-                attributes[ERROR_TYPE] = error_type(error)
-                name = f"{operation} {target.model}"
-                _FIRST.set(_FirstAttempt(parent, name, attributes, start, time.time_ns(), _description(error)))
+            # What its span says, should a second attempt follow.
+            attributes = self._attempt_attributes(operation, request, target, number, upstream, dropped)
+            attributes[ERROR_TYPE] = error_type(error)
+            name = f"{operation} {target.model}"
+            _FIRST.set(_FirstAttempt(parent, name, attributes, start, time.time_ns(), _description(error)))
             raise
         finally:
             if token is not None:
                 context.detach(token)
-        if recording and dropped:
+        if dropped:
             parent.set_attribute(DROPPED_PARAMS, dropped)
         return result
 
@@ -415,6 +422,16 @@ class Tracing:
         """The call moved on after a 400 (the failed attempt's span says which): noted on the call's span."""
         trace.get_current_span().set_attribute(RECOVERY, reason)
 
+    @staticmethod
+    async def _propagated(target: Target, run: Callable[[Target], Awaitable[T]]) -> T:
+        """An attempt of a call that records nothing, to a provider that gets the trace context all the same:
+        a sampled-out call's tells the upstream not to sample either."""
+        token = context.attach(context.set_value(PROPAGATE_TRACE, True))
+        try:
+            return await run(target)
+        finally:
+            context.detach(token)
+
     async def _spanned(
         self,
         parent: Span,
@@ -422,10 +439,10 @@ class Tracing:
         request: JSON,
         target: Target,
         number: int,
-        upstream: Upstream,
         run: Callable[[Target], Awaitable[T]],
     ) -> T:
         """An attempt in its own span (after the first one's, made now if it has none yet)."""
+        upstream = self._upstreams[target.provider]
         if (first := _FIRST.get()) is not None and first.parent is parent:
             _FIRST.set(None)  # dated when it ran, not now
             earlier = self._tracer.start_span(
@@ -505,32 +522,26 @@ class Tracing:
             BUDGET_DECISION: decision,
             COST_USD: cost_usd,
         }
-        if call.caller.tenant is not None:
-            attributes[TENANT] = call.caller.tenant
-        if call.caller.end_user is not None:
-            attributes[END_USER] = call.caller.end_user
-        if (plan := call.caller.plan) is not None:
+        caller = call.caller
+        if caller.tenant is not None:
+            attributes[TENANT] = caller.tenant
+        if caller.end_user is not None:
+            attributes[END_USER] = caller.end_user
+        if caller.rules is not None and (plan := caller.plan) is not None:
             attributes[PLAN] = plan
         if call.rerouted_from is not None:
             attributes[REROUTED_FROM] = call.rerouted_from
         if call.route is not None and call.route.arm is not None:
             attributes[ROUTE_ARM] = call.route.arm
-        for key, value in call.tags.items():
-            attributes[TAG + key] = value
+        if call.tags:
+            for key, value in call.tags.items():
+                attributes[TAG + key] = value
         if call.cache is not None:
             attributes[CACHE_STATUS] = call.cache.status
-        if call.target is not None:
-            attributes[TARGET] = call.target.name
-            attributes[PROVIDER] = call.target.provider
-        if upstream is not None:
-            # What the span started with when every target of its route shares it: not set twice.
+        if (target := call.target) is not None:
             model = call.request.get("model")
-            route = self._routes.get(model, _NO_FACTS) if isinstance(model, str) else _NO_FACTS
-            if GEN_AI_PROVIDER_NAME not in route:
-                attributes[GEN_AI_PROVIDER_NAME] = upstream.name
-            if SERVER_ADDRESS not in route and upstream.address is not None and upstream.port is not None:
-                attributes[SERVER_ADDRESS] = upstream.address
-                attributes[SERVER_PORT] = upstream.port
+            answered = (model if isinstance(model, str) else None, target.name)
+            attributes.update(self._answered_by.get(answered) or self._answerer(answered, target, upstream))
         reading = call.reading
         if reading.response_id:
             attributes[GEN_AI_RESPONSE_ID] = reading.response_id
@@ -543,12 +554,27 @@ class Tracing:
             attributes[GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
             if usage.cached_tokens:
                 attributes[GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cached_tokens
+            if usage.cache_write_tokens:
+                attributes[GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
             if usage.reasoning_tokens:
                 attributes[GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
         if call.stream and call.first_chunk_at is not None:
             attributes[GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = call.first_chunk_at - call.started
         if failure is not None:
             attributes[ERROR_TYPE] = failure
+        return attributes
+
+    def _answerer(self, key: tuple[str | None, str], target: Target, upstream: Upstream | None) -> Attributes:
+        """What a call span says of the ``target`` that answered the public name ``key[0]``: the target
+        and its provider, and those of ``gen_ai.provider.name``, ``server.address`` and ``server.port``
+        the span did not start with (when every target of the route shares them). Made once per name and
+        target (both from the policy)."""
+        model = key[0]
+        attributes: Attributes = {TARGET: target.name, PROVIDER: target.provider}
+        if upstream is not None:
+            route = self._routes.get(model, _NO_FACTS) if model is not None else _NO_FACTS
+            attributes.update((k, v) for k, v in upstream.attributes.items() if k not in route)
+        self._answered_by[key] = attributes
         return attributes
 
     def _content(self, span: Span, call: Call) -> None:

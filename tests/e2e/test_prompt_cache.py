@@ -16,8 +16,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+    GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+)
 
 from tests.conftest import sdk_http
+from tests.otel import Telemetry
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.gemini_app import GeminiUpstream
 from tests.upstreams.openai_app import OpenAIUpstream
@@ -314,3 +319,29 @@ async def test_openai_implicit_cache_reads_are_priced_at_the_read_price(
     written = await records(gateway, tmp_path)
     # 14 uncached at 0.40, 1024 read at 0.10, 14 out at 1.60: 5.6 + 102.4 + 22.4 = 130.4, charged 131 micro-USD
     assert [(r["cached_tokens"], round(r["cost_usd"] * 1_000_000)) for r in written] == [(1024, 131), (1024, 131)]
+
+
+async def test_cache_reads_and_writes_are_on_the_span_by_their_convention_names(
+    _anthropic_server: tuple[AnthropicUpstream, str],
+    _gemini_server: tuple[GeminiUpstream, str],
+    upstream_url: str,
+    claude: AnthropicUpstream,
+    tmp_path: Path,
+) -> None:
+    telemetry = Telemetry()
+    settings = policy(_anthropic_server[1], _gemini_server[1], upstream_url, tmp_path / "usage.jsonl")
+    system = {"role": "system", "content": [{"type": "text", "text": HANDBOOK, "cache_control": EPHEMERAL}]}
+    async with Gateway.from_dict(settings, **telemetry.providers) as gateway:
+        for question in ("What is the leave policy?", "And sick days?"):
+            await gateway.chat_completions(
+                {"model": "sonnet", "messages": [system, {"role": "user", "content": question}]}
+            )
+    written, read = (span["attributes"] for span in telemetry.spans() if span["name"] == "chat sonnet")
+    assert (
+        written.get(GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
+        written.get(GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+    ) == (3000, None)
+    assert (read.get(GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS), read.get(GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)) == (
+        None,
+        3000,
+    )

@@ -326,6 +326,7 @@ def usage_of(usage: Any) -> Usage | None:
         _int(usage.get("output_tokens")),
         _int(inputs.get("cached_tokens")),
         _int(outputs.get("reasoning_tokens")),
+        _int(inputs.get("cache_write_tokens")),
     )
 
 
