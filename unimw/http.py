@@ -114,9 +114,15 @@ class UpstreamClient:
         return self._session
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        # Awaited and released by hand: the ``async with`` form's enter and exit coroutines (and its wait
+        # for a request writer that ``read`` already waited for) cost 2.7 % of an aiohttp call (callgrind,
+        # bench upstream). ``read`` closes the response itself if it fails.
         try:
-            async with self._client().post(url, data=body, headers=with_trace(headers)) as response:
+            response = await self._client().post(url, data=body, headers=with_trace(headers))
+            try:
                 return Reply(response.status, response.headers, await response.read())
+            finally:
+                response.release()
         except _client_errors() as exc:
             raise _map_error(exc) from exc
 
