@@ -15,9 +15,53 @@ from typing import Any
 import pytest
 from starlette.types import Message
 
+from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
+from unimw.adapters import adapter_class
+from unimw.dispatch import Dispatcher
+from unimw.loader import build_policy
+from unimw.own_keys import OwnKeys
+from unimw.routing import Router
+from unimw.wire import JSON
 
 pytestmark = pytest.mark.anyio
+
+KEY_ONE = "sk-tenant-one-0123456789abcdef"
+KEY_TWO = "sk-tenant-two-0123456789abcdef"
+
+
+async def test_a_stream_closed_before_its_first_chunk_is_read_releases_its_lease(
+    upstream: OpenAIUpstream, upstream_url: str
+) -> None:
+    policy = build_policy(
+        {
+            "providers": {"openai": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-policy-0123456789"}},
+            "models": {"gpt": {"provider": "openai", "model": "up-lease"}},
+        }
+    )
+    router = Router(policy)
+    adapters = {name: adapter_class(p.kind)(p) for name, p in policy.providers.items()}
+    own_keys = OwnKeys(policy.providers, max_adapters=1)
+    dispatcher = Dispatcher(router, adapters, policy.dispatch, own_keys=own_keys)
+    request: JSON = {"model": "gpt", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    try:
+        _, chunks = await dispatcher.stream(
+            router.resolve("gpt"),
+            "chat",
+            request,
+            lambda adapter, target: adapter.stream(request, target),
+            credentials={"openai": KEY_ONE},
+        )
+        await chunks.aclose()  # type: ignore[attr-defined]  # not one chunk read
+        other = await own_keys.acquire("openai", KEY_TWO)  # pushes KEY_ONE's adapter out of the LRU
+        # Closed at once only if the stream released its lease: else it would stay open, leased.
+        assert own_keys.open == 1
+        await other.release()
+    finally:
+        for adapter in adapters.values():
+            await adapter.aclose()
+        await own_keys.aclose()
+    assert [headers["authorization"] for headers in upstream.headers] == [f"Bearer {KEY_ONE}"]
 
 
 async def test_a_failure_after_a_json_answers_status_line_sends_no_second_response(
