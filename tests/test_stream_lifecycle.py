@@ -9,6 +9,7 @@ around ``send``), for plain answers as for streams.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -18,11 +19,13 @@ from starlette.types import Message
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
 from unimw.adapters import adapter_class
+from unimw.calls import Call, CallStream
 from unimw.dispatch import Dispatcher
 from unimw.loader import build_policy
+from unimw.operations import CHAT
 from unimw.own_keys import OwnKeys
 from unimw.routing import Router
-from unimw.wire import JSON
+from unimw.wire import JSON, chunk
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +65,40 @@ async def test_a_stream_closed_before_its_first_chunk_is_read_releases_its_lease
             await adapter.aclose()
         await own_keys.aclose()
     assert [headers["authorization"] for headers in upstream.headers] == [f"Bearer {KEY_ONE}"]
+
+
+class _Source:
+    """Chunks for ever, counting how often it was closed."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def __aiter__(self) -> _Source:
+        return self
+
+    async def __anext__(self) -> JSON:
+        return chunk("c1", "m", 0, {"content": "word"})
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+async def test_a_call_stream_closed_before_it_is_read_is_finished_once_and_yields_nothing() -> None:
+    finished: list[Call] = []
+
+    async def finish(call: Call) -> None:
+        finished.append(call)
+
+    call = Call(CHAT, "req_1", {"model": "m", "messages": []})
+    source = _Source()
+    stream = CallStream(call, source, CHAT.watch(call.request, assemble=False), finish)
+    await stream.aclose()
+    await stream.aclose()  # closing twice finishes once
+    assert [item async for item in stream] == []
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+    assert finished == [call]
+    assert (call.status, type(call.error), source.closed) == ("cancelled", asyncio.CancelledError, 1)
 
 
 async def test_a_failure_after_a_json_answers_status_line_sends_no_second_response(
