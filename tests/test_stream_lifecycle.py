@@ -13,14 +13,17 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
 import pytest
 from starlette.types import Message
 
+from bench.upstream import MODEL, Answers, UpstreamProtocol, stream_events
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
 from unimw.adapters import adapter_class
 from unimw.calls import Call, CallStream
 from unimw.dispatch import Dispatcher
+from unimw.http import UpstreamClient
 from unimw.loader import build_policy
 from unimw.operations import CHAT
 from unimw.own_keys import OwnKeys
@@ -31,6 +34,25 @@ pytestmark = pytest.mark.anyio
 
 KEY_ONE = "sk-tenant-one-0123456789abcdef"
 KEY_TWO = "sk-tenant-two-0123456789abcdef"
+
+
+async def test_a_stream_that_arrived_whole_gives_its_first_http_chunk_alone() -> None:
+    # The bench upstream writes a whole 50-event stream with one write: it is all in at the first read.
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: UpstreamProtocol(Answers()), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = UpstreamClient(timeout=5, connect_timeout=5)
+    body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True})
+    try:
+        reply = await client.open_stream(f"http://127.0.0.1:{port}/v1/chat/completions", body, {})
+        pieces = [piece async for piece in reply.chunks()]
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    events = stream_events(include_usage=False)
+    assert pieces[0] == events[0]  # parsed and sent on before the other 50 pieces are drained
+    assert b"".join(pieces) == b"".join(events)
 
 
 async def test_a_stream_closed_before_its_first_chunk_is_read_releases_its_lease(

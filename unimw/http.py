@@ -79,15 +79,25 @@ class StreamReply:
             self.close()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body in pieces as they arrive (one per network read), for parsers that frame it themselves.
+        """The body in pieces as they arrive, for parsers that frame it themselves.
+
+        The first piece is the first HTTP chunk alone (an SSE stream's first event, as vendors frame
+        them), so that it is parsed and sent on before the rest of a stream that arrived whole is
+        drained; after it, one piece per network read. ``readany`` joins every piece already in, and
+        aiohttp's work per piece then put the whole stream's on the path to the first byte (callgrind,
+        the bench upstream's 50-event stream: 37 % fewer instructions to the first byte, 0.8 % more
+        over the whole stream).
 
         The reply is closed when they end or are closed: a parser that closes its source however it ends
         needs no :meth:`guard`, a layer that cost 1,000 instructions a chunk (callgrind).
         """
         content = self._response.content
         try:
-            while chunk := await content.readany():
-                yield chunk
+            chunk, _ = await content.readchunk()
+            while chunk or not content.at_eof():  # readany's b"" is the end; readchunk's may be a chunk's
+                if chunk:
+                    yield chunk
+                chunk = await content.readany()
         except _client_errors() as exc:
             raise _map_error(exc) from exc
         finally:
