@@ -209,6 +209,47 @@ def test_a_late_pipelined_head_lets_the_response_in_progress_finish(port: int) -
         assert_pinged(read_all(sock))
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One response with a ``Content-Length``, leaving the connection open."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < expected(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed by the server after {data!r}")
+        data += chunk
+    return data
+
+
+def expected(data: bytes) -> int:
+    """The whole length of the response ``data`` begins, from its head's ``Content-Length``."""
+    head, _, _ = data.partition(b"\r\n\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    return len(head) + 4 + int(fields[b"content-length"])
+
+
+def test_each_head_and_body_has_its_own_deadline_whatever_came_before(tmp_path: Path) -> None:
+    """A body that takes longer than the head limit is served; the next head, on the same connection, still
+    has only the head limit, counted from its first byte (its deadline comes before the body's would have)."""
+    config = tmp_path / "policies.yaml"
+    config.write_text(POLICY)
+    process, port = start("--header-timeout", "1", "--body-timeout", "6", "--keep-alive", "10", config=config)
+    try:
+        head, body = chat_request(connection="keep-alive")
+        with connect(port) as sock:
+            sock.sendall(head)
+            time.sleep(1.5)  # past the head limit, well within the body's
+            sock.sendall(body)
+            assert_pinged(read_response(sock))
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost")  # a head that never ends
+            sent = time.monotonic()
+            closed = read_all(sock)
+            waited = time.monotonic() - sent
+    finally:
+        stop(process)
+    assert closed == b""
+    assert 0.8 < waited < 3.0  # the head limit (1 s), not what was left of the body's (about 4.5 s)
+
+
 def test_requests_within_the_limits_are_served(port: int) -> None:
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, timeout=WAIT) as http:

@@ -149,6 +149,17 @@ def test_refused_with_the_param(fields: dict[str, Any], param: str | None, code:
     assert (caught.value.status, caught.value.param, caught.value.code) == (400, param, code)
 
 
+def test_a_tool_result_of_role_and_text_alone_is_still_refused_without_its_call_id() -> None:
+    # Two keys, role and text, as the common message has: the check of such messages must not let this one by.
+    with pytest.raises(InvalidRequest) as caught:
+        validate_chat({"model": "m", "messages": [USER, {"role": "tool", "content": "ok"}]})
+    assert (caught.value.status, caught.value.param, caught.value.message) == (
+        400,
+        "messages[1].tool_call_id",
+        "Missing required parameter: 'messages[1].tool_call_id'.",
+    )
+
+
 def test_depth_just_inside_the_bound_is_accepted() -> None:
     body = {"model": "m", "messages": [USER], "metadata": {"a": nested(MAX_DEPTH - 2)}}  # body + metadata + arrays
     assert validate_chat(body) is body

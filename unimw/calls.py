@@ -103,7 +103,7 @@ class CallStream:
     the upstream and settles what was produced, even if no chunk was read.
     """
 
-    __slots__ = ("_chunks", "_done", "_finish", "_price", "call", "watch")
+    __slots__ = ("_chunks", "_done", "_finish", "_items", "_price", "call", "watch")
 
     def __init__(
         self,
@@ -120,28 +120,32 @@ class CallStream:
         #: What the call costs so far, in micro-USD, when the caller is to be told on the usage event.
         self._price = price
         self._done = False
+        self._items = self._run()
 
-    def __aiter__(self) -> CallStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[JSON]:
+        # ``async for`` reads the generator itself: an ``async def __anext__`` here made a coroutine per
+        # chunk (callgrind: 1,000 instructions a chunk). Closing stays this object's (``aclose``).
+        return self._items
 
-    async def __anext__(self) -> JSON:
-        if self._done:
-            raise StopAsyncIteration
+    def __anext__(self) -> Awaitable[JSON]:
+        return self._items.__anext__()
+
+    async def _run(self) -> AsyncIterator[JSON]:
+        call, watch, price = self.call, self.watch, self._price
         try:
-            while True:
-                chunk = await anext(self._chunks)
-                if self.call.first_chunk_at is None:
-                    self.call.first_chunk_at = time.perf_counter()
-                if (seen := self.watch.see(chunk)) is not None:
-                    if self._price is not None and self.call.operation.reports_usage(seen):
+            async for chunk in self._chunks:
+                if call.first_chunk_at is None:
+                    call.first_chunk_at = time.perf_counter()
+                if (seen := watch.see(chunk)) is not None:
+                    if price is not None and call.operation.reports_usage(seen):
                         seen = self._priced(seen)
-                    return seen
-        except StopAsyncIteration:
-            await self._end(None)
-            raise
+                    yield seen
+        except GeneratorExit:
+            raise  # closed where it handed out a chunk: ``aclose`` finishes the call
         except BaseException as error:  # an upstream failure, a cancelled reader, or a bug: settled all the same
             await self._end(error)
             raise
+        await self._end(None)
 
     def _priced(self, event: JSON) -> JSON:
         assert self._price is not None
@@ -153,6 +157,7 @@ class CallStream:
     async def aclose(self) -> None:
         """Stop reading (the client left): close the upstream and finish the call."""
         if not self._done:
+            await aclose(self._items)
             await self._end(asyncio.CancelledError())
 
     async def _end(self, error: BaseException | None) -> None:

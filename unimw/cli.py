@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from unimw.loader import ConfigError, load_policy, policy_schema
 from unimw.policy import Policy
-from unimw.serve_limits import ServeLimits, bounded_http
+from unimw.serve_limits import ServeLimits, bounded_http, tune_gc
 from unimw.usage_report import (
     FIELDS,
     UnknownTenant,
@@ -447,6 +447,7 @@ def run_serve(
         return 1
     if shutdown is not None:
         app = flushing(instrument(app), shutdown)
+    tune_gc()
     uvicorn.run(app, http=protocol, **options)
     return 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -35,11 +35,18 @@ def with_trace(headers: Mapping[str, str]) -> Mapping[str, str]:
     """``headers``, plus the current trace context (W3C ``traceparent``) when it is to go upstream."""
     if not context.get_value(PROPAGATE_TRACE):
         return headers
-    from opentelemetry import propagate  # loads the configured propagators: only when first needed
-
     carrier = dict(headers)
-    propagate.inject(carrier)
+    _inject()(carrier)
     return carrier
+
+
+@functools.cache
+def _inject() -> Callable[[dict[str, str]], None]:
+    """OpenTelemetry's ``propagate.inject``, imported once: the module loads the configured propagators, so
+    only when first needed; an ``import`` statement in every call cost 3,500 instructions a call (callgrind)."""
+    from opentelemetry import propagate
+
+    return propagate.inject
 
 
 @dataclass(slots=True)
@@ -79,13 +86,29 @@ class StreamReply:
             self.close()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body in pieces as they arrive (one per network read), for parsers that frame it themselves."""
+        """The body in pieces as they arrive, for parsers that frame it themselves.
+
+        The first piece is the first HTTP chunk alone (an SSE stream's first event, as vendors frame
+        them), so that it is parsed and sent on before the rest of a stream that arrived whole is
+        drained; after it, one piece per network read. ``readany`` joins every piece already in, and
+        aiohttp's work per piece then put the whole stream's on the path to the first byte (callgrind,
+        the bench upstream's 50-event stream: 37 % fewer instructions to the first byte, 0.8 % more
+        over the whole stream).
+
+        The reply is closed when they end or are closed: a parser that closes its source however it ends
+        needs no :meth:`guard`, a layer that cost 1,000 instructions a chunk (callgrind).
+        """
         content = self._response.content
         try:
-            while chunk := await content.readany():
-                yield chunk
+            chunk, _ = await content.readchunk()
+            while chunk or not content.at_eof():  # readany's b"" is the end; readchunk's may be a chunk's
+                if chunk:
+                    yield chunk
+                chunk = await content.readany()
         except _client_errors() as exc:
             raise _map_error(exc) from exc
+        finally:
+            self.close()
 
 
 class UpstreamClient:
@@ -114,9 +137,15 @@ class UpstreamClient:
         return self._session
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        # Awaited and released by hand: the ``async with`` form's enter and exit coroutines (and its wait
+        # for a request writer that ``read`` already waited for) cost 2.7 % of an aiohttp call (callgrind,
+        # bench upstream). ``read`` closes the response itself if it fails.
         try:
-            async with self._client().post(url, data=body, headers=with_trace(headers)) as response:
+            response = await self._client().post(url, data=body, headers=with_trace(headers))
+            try:
                 return Reply(response.status, response.headers, await response.read())
+            finally:
+                response.release()
         except _client_errors() as exc:
             raise _map_error(exc) from exc
 

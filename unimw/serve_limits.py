@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
@@ -35,6 +37,20 @@ class ServeLimits:
     shutdown_grace: float = 30.0
 
 
+#: Allocations between the collector's young collections in ``unimw serve`` (the interpreter's default: 700).
+#: A request's objects are freed by reference counting (no cycles were found over thousands of calls), so
+#: at 700 a young collection ran every ~10 requests, walking the objects of every request in flight:
+#: wrk -c32 measured 158 -> 128 µs of CPU a plain call and 410 -> 380 a stream at 10,000.
+GC_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Set :data:`GC_THRESHOLD` for this server process (and each worker's)."""
+    import gc
+
+    gc.set_threshold(GC_THRESHOLD)
+
+
 #: Seconds a refused connection is kept reading (and discarding) after its 431, so that a client still
 #: sending its head sees the answer rather than a reset.
 LINGER = 2.0
@@ -54,6 +70,12 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
     the bytes received, before the parser sees them, so an oversized head is
     never buffered; its deadline runs from the connection's start (or from
     the first byte of a later request on it) and is not extended by data.
+
+    Each connection has one timer for these deadlines, not one per head and
+    body: a deadline that moves later leaves the timer where it is, and the
+    timer re-arms itself for the current deadline when it fires early. Two
+    timers made and cancelled per request cost 10,000 instructions, 1.3 % of
+    a plain call through ``unimw serve`` (callgrind).
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -66,8 +88,13 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
             _loop: asyncio.AbstractEventLoop | None = None,
         ) -> None:
             super().__init__(config, server_state, app_state, _loop)
-            self.head_timer: asyncio.TimerHandle | None = None
-            self.body_timer: asyncio.TimerHandle | None = None
+            #: When the head or the body now being received must be in (``loop.time()``), and what then.
+            self.deadline: float | None = None
+            self.expire: Callable[[], object] | None = None
+            #: One timer for the connection, armed at ``timer_at``: a deadline that moves later leaves it
+            #: be (it re-arms itself when it fires early), so a request costs no timer of its own.
+            self.timer: asyncio.TimerHandle | None = None
+            self.timer_at = 0.0
             self.awaiting_head = True
             self.head_bytes = 0
             self.head_tail = b""  # the last bytes of the head so far, for a blank line split across reads
@@ -75,18 +102,21 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self.head_timer = self.loop.call_later(limits.header_timeout, self.head_timed_out)
+            self.limit(limits.header_timeout, self.head_timed_out)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self.stop_timers()
+            self.stop_limits()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self.refused:
                 return
             if self.awaiting_head:
-                if self.head_timer is None:
-                    self.head_timer = self.loop.call_later(limits.header_timeout, self.head_timed_out)
+                if self.deadline is None:
+                    self.limit(limits.header_timeout, self.head_timed_out)
                 if self.head_size(data) > limits.max_header_bytes:
                     self.refuse(HEAD_TOO_LARGE)
                     return
@@ -94,38 +124,38 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
 
         def head_size(self, data: bytes) -> int:
             """The size of the head so far, counting ``data`` up to the blank line that ends the head."""
-            joint = (self.head_tail + data[:3]).find(b"\r\n\r\n")  # a blank line split across reads
+            tail = self.head_tail
+            # A blank line split across reads (three bytes of ``data`` cannot hold one on their own).
+            joint = (tail + data[:3]).find(b"\r\n\r\n") if tail else -1
             if joint >= 0:
-                counted = joint + 4 - len(self.head_tail)
+                counted = joint + 4 - len(tail)
             elif (end := data.find(b"\r\n\r\n")) >= 0:
                 counted = end + 4
             else:
                 counted = len(data)
             size = self.head_bytes + counted
             self.head_bytes += len(data)
-            self.head_tail = (self.head_tail + data[-3:])[-3:]
+            self.head_tail = (tail + data[-3:])[-3:]
             return size
 
         def on_headers_complete(self) -> None:
             self.awaiting_head = False
-            self.stop_timers()
-            self.body_timer = self.loop.call_later(limits.body_timeout, self.transport.close)
+            self.limit(limits.body_timeout, self.transport.close)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
-            self.stop_timers()
+            self.stop_limits()
             self.awaiting_head, self.head_bytes, self.head_tail = True, 0, b""
             super().on_message_complete()
 
         def head_timed_out(self) -> None:
-            self.head_timer = None
             self.refuse(b"")
 
         def refuse(self, answer: bytes) -> None:
             """Stop reading requests; answer and close, or, while answering a pipelined earlier request,
             close once that response is complete."""
             self.refused = True
-            self.stop_timers()
+            self.stop_limits()
             if self.cycle is not None and not self.cycle.response_complete:
                 self.cycle.keep_alive = False
                 return
@@ -137,10 +167,30 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
                 self.transport.write_eof()
             self.loop.call_later(LINGER, self.transport.close)
 
-        def stop_timers(self) -> None:
-            for timer in (self.head_timer, self.body_timer):
-                if timer is not None:
-                    timer.cancel()
-            self.head_timer = self.body_timer = None
+        def limit(self, seconds: float, expire: Callable[[], object]) -> None:
+            """Call ``expire`` in ``seconds`` unless another limit or :meth:`stop_limits` comes first."""
+            self.deadline = deadline = self.loop.time() + seconds
+            self.expire = expire
+            if self.timer is None or deadline < self.timer_at:
+                self.arm(deadline)
+
+        def arm(self, when: float) -> None:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer, self.timer_at = self.loop.call_at(when, self.timer_fired), when
+
+        def timer_fired(self) -> None:
+            self.timer = None
+            deadline, expire = self.deadline, self.expire
+            if deadline is None or expire is None:
+                return  # nothing is being waited for: the next limit arms it again
+            if self.loop.time() < deadline:
+                self.arm(deadline)  # the deadline moved on since the timer was armed
+                return
+            self.deadline = self.expire = None
+            expire()
+
+        def stop_limits(self) -> None:
+            self.deadline = self.expire = None
 
     return BoundedHttpToolsProtocol

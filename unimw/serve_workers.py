@@ -33,7 +33,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 
 from unimw.loader import ConfigError
 from unimw.policy import HeaderSource, Policy
-from unimw.serve_limits import ServeLimits, bounded_http
+from unimw.serve_limits import ServeLimits, bounded_http, tune_gc
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -96,6 +96,7 @@ class WorkerConfig(uvicorn.Config):
         from unimw.coalescing import coalescing_http
 
         self.http = coalescing_http(bounded_http(self.limits))
+        tune_gc()  # in the worker: its own process
         super().load()
 
 

@@ -184,7 +184,7 @@ class OpenAIAdapter(HTTPAdapter):
 
     async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
         reply = await self.open_stream(self._url or self._chat_url(target), to_request(request, target))
-        return reply.guard(from_events(sse_events(reply.chunks())))
+        return from_events(sse_events(reply.chunks()))  # each closes its source, down to the reply
 
     async def embed(self, request: JSON, target: Target) -> JSON:
         """The caller's request, ``encoding_format`` included, with the vendor's model id."""
@@ -198,7 +198,7 @@ class OpenAIAdapter(HTTPAdapter):
     async def stream_responses(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
         """A streamed Responses API request: its events, once the upstream accepted it."""
         reply = await self.open_stream(self._base_url + "/responses", merge_params({**request, "stream": True}, target))
-        return reply.guard(response_events(sse_events(reply.chunks())))
+        return response_events(sse_events(reply.chunks()))  # each closes its source, down to the reply
 
     def _chat_url(self, target: Target) -> str:
         return chat_url(self._base_url, self._azure, target.model)

