@@ -178,6 +178,7 @@ def test_durations_are_published_as_numbers_or_strings(schema: dict[str, Any]) -
         "dispatch.cooldown",
         "dispatch.max_backoff",
         "dispatch.max_retry_after",
+        "dispatch.retry_after_same_target_up_to",
         "models.*.first_token_timeout",
         "models.*.stall_timeout",
         "providers.*.connect_timeout",

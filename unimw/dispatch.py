@@ -253,7 +253,9 @@ class Dispatcher:
                         latency.failed(target.name, time.perf_counter() - started)
                     last_error = error
                     wait = self._wait(error, tries)
-                    moves_on = has_next and (error.status == 429 or isinstance(error, UpstreamTimeout))
+                    moves_on = has_next and (
+                        isinstance(error, UpstreamTimeout) or (error.status == 429 and not self._waits_here(error))
+                    )
                     if wait is None or moves_on or tries == retries:
                         if shared:
                             self._cool(target, error)
@@ -285,6 +287,11 @@ class Dispatcher:
             raise error
         self._observer.moved(error.default_code or "")  # the kind's own code: context_length_exceeded, content_filter
         return list(self._available(targets, own))
+
+    def _waits_here(self, error: UpstreamError) -> bool:
+        """A 429 whose Retry-After is short enough (``retry_after_same_target_up_to``) to wait for on its target."""
+        limit = self._settings.retry_after_same_target_up_to
+        return limit > 0 and error.retry_after is not None and error.retry_after <= limit
 
     def _wait(self, error: UpstreamError, tries: int) -> float | None:
         """Seconds before retrying the same target, or ``None`` to move on."""

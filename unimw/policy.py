@@ -366,6 +366,11 @@ class Dispatch(_Frozen):
     )
     backoff: Seconds = duration_field(0.25, "Wait before the first retry; doubled on each retry, with jitter.")
     max_backoff: Seconds = duration_field(8.0, "The longest wait between retries.")
+    retry_after_same_target_up_to: Seconds = duration_field(
+        0.0,
+        "A 429 whose Retry-After is this long or shorter is retried on the same target after that wait, while "
+        "retries remain, instead of moving to the alias's next target at once; 0: always move on.",
+    )
     max_retry_after: Seconds = duration_field(
         10.0, "The longest Retry-After honoured before moving on to the next target."
     )

@@ -49,6 +49,28 @@ async def test_honours_retry_after_when_no_other_target(upstream_url: str, upstr
     assert (waits, upstream.calls) == ([0.3], {"up-main": 2})
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "waits", "calls"),
+    [
+        ("2", [2.0], {"up-main": 2}),  # short enough: waited for on the same target
+        ("5", [], {"up-main": 1, "up-backup": 1}),  # longer: the next target at once, as by default
+    ],
+)
+async def test_a_short_retry_after_may_be_waited_for_on_the_same_target(
+    upstream_url: str, upstream: OpenAIUpstream, retry_after: str, waits: list[float], calls: dict[str, int]
+) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    dispatch = {"retries": 1, "cooldown": 0, "retry_after_same_target_up_to": "3s"}
+    upstream.plan("up-main", f"429:{retry_after}")
+    async with Gateway.from_dict(policy_for(upstream_url, dispatch=dispatch), sleep=sleep) as gateway:
+        await gateway.chat_completions({"model": "smart", "messages": HELLO})
+    assert (slept, upstream.calls) == (waits, calls)
+
+
 async def test_too_long_a_retry_after_is_not_waited_for(
     make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream
 ) -> None:
