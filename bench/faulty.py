@@ -1,5 +1,9 @@
 """A fake OpenAI-compatible upstream that fails on purpose: ``python -m bench.faulty --port N --seed S``.
 
+A streamed request that ends with an assistant turn and says
+``continue_final_message`` (vLLM's way of asking for a continuation) is
+answered from where that turn leaves the text, as vLLM continues it.
+
 Each ``POST /v1/chat/completions`` draws one outcome from a seeded random
 generator, weighted by ``FAULTS`` (or answers normally); the draws, and what
 was answered, are counted at ``GET /stats``. Every normal answer, plain or
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import signal
 import socket
 import sys
@@ -35,7 +40,7 @@ from collections import Counter
 import orjson
 from aiohttp import web
 
-from bench.upstream import completion_body, stream_events
+from bench.upstream import STREAM_CHUNKS, completion_body, stream_events
 
 #: Relative weight of each outcome of a chat request.
 FAULTS: dict[str, float] = {
@@ -86,7 +91,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.Response()  # never written: the connection is gone
     if not body.get("stream"):
         return web.Response(body=completion_body(), content_type="application/json")
-    events = stream_events(include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    prefill = _prefill(body)
+    events = stream_events(include_usage) if prefill is None else continued_events(prefill, include_usage)
     if outcome == "cut":
         events = events[: len(events) // 2]
     elif outcome == "malformed":
@@ -103,6 +110,29 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return response
     await response.write_eof()
     return response
+
+
+def _prefill(body: dict[str, object]) -> str | None:
+    """The final assistant turn a continuation request ends with (vLLM's ``continue_final_message``)."""
+    messages = body.get("messages")
+    if not body.get("continue_final_message") or not isinstance(messages, list) or not messages:
+        return None
+    last = messages[-1]
+    return last["content"] if last.get("role") == "assistant" and isinstance(last.get("content"), str) else None
+
+
+def continued_events(prefill: str, include_usage: bool) -> list[bytes]:
+    """The stream of :func:`bench.upstream.stream_events` from where ``prefill`` leaves its text: its pieces
+    after the prefill, then the finish, usage and ``[DONE]`` as in a whole stream."""
+    whole = stream_events(include_usage)
+    text = "".join(f"tok{i} " for i in range(1, STREAM_CHUNKS - 1))
+    rest = text[len(prefill) :] if text.startswith(prefill) else text
+    chunk = orjson.loads(whole[0].removeprefix(b"data: "))
+    pieces = []
+    for piece in re.findall(r"\s*\S+\s*", rest):
+        chunk["choices"][0]["delta"] = {"content": piece}
+        pieces.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    return [whole[0], *pieces, *whole[STREAM_CHUNKS - 1 :]]
 
 
 async def stats(request: web.Request) -> web.Response:

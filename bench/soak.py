@@ -11,7 +11,9 @@ Each call ends in one outcome, judged as its client would:
 
 ``complete``      the answer's text equals the upstream's whole answer
 ``error <status>`` one clean HTTP error, before any answer
-``stream error``  the stream ended with an ``error`` event (the answer is known to be cut)
+``stream error``  the stream ended with an ``error`` event (the answer is known to be cut): a cut the
+                  gateway could not continue (the faulty target, the only one that takes a prefill,
+                  failed again until ``dispatch.stream_resumes`` ran out)
 ``broken``        the connection or the SSE framing failed under the client
 ``cut as complete`` the stream ended normally with less than the whole answer (the one outcome
                   that must never happen)
@@ -49,6 +51,7 @@ from bench.upstream import STREAM_CHUNKS, completion_body
 PLAIN_TEXT: str = orjson.loads(completion_body())["choices"][0]["message"]["content"]
 STREAM_TEXT = "".join(f"tok{i} " for i in range(1, STREAM_CHUNKS - 1))
 API_KEY = "sk-soak"
+CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
 
 
 def policy(flaky: str, steady: str) -> dict[str, Any]:
@@ -58,7 +61,8 @@ def policy(flaky: str, steady: str) -> dict[str, Any]:
             "steady": {"kind": "openai", "base_url": steady + "/v1", "api_key": API_KEY},
         },
         "models": {
-            "flaky-model": {"provider": "flaky", "model": "bench-model"},
+            # Continues a cut stream as vLLM does: its text so far sent back as the assistant's turn.
+            "flaky-model": {"provider": "flaky", "model": "bench-model", "prefill": True, "prefill_params": CONTINUE},
             "steady-model": {"provider": "steady", "model": "bench-model"},
         },
         "aliases": {"soak": {"targets": ["flaky-model", "steady-model"]}},
