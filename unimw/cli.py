@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 _LIMIT_FLAGS = (
     ("header_timeout", "SECONDS", "close a connection whose request head is not complete in this time"),
     ("max_header_bytes", "BYTES", "answer 431 to a request head larger than this"),
-    ("body_timeout", "SECONDS", "close a connection whose request body is not complete in this time"),
+    ("body_timeout", "SECONDS", "answer 408 and close when a request body is not complete in this time"),
     ("keep_alive", "SECONDS", "close an idle kept-alive connection after this time"),
     ("limit_concurrency", "N", "answer 503 once this many connections and requests are open"),
 )

@@ -43,6 +43,20 @@ HEAD_TOO_LARGE = (
 )
 
 
+def late_body(limits: ServeLimits) -> bytes:
+    """The 408 for a body not complete within ``body_timeout``, in OpenAI's error envelope."""
+    from unimw.errors import InvalidRequest
+    from unimw.wire import dumps
+
+    error = InvalidRequest(
+        f"The request body did not arrive in full within {limits.body_timeout:g} s of the request head.",
+        code="request_timeout",
+    )
+    payload = dumps(error.to_dict())
+    head = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    return head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(payload) + payload
+
+
 def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol, with a deadline and a size limit on request heads and a deadline on bodies.
 
@@ -51,8 +65,12 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
     the bytes received, before the parser sees them, so an oversized head is
     never buffered; its deadline runs from the connection's start (or from
     the first byte of a later request on it) and is not extended by data.
+    A body still incomplete at its deadline gets a 408 in OpenAI's envelope
+    (unless its request is already being answered), and the connection is closed.
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    body_late = late_body(limits)
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(
@@ -106,7 +124,7 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
         def on_headers_complete(self) -> None:
             self.awaiting_head = False
             self.stop_timers()
-            self.body_timer = self.loop.call_later(limits.body_timeout, self.transport.close)
+            self.body_timer = self.loop.call_later(limits.body_timeout, self.body_timed_out)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
@@ -117,6 +135,19 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
         def head_timed_out(self) -> None:
             self.head_timer = None
             self.refuse(b"")
+
+        def body_timed_out(self) -> None:
+            """Answer 408 to a request whose body is late, unless an answer has begun (then just close)."""
+            self.body_timer = None
+            cycle = self.cycle
+            if cycle is None or cycle.response_started or self.pipeline:
+                self.transport.close()
+                return
+            # The app's wait for the rest of the body ends (http.disconnect), and what it sends is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.refused = True
+            self.answer_and_close(body_late)
 
         def refuse(self, answer: bytes) -> None:
             """Stop reading requests; answer and close, or, while answering a pipelined earlier request,
@@ -129,6 +160,10 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
             if not answer:
                 self.transport.close()
                 return
+            self.answer_and_close(answer)
+
+        def answer_and_close(self, answer: bytes) -> None:
+            """Send ``answer``, then keep reading (and discarding) for :data:`LINGER` s before closing."""
             self.transport.write(answer)
             if self.transport.can_write_eof():
                 self.transport.write_eof()
