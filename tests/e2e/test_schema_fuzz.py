@@ -7,9 +7,10 @@ query strings). The server, on the mock provider, must answer every one
 with a 2xx whose body fits the spec, or a 4xx in OpenAI's error envelope:
 never a 5xx, never a hang; it still answers ``/health`` afterwards.
 
-A drawn flag puts a model the policy knows (and, for the Responses API, an
-``input``; for half of these ``stream: true``) into two thirds of the
-cases, so that they get past the model lookup to validation and the mock.
+Three cases in four are steered (:func:`steer`): a model the policy knows,
+and the field the operation cannot do without where missing; some of them
+also ask for a stream, or get a plain value of that field. They get past the
+model lookup to validation and the mock.
 Streamed answers are checked event by event against the spec's event
 schema here: schemathesis reads a
 ``text/event-stream`` schema as OpenAPI 3.2 does (the schema of the whole
@@ -67,6 +68,8 @@ models:
   {MODEL}: {{provider: mock, model: mock-echo}}
 """
 ENVELOPE_FIELDS = {"message", "type", "param", "code"}
+#: What is done to a case before it is sent (:func:`steer`).
+STEERING = ["as-made", "known-model", "streamed", "answerable"]
 
 
 @cache
@@ -159,17 +162,27 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop(process)
 
 
-def with_known_model(case: schemathesis.Case[Any], stream: bool) -> None:
-    """Point ``case`` at the policy's model, so that it reaches validation and the mock (``stream``: as a stream,
-    where the operation streams)."""
-    if isinstance(case.body, dict):
-        case.body["model"] = MODEL
-        if case.operation.path == "/responses":
-            case.body.setdefault("input", "ping")
-        if stream and case.operation.path in EVENT_SCHEMAS:
-            case.body["stream"] = True
+#: The field each operation cannot answer without, and a value of it that the mock answers.
+CORE_FIELDS = {
+    "/chat/completions": ("messages", [{"role": "user", "content": "ping"}]),
+    "/responses": ("input", "ping"),
+    "/embeddings": ("input", "ping"),
+}
+
+
+def steer(case: schemathesis.Case[Any], how: str) -> None:
+    """Point ``case`` at the policy's model (``how`` not ``as-made``), so that it reaches validation and the mock:
+    ``streamed`` also asks for a stream, ``answerable`` also gives a plain core field (the others stay as made)."""
     if case.path_parameters and "model" in case.path_parameters:
         case.path_parameters["model"] = MODEL
+    if not isinstance(case.body, dict):
+        return
+    case.body["model"] = MODEL
+    field, plain = CORE_FIELDS[case.operation.path]
+    if how == "answerable" or field not in case.body:
+        case.body[field] = plain
+    if how == "streamed" and case.operation.path in EVENT_SCHEMAS:
+        case.body["stream"] = True
 
 
 def content_type(response: schemathesis.Response) -> str:
@@ -254,10 +267,10 @@ def test_fuzzed_requests_get_a_fitting_2xx_or_a_4xx_envelope(
             phases=[Phase.explicit, Phase.generate],  # no shrinking: a failing case is reported as sent, at once
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
         )
-        @given(case=operation.as_strategy(generation_mode=mode), known=st.sampled_from(["no", "yes", "streamed"]))
-        def fuzz(case: schemathesis.Case[Any], known: str) -> None:
-            if known != "no":
-                with_known_model(case, stream=known == "streamed")
+        @given(case=operation.as_strategy(generation_mode=mode), how=st.sampled_from(STEERING))
+        def fuzz(case: schemathesis.Case[Any], how: str) -> None:
+            if how != "as-made":
+                steer(case, how)
             response = case.call(base_url=base_url + "/v1", session=session, timeout=10)
             statuses[response.status_code // 100 * 100] += 1
             check(case, response)
@@ -266,7 +279,7 @@ def test_fuzzed_requests_get_a_fitting_2xx_or_a_4xx_envelope(
     assert set(statuses) <= {200, 400}
     assert sum(statuses.values()) >= EXAMPLES // 2  # the cases were made and sent, not all filtered away
     if mode is GenerationMode.POSITIVE:
-        assert statuses[200] > 0  # the known model took some cases all the way to an answer
+        assert statuses[200] > 0  # the steered cases went all the way to an answer
     # The server is still up and answering.
     assert httpx.get(base_url + "/health", timeout=10).json() == {"status": "ok"}
 
