@@ -26,9 +26,10 @@ async def not_served(request: Request, exc: Exception) -> JSONResponse:
     method, path = request.method, request.url.path
     error: UnimwError
     if exc.status_code == 405:
-        headers = dict(exc.headers or {})
+        # Starlette lists a route's methods from a set: sorted, the header is the same on every run.
+        allowed = ", ".join(sorted(name.strip() for name in (exc.headers or {}).get("Allow", "").split(",")))
         error = MethodNotAllowed(
-            f"Method {method} is not allowed for {path}; use {headers.get('Allow')}.", headers=headers
+            f"Method {method} is not allowed for {path}; use {allowed}.", headers={"allow": allowed}
         )
     else:
         error = NotFound(f"Invalid URL ({method} {path})")

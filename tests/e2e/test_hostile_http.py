@@ -321,7 +321,7 @@ def test_an_unknown_path_gets_404(port: int, method: bytes, path: bytes) -> None
         (b"POST", b"/v1/models", b"GET"),
         (b"PATCH", b"/v1/models/mock-echo", b"GET"),
         (b"OPTIONS", CHAT, b"POST"),
-        (b"POST", b"/health", b"HEAD, GET"),
+        (b"POST", b"/health", b"GET, HEAD"),
     ],
 )
 def test_a_wrong_method_gets_405_with_allow(port: int, method: bytes, path: bytes, allowed: bytes) -> None:

@@ -163,7 +163,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 #: The field each operation cannot answer without, and a value of it that the mock answers.
-CORE_FIELDS = {
+CORE_FIELDS: dict[str, tuple[str, Any]] = {
     "/chat/completions": ("messages", [{"role": "user", "content": "ping"}]),
     "/responses": ("input", "ping"),
     "/embeddings": ("input", "ping"),
