@@ -180,7 +180,7 @@ KNOWN_CODES: frozenset[str] = frozenset(
         "content_filter", "server_error", "server_is_overloaded", "service_unavailable", "deadline_exceeded",
         "failed_precondition", "permission_denied", "invalid_prompt", "string_above_max_length", "empty_array",
         "unknown_parameter", "unsupported_model", "previous_response_not_found", "responses_unavailable", "csrf_failed",
-        "tenant_lookup_unavailable", "plan_not_found", "byok_required", "invalid_tags",
+        "tenant_lookup_unavailable", "plan_not_found", "byok_required", "invalid_tags", "request_timeout",
     }
 )  # fmt: skip
 
