@@ -135,7 +135,10 @@ def test_connections_that_stop_before_their_request_ends_are_closed(port: int) -
         for sock in sockets.values():
             sock.close()
     assert trickled_closed
-    assert received == dict.fromkeys(stalled, b"")
+    # A stalled head is closed unanswered; a stalled body is answered 408 (tests/e2e/test_hostile_http.py), then closed.
+    late = received.pop("part-of-the-body")
+    assert received == dict.fromkeys(stalled.keys() - {"part-of-the-body"}, b"")
+    assert late.split(b"\r\n", 1)[0] == b"HTTP/1.1 408 Request Timeout"
     # Answered, then closed once idle for the keep-alive time.
     assert answered.split(b"\r\n", 1)[0] == b"HTTP/1.1 200 OK"
     assert answered.endswith(b'{"status":"ok"}')

@@ -148,7 +148,7 @@ def worker_count(text: str) -> int:
 _LIMIT_FLAGS = (
     ("header_timeout", "SECONDS", "close a connection whose request head is not complete in this time"),
     ("max_header_bytes", "BYTES", "answer 431 to a request head larger than this"),
-    ("body_timeout", "SECONDS", "close a connection whose request body is not complete in this time"),
+    ("body_timeout", "SECONDS", "answer 408 and close when a request body is not complete in this time"),
     ("keep_alive", "SECONDS", "close an idle kept-alive connection after this time"),
     ("limit_concurrency", "N", "answer 503 once this many connections and requests are open"),
     ("shutdown_grace", "SECONDS", "on SIGTERM, let calls and streams in flight finish this long, then cancel them"),

@@ -209,7 +209,7 @@ KNOWN_CODES: frozenset[str] = frozenset(
         "content_policy_violation", "failed_precondition", "permission_denied", "invalid_prompt",
         "string_above_max_length", "empty_array",
         "unknown_parameter", "unsupported_model", "previous_response_not_found", "responses_unavailable", "csrf_failed",
-        "tenant_lookup_unavailable", "plan_not_found", "byok_required", "invalid_tags",
+        "tenant_lookup_unavailable", "plan_not_found", "byok_required", "invalid_tags", "request_timeout",
     }
 )  # fmt: skip
 

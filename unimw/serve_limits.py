@@ -62,6 +62,20 @@ HEAD_TOO_LARGE = (
 )
 
 
+def late_body(limits: ServeLimits) -> bytes:
+    """The 408 for a body not complete within ``body_timeout``, in OpenAI's error envelope."""
+    from unimw.errors import InvalidRequest
+    from unimw.wire import dumps
+
+    error = InvalidRequest(
+        f"The request body did not arrive in full within {limits.body_timeout:g} s of the request head.",
+        code="request_timeout",
+    )
+    payload = dumps(error.to_dict())
+    head = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    return head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(payload) + payload
+
+
 def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol, with a deadline and a size limit on request heads and a deadline on bodies.
 
@@ -76,8 +90,13 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
     timer re-arms itself for the current deadline when it fires early. Two
     timers made and cancelled per request cost 10,000 instructions, 1.3 % of
     a plain call through ``unimw serve`` (callgrind).
+
+    A body still incomplete at its deadline gets a 408 in OpenAI's envelope
+    (unless its request is already being answered), and the connection is closed.
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    body_late = late_body(limits)
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(
@@ -140,7 +159,7 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
 
         def on_headers_complete(self) -> None:
             self.awaiting_head = False
-            self.limit(limits.body_timeout, self.transport.close)
+            self.limit(limits.body_timeout, self.body_timed_out)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
@@ -150,6 +169,18 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
 
         def head_timed_out(self) -> None:
             self.refuse(b"")
+
+        def body_timed_out(self) -> None:
+            """Answer 408 to a request whose body is late, unless an answer has begun (then just close)."""
+            cycle = self.cycle
+            if cycle is None or cycle.response_started or self.pipeline:
+                self.transport.close()
+                return
+            # The app's wait for the rest of the body ends (http.disconnect), and what it sends is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.refused = True
+            self.answer_and_close(body_late)
 
         def refuse(self, answer: bytes) -> None:
             """Stop reading requests; answer and close, or, while answering a pipelined earlier request,
@@ -162,6 +193,10 @@ def bounded_http(limits: ServeLimits) -> type[asyncio.Protocol]:
             if not answer:
                 self.transport.close()
                 return
+            self.answer_and_close(answer)
+
+        def answer_and_close(self, answer: bytes) -> None:
+            """Send ``answer``, then keep reading (and discarding) for :data:`LINGER` s before closing."""
             self.transport.write(answer)
             if self.transport.can_write_eof():
                 self.transport.write_eof()

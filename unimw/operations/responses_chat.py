@@ -380,7 +380,8 @@ def from_chat(
 
 
 def shell(request: JSON, *, response_id: str, created_at: int, previous_response_id: str | None) -> JSON:
-    """The ``Response`` before any output: status ``in_progress``, the request's settings echoed."""
+    """The ``Response`` before any output: status ``in_progress``, the request's settings echoed (a setting
+    sent as null as its default, since the ``Response`` has no null for it)."""
     text = request.get("text") or {}
     reasoning = request.get("reasoning")
     out: JSON = {
@@ -395,15 +396,15 @@ def shell(request: JSON, *, response_id: str, created_at: int, previous_response
         "max_output_tokens": request.get("max_output_tokens"),
         "model": request["model"],
         "output": [],
-        "parallel_tool_calls": request.get("parallel_tool_calls", True),
+        "parallel_tool_calls": request.get("parallel_tool_calls") is not False,
         "previous_response_id": previous_response_id,
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
         if isinstance(reasoning, dict)
         else None,
-        "store": request.get("store", True),
+        "store": request.get("store") is not False,
         "temperature": request.get("temperature"),
         "text": {**text, "format": text.get("format") or {"type": "text"}},
-        "tool_choice": request.get("tool_choice", "auto"),
+        "tool_choice": request.get("tool_choice") or "auto",
         "tools": [_echo_tool(tool) for tool in request.get("tools") or ()],
         "top_p": request.get("top_p"),
         "truncation": "disabled",
