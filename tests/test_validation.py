@@ -12,7 +12,7 @@ import pytest
 
 from unimw import Gateway
 from unimw.errors import InvalidRequest
-from unimw.operations.chat_validation import validate_chat
+from unimw.operations.chat_validation import MAX_TOOLS, validate_chat
 from unimw.operations.fields import MAX_DEPTH
 
 pytestmark = pytest.mark.anyio
@@ -131,6 +131,12 @@ CASES: list[tuple[str, dict[str, Any], str | None, str]] = [
     ("name-number", {"messages": [{"role": "user", "content": "Hi", "name": 5}]}, "messages[0].name", "invalid_type"),
     ("user-number", {"user": 5}, "user", "invalid_type"),
     ("parallel-tool-calls-string", {"parallel_tool_calls": "yes"}, "parallel_tool_calls", "invalid_type"),
+    (
+        "too-many-tools",
+        {"tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(MAX_TOOLS + 1)]},
+        "tools",
+        "array_above_max_length",
+    ),
     ("too-deep-metadata", {"metadata": {"a": nested(MAX_DEPTH)}}, None, "invalid_value"),
     ("too-deep-unknown-field", {"extra": nested(300)}, None, "invalid_value"),
     (
@@ -205,3 +211,8 @@ async def test_the_gateway_answers_400(fields: dict[str, Any], param: str | None
         with pytest.raises(InvalidRequest) as caught:
             await gateway.chat_completions({"model": "m", "messages": [USER], **fields})
     assert (caught.value.param, caught.value.code) == (param, code)
+
+
+def test_as_many_tools_as_openai_takes_are_accepted() -> None:
+    tools = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(MAX_TOOLS)]
+    assert validate_chat({"model": "m", "messages": [USER], "tools": tools})["tools"] == tools

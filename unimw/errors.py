@@ -207,7 +207,7 @@ KNOWN_CODES: frozenset[str] = frozenset(
         "missing_required_parameter", "unsupported_value", "unsupported_parameter", "context_length_exceeded",
         "content_filter", "server_error", "server_is_overloaded", "service_unavailable", "deadline_exceeded",
         "content_policy_violation", "failed_precondition", "permission_denied", "invalid_prompt",
-        "string_above_max_length", "empty_array",
+        "string_above_max_length", "empty_array", "array_above_max_length",
         "unknown_parameter", "unsupported_model", "previous_response_not_found", "responses_unavailable", "csrf_failed",
         "tenant_lookup_unavailable", "plan_not_found", "byok_required", "invalid_tags", "request_timeout",
     }

@@ -20,7 +20,11 @@ from unimw.errors import InvalidRequest
 from unimw.operations.fields import MAX_DEPTH, check_body, check_fields, missing_or_wrong, part_type, wrong
 from unimw.wire import JSON
 
-__all__ = ["MAX_DEPTH", "ROLES", "validate_chat"]
+__all__ = ["MAX_DEPTH", "MAX_TOOLS", "ROLES", "validate_chat"]
+
+#: Tools one request may offer: OpenAI's own bound ("a max of 128 functions"), so that no vendor's
+#: translation of tool definitions is asked to do more than OpenAI itself would.
+MAX_TOOLS = 128
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -168,6 +172,13 @@ def _check_tools(tools: Any, tool_choice: Any) -> None:
     if tools is not None:
         if not isinstance(tools, list):
             raise wrong("tools", tools, "an array")
+        if len(tools) > MAX_TOOLS:
+            raise InvalidRequest(
+                f"Invalid 'tools': array too long. Expected an array with maximum length {MAX_TOOLS}, "
+                f"but got an array with length {len(tools)} instead.",
+                param="tools",
+                code="array_above_max_length",
+            )
         for i, tool in enumerate(tools):
             if not isinstance(tool, dict):
                 raise wrong(f"tools[{i}]", tool, "an object")
