@@ -34,6 +34,8 @@ BUDGET_DECISION: Final = "unimw.budget.decision"  #: ``reserved``, ``refused``, 
 DROPPED_PARAMS: Final = "unimw.request.dropped_params"
 #: How many times the call's stream failed mid-answer and was continued elsewhere (:mod:`unimw.continuation`).
 STREAM_RESUMES: Final = "unimw.stream.resumes"
+#: Upstream stream events that could not be parsed and were left out (``providers.*.malformed_events: skip``).
+STREAM_SKIPPED_EVENTS: Final = "unimw.stream.skipped_events"
 #: On the call's span: targets its context check left out before any attempt (their window cannot hold it).
 CONTEXT_SKIPPED: Final = "unimw.context.skipped"
 #: On the call's span: why it moved on after a 400 (``context_length_exceeded`` or ``content_filter``).

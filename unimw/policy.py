@@ -128,6 +128,11 @@ class Provider(_Frozen):
         "Streams: the longest silence between two chunks; past it the stream is continued elsewhere "
         "(dispatch.stream_resumes). Unset: timeout alone. Whole (non-streamed) answers are not cut by it.",
     )
+    malformed_events: Literal["skip", "fail"] = Field(
+        default="skip",
+        description="openai kind: a stream event that is not JSON is skipped (and counted on the call's span as "
+        "unimw.stream.skipped_events), or fails the stream like a cut (fail).",
+    )
     retries: int | None = Field(
         default=None,
         ge=0,

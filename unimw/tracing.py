@@ -94,6 +94,7 @@ from unimw.attributes import (
     STATUS,
     STREAM_RESUMED,
     STREAM_RESUMES,
+    STREAM_SKIPPED_EVENTS,
     TAG,
     TARGET,
     TENANT,
@@ -549,6 +550,8 @@ class Tracing:
             attributes[GEN_AI_RESPONSE_MODEL] = reading.response_model
         if reading.finish_reasons:
             attributes[GEN_AI_RESPONSE_FINISH_REASONS] = reading.finish_reasons
+        if reading.skipped_events:
+            attributes[STREAM_SKIPPED_EVENTS] = reading.skipped_events
         if (usage := call.usage) is not None:
             attributes[GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
             attributes[GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens

@@ -18,6 +18,9 @@ import orjson
 JSON = dict[str, Any]
 
 SSE_DONE = b"data: [DONE]\n\n"
+#: On a chunk, unimw's own: how many upstream events before it could not be parsed and were skipped. The
+#: operation's stream watch takes it off before the chunk goes on (the span counts them).
+SKIPPED_EVENTS = "unimw_skipped_events"
 
 
 # orjson's own functions rather than wrappers: they run once per call and once per streamed chunk.

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
@@ -115,8 +116,9 @@ async def test_an_anthropic_stream_cut_mid_answer_is_continued_on_the_same_targe
 async def test_an_openai_compatible_stream_continues_where_the_model_accepts_a_prefill(
     make: Callable[..., Gateway], upstream: OpenAIUpstream, fault: str
 ) -> None:
-    # timeout 10 s: only the stall limit can end the 30 s silence within the bound below
-    gateway = make(primary={"stall_timeout": "300ms", "timeout": 10})
+    # timeout 10 s: only the stall limit can end the 30 s silence within the bound below; a malformed event
+    # fails the stream only when the provider says so
+    gateway = make(primary={"stall_timeout": "300ms", "timeout": 10, "malformed_events": "fail"})
     upstream.plan("up-llama", fault)
     started = time.monotonic()
     text, _ = await read(await sdk(gateway).chat.completions.create(model="llama", messages=HELLO, stream=True))
@@ -200,6 +202,22 @@ async def test_a_model_overrides_its_providers_stream_limits(
     text, _ = await read(await sdk(gateway).chat.completions.create(model="smart", messages=HELLO, stream=True))
     assert text == full("up-main")  # its own limit, 5 s, waited for the late first chunk
     assert upstream.calls == {"up-main": 1}
+
+
+async def test_an_unparseable_event_is_skipped_and_counted_on_the_span(
+    make: Callable[..., Gateway], upstream: OpenAIUpstream, telemetry: Telemetry
+) -> None:
+    gateway = make(telemetry=telemetry)
+    upstream.plan("up-main", "malformed")
+    async with httpx.AsyncClient(transport=gateway.transport(), base_url="http://unimw/v1") as http:
+        body = {"model": "gpt-main", "messages": HELLO, "stream": True}
+        response = await http.post("/chat/completions", json=body)
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == full("up-main")
+    assert response.text.endswith("data: [DONE]\n\n") and "unimw_" not in response.text
+    assert upstream.calls == {"up-main": 1}
+    await gateway.flush()
+    assert telemetry.span("chat gpt-main")["attributes"]["unimw.stream.skipped_events"] == 1
 
 
 async def test_a_whole_stream_without_done_is_complete(make: Callable[..., Gateway], upstream: OpenAIUpstream) -> None:

@@ -28,7 +28,7 @@ from urllib.parse import quote
 from unimw.adapters.base import HTTPAdapter, Target, error_body, merge_params, parse_object, retry_after
 from unimw.errors import ContentFiltered, ContextLengthExceeded, UpstreamError, UpstreamUnavailable
 from unimw.policy import Provider
-from unimw.wire import JSON, aclose, now, sse_events
+from unimw.wire import JSON, SKIPPED_EVENTS, aclose, now, sse_events
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -91,19 +91,33 @@ def from_embeddings(body: JSON) -> JSON:
     return body
 
 
-async def from_events(events: AsyncIterable[tuple[str | None, bytes]]) -> AsyncIterator[JSON]:
+async def from_events(
+    events: AsyncIterable[tuple[str | None, bytes]], *, skip_malformed: bool = False
+) -> AsyncIterator[JSON]:
     """``chat.completion.chunk`` objects from the upstream's SSE events.
 
     A stream that ends without ``[DONE]`` was cut short: that is an error,
     not a quiet end, so the caller is not told a partial answer is whole.
+    With ``skip_malformed``, an event that is not a JSON object is left out
+    and counted on the next chunk (:data:`~unimw.wire.SKIPPED_EVENTS`)
+    rather than failing the stream.
     """
+    skipped = 0
     try:
         async for _event, data in events:
             if data == b"[DONE]":
                 return
-            obj = parse_object(data)
+            try:
+                obj = parse_object(data)
+            except UpstreamError:
+                if not skip_malformed:
+                    raise
+                skipped += 1
+                continue
             if "error" in obj:
                 raise _error_from_body(500, obj, {})
+            if skipped:
+                obj[SKIPPED_EVENTS], skipped = skipped, 0
             yield obj
     finally:
         await aclose(events)  # returning at [DONE] leaves the SSE reader suspended
@@ -177,6 +191,7 @@ class OpenAIAdapter(HTTPAdapter):
         self._embeddings_url = None if per_model else embeddings_url(self._base_url, self._azure, "")
         #: Whether /v1/responses calls go to this server as they are (else they are translated to chat).
         self.speaks_responses = speaks_responses(provider, self._azure)
+        self._skip_malformed = provider.malformed_events == "skip"
         super().__init__(provider, to_error, _azure_auth if self._azure is not None else _bearer)
 
     async def complete(self, request: JSON, target: Target) -> JSON:
@@ -184,7 +199,8 @@ class OpenAIAdapter(HTTPAdapter):
 
     async def stream(self, request: JSON, target: Target) -> AsyncIterator[JSON]:
         reply = await self.open_stream(self._url or self._chat_url(target), to_request(request, target))
-        return from_events(sse_events(reply.chunks()))  # each closes its source, down to the reply
+        # each closes its source, down to the reply
+        return from_events(sse_events(reply.chunks()), skip_malformed=self._skip_malformed)
 
     async def embed(self, request: JSON, target: Target) -> JSON:
         """The caller's request, ``encoding_format`` included, with the vendor's model id."""

@@ -41,6 +41,7 @@ class Reading:
     response_id: str | None = None
     response_model: str | None = None
     finish_reasons: tuple[str, ...] = ()
+    skipped_events: int = 0  #: upstream stream events that could not be parsed and were left out
 
 
 class StreamWatch(Protocol):

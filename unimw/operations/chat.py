@@ -36,7 +36,7 @@ from unimw.operations.chat_content import input_messages, output_messages, tool_
 from unimw.operations.chat_streams import Assembler, replay
 from unimw.operations.chat_validation import validate_chat
 from unimw.usage import Usage, estimate_prompt_tokens
-from unimw.wire import JSON
+from unimw.wire import JSON, SKIPPED_EVENTS
 
 if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
@@ -195,7 +195,7 @@ class ChatCompletions(Operation):
 class ChatStreamWatch:
     """Follows ``chat.completion.chunk`` objects: usage, output seen, finish reasons, the assembled answer."""
 
-    __slots__ = ("_assembler", "_finish_reasons", "_produced", "_reading_head", "_usage", "_wants_usage")
+    __slots__ = ("_assembler", "_finish_reasons", "_produced", "_reading_head", "_skipped", "_usage", "_wants_usage")
 
     def __init__(self, *, wants_usage: bool, assemble: bool) -> None:
         self._wants_usage = wants_usage
@@ -204,8 +204,11 @@ class ChatStreamWatch:
         self._finish_reasons: list[str] = []
         self._usage: Usage | None = None
         self._reading_head: tuple[str | None, str | None] | None = None
+        self._skipped = 0
 
     def see(self, chunk: JSON) -> JSON | None:
+        if SKIPPED_EVENTS in chunk:  # the adapter's count of unparseable events it left out: not for the client
+            self._skipped += chunk.pop(SKIPPED_EVENTS)
         if self._assembler is not None:
             self._assembler.add(chunk)
         if self._reading_head is None:
@@ -230,7 +233,7 @@ class ChatStreamWatch:
 
     def reading(self) -> Reading:
         response_id, model = self._reading_head or (None, None)
-        return Reading(self._usage, response_id, model, tuple(self._finish_reasons))
+        return Reading(self._usage, response_id, model, tuple(self._finish_reasons), self._skipped)
 
     def produced(self) -> str:
         return "".join(self._produced)
