@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import Clock, collect, policy_for
+from tests.otel import Telemetry
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import ConfigError, Gateway
 from unimw.errors import RateLimited
@@ -176,3 +178,24 @@ def _built(data: dict[str, Any]) -> Any:
     from unimw.loader import build_policy
 
     return build_policy(data)
+
+
+async def test_spans_and_metrics_go_on_to_the_same_providers_after_a_reload(
+    upstream: OpenAIUpstream, upstream_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    telemetry = Telemetry()
+    gateway = Gateway.from_dict(policy(upstream_url, "gpt-main"), **telemetry.providers)
+    try:
+        await gateway.chat_completions(ASK)
+        await gateway.reload(_built(policy(upstream_url, "gpt-backup")))
+        await gateway.chat_completions(ASK)
+    finally:
+        await gateway.aclose()
+    chats = [s for s in telemetry.spans() if s["name"].startswith("chat ")]
+    assert [s["name"] for s in chats] == ["chat smart", "chat smart"]
+    durations = telemetry.metrics()["gen_ai.client.operation.duration"]
+    assert sorted((point["gen_ai.response.model"], value[0]) for point, value in durations) == [
+        ("up-backup", 1),
+        ("up-main", 1),
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
