@@ -14,6 +14,7 @@ is finished in one place (:class:`~unimw.finishing.Finisher`), from the
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -535,8 +536,10 @@ class Gateway:
         retired.owns_limit_store = limit_store is not live._limiter.store
         retired.owns_cache_store = cache_store is not live._cache.store
         self._live = fresh  # one assignment: every call from now on starts under the new policy
-        state.generations.append(fresh)
-        state.retiring.add(asyncio.ensure_future(live._retire()))
+        state.generations = [g for g in state.generations if not g._reloading.closed] + [fresh]
+        retiring = asyncio.ensure_future(live._retire())
+        state.retiring.add(retiring)
+        retiring.add_done_callback(state.retiring.discard)
         return policy
 
     async def _retire(self) -> None:
@@ -545,7 +548,10 @@ class Gateway:
         if state.in_flight:
             state.drained = asyncio.Event()
             await state.drained.wait()
-        await self._close()
+        try:
+            await self._close()
+        except Exception:  # a connection that fails to close must not end the process's next reload
+            logging.getLogger("unimw").exception("unimw: error while closing a replaced policy's connections")
 
     # ── lifecycle ────────────────────────────────────────────────────────────
 
