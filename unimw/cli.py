@@ -71,6 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "its own memory:// stores, so limits need tenancy.store redis://..., and each keeps its own response "
         "cache (and /v1/responses store) unless those are on Redis too",
     )
+    serve.add_argument(
+        "--reload",
+        action="store_true",
+        help="on SIGHUP, re-read --config and serve it to new calls (calls in flight finish under the policy they "
+        "began with; a file that does not load is logged with its line and the running policy kept); with "
+        "--workers, the SIGHUP sent to the parent reaches every worker",
+    )
     add_limits(serve)
 
     check = commands.add_parser("check", help="validate a policy file and print what it defines")
@@ -128,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit_concurrency=args.limit_concurrency,
         shutdown_grace=args.shutdown_grace,
     )
-    return run_serve(args.config, args.host, args.port, args.log_level, args.otel, limits, args.workers)
+    return run_serve(
+        args.config, args.host, args.port, args.log_level, args.otel, limits, args.workers, reload=args.reload
+    )
 
 
 def worker_count(text: str) -> int:
@@ -409,6 +418,8 @@ def run_serve(
     otel: str | None = None,
     limits: ServeLimits | None = None,
     workers: int = 1,
+    *,
+    reload: bool = False,
 ) -> int:
     limits = limits or ServeLimits()
     try:
@@ -432,7 +443,7 @@ def run_serve(
         "timeout_graceful_shutdown": limits.shutdown_grace,
     }
     if workers > 1:
-        return serve_workers(path, otel, limits, workers, options)
+        return serve_workers(path, otel, limits, workers, options, reload=reload)
     from unimw.server import build_app
 
     try:
@@ -445,6 +456,10 @@ def run_serve(
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if reload:
+        from unimw.serve_reload import reloading_on_sighup
+
+        app = reloading_on_sighup(app, path)
     if shutdown is not None:
         app = flushing(instrument(app), shutdown)
     tune_gc()
@@ -452,7 +467,9 @@ def run_serve(
     return 0
 
 
-def serve_workers(path: str, otel: str | None, limits: ServeLimits, workers: int, options: dict[str, Any]) -> int:
+def serve_workers(
+    path: str, otel: str | None, limits: ServeLimits, workers: int, options: dict[str, Any], *, reload: bool = False
+) -> int:
     """``unimw serve --workers N``, N > 1: the policy and the exporter are checked here, once, before any
     worker starts (each builds its own app; see :mod:`unimw.serve_workers`)."""
     from unimw.serve_workers import ServeApp, counted_in_process, run_workers
@@ -473,7 +490,7 @@ def serve_workers(path: str, otel: str | None, limits: ServeLimits, workers: int
             file=sys.stderr,
         )
         return 1
-    return run_workers(ServeApp(path, otel), limits, workers, **options)
+    return run_workers(ServeApp(path, otel, reload), limits, workers, **options)
 
 
 def configure_otel(exporter: str) -> Callable[[], None]:

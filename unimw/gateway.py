@@ -14,6 +14,7 @@ is finished in one place (:class:`~unimw.finishing.Finisher`), from the
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -127,6 +128,14 @@ class Gateway:
 
         self.policy = policy
         self.created = int(time.time())
+        self._reloading = _Reloading(
+            {"clock": clock, "tracer_provider": tracer_provider, "meter_provider": meter_provider,
+             "operations": tuple(operations), "sleep": sleep},
+            limit_store,
+            cache_store,
+        )  # fmt: skip
+        self._reloading.generations.append(self)
+        self._live = self  #: the gateway whose policy new calls run under (another after a reload)
         self.operations: dict[str, Operation] = {op.path: op.bind(policy) for op in (*DEFAULT_OPERATIONS, *operations)}
         self._tenants = Tenants(policy, clock)
         self._limiter = Limiter(policy, limit_store or stores.limit_store(policy.tenancy.store), clock)
@@ -218,7 +227,7 @@ class Gateway:
         """Revoke a key the app issued, now: drop what the ``key_lookup`` sources remember of its digest
         (``sha256:<hex>``, as :func:`unimw.tenants.hash_key` gives). Without this, a revoked key works until its
         cached answer expires (``ttl``). True if something was remembered."""
-        return self._tenants.forget_key(digest)
+        return self._live._tenants.forget_key(digest)
 
     # ── the pipeline ─────────────────────────────────────────────────────────
 
@@ -227,9 +236,14 @@ class Gateway:
 
         The call's span is the current span while the pipeline runs; a
         stream's stays open after this returns, until the stream is finished.
+        After a :meth:`reload`, the call runs under the policy live when it began, to its end.
         """
+        live = self._live
+        if live is not self:
+            return await live.handle(live.operations.get(operation.path, operation), body, inbound)
         call = Call(operation, inbound.request_id or request_id(), body if isinstance(body, dict) else {})
         token = self._tracing.start(call)
+        self._reloading.in_flight += 1  # until the call is finished: a retired policy's parts close after
         answer: Answer | None = None
         try:
             answer = await self._run(call, body, inbound)
@@ -240,9 +254,20 @@ class Gateway:
         finally:
             self._tracing.detach(token)
             if answer is None or not isinstance(answer.body, CallStream):
-                await self._finisher.finish(call)
+                await self._finish(call)
                 if answer is not None and self._return_cost:
                     answer.headers["x-unimw-cost"] = _usd(call.cost)
+
+    async def _finish(self, call: Call) -> None:
+        """Finish ``call`` (once, whether it ended here or as a stream); a retired policy's last call lets its
+        upstream connections close."""
+        try:
+            await self._finisher.finish(call)
+        finally:
+            state = self._reloading
+            state.in_flight -= 1
+            if state.in_flight == 0 and state.drained is not None:
+                state.drained.set()
 
     async def _run(self, call: Call, body: Any, inbound: Inbound) -> Answer:
         call.caller = await self._identify(inbound, body)
@@ -347,7 +372,7 @@ class Gateway:
             if operation.continues_streams and self.policy.dispatch.stream_resumes:
                 chunks = self._continued(call, upstream, chunks)
             watch = operation.watch(request, assemble=call.cache is not None or self._tracing.captures_output)
-            return CallStream(call, chunks, watch, self._finisher.finish, self._price)
+            return CallStream(call, chunks, watch, self._finish, self._price)
         call.target, answer = await self._dispatcher.complete(
             call.route,
             operation.name,
@@ -411,13 +436,16 @@ class Gateway:
         if call.stream:
             watch = call.operation.watch(call.request, assemble=False)
             chunks = aiter_of(call.operation.replay(cached))
-            answer.body = CallStream(call, chunks, watch, self._finisher.finish, self._price)
+            answer.body = CallStream(call, chunks, watch, self._finish, self._price)
         else:
             answer.body = cached
         return answer
 
     async def handle_resource(self, operation: Operation, method: str, path: str, inbound: Inbound) -> JSON:
         """``method`` on something an operation keeps (``GET /responses/{id}``), for the caller a door received."""
+        live = self._live
+        if live is not self:
+            return await live.handle_resource(live.operations.get(operation.path, operation), method, path, inbound)
         caller = await self._identify(inbound, None)
         return await operation.resource(method, path, caller)
 
@@ -425,16 +453,19 @@ class Gateway:
 
     def models(self, *, tenant: str | Identity | None = None) -> JSON:
         """``GET /models``: every public model and alias the tenant may use."""
-        return self._models(self._caller_of(tenant))
+        live = self._live
+        return live._models(live._caller_of(tenant))
 
     def model(self, name: str, *, tenant: str | Identity | None = None) -> JSON:
         """``GET /models/{name}``."""
-        return self._model(self._caller_of(tenant), name)
+        live = self._live
+        return live._model(live._caller_of(tenant), name)
 
     async def handle_models(self, inbound: Inbound, name: str | None = None) -> JSON:
         """``GET /models`` (or one model) for the caller a door received; 401 as for any call."""
-        caller = await self._identify(inbound, None)
-        return self._models(caller) if name is None else self._model(caller, name)
+        live = self._live
+        caller = await live._identify(inbound, None)
+        return live._models(caller) if name is None else live._model(caller, name)
 
     def _models(self, caller: Caller) -> JSON:
         names = [name for name in self._router.routes if self._tenants.allows(caller, name)]
@@ -468,18 +499,90 @@ class Gateway:
 
         return GatewayTransport(self.asgi_app(prefix=prefix))
 
+    # ── reloading ────────────────────────────────────────────────────────────
+
+    @property
+    def live_policy(self) -> Policy:
+        """The policy new calls run under: ``policy`` until a :meth:`reload`, the reloaded one after."""
+        return self._live.policy
+
+    async def reload(self, source: Policy | str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Policy:
+        """Serve a new policy (a path, read as :meth:`from_yaml` does, or a built one) from the next call on.
+
+        The new file is loaded first: a :class:`~unimw.loader.ConfigError` (with its file and line) leaves
+        the gateway as it was. Calls and streams in flight finish under the policy they began with; its
+        upstream connections close once the last of them is finished. What the policy does not define
+        carries over: the limit and cache stores (so counters and cached answers), unless the new policy
+        names another store, and the cooldown of failing targets. Returns the policy now live.
+        """
+        from unimw.policy import Policy
+
+        if isinstance(source, Policy):
+            policy = source
+        else:
+            from unimw.loader import load_policy
+
+            policy = load_policy(source, env)
+        live, state = self._live, self._reloading
+        limit_store, cache_store = state.limit_store, state.cache_store
+        if limit_store is None and policy.tenancy.store == live.policy.tenancy.store:
+            limit_store = live._limiter.store
+        if cache_store is None and _cache_store_of(policy) == _cache_store_of(live.policy):
+            cache_store = live._cache.store
+        fresh = Gateway(policy, limit_store=limit_store, cache_store=cache_store, **state.options)
+        fresh.created = live.created
+        fresh._dispatcher._cool_until = live._dispatcher._cool_until  # a failing target stays skipped
+        retired = live._reloading
+        retired.owns_limit_store = limit_store is not live._limiter.store
+        retired.owns_cache_store = cache_store is not live._cache.store
+        self._live = fresh  # one assignment: every call from now on starts under the new policy
+        state.generations = [g for g in state.generations if not g._reloading.closed] + [fresh]
+        retiring = asyncio.ensure_future(live._retire())
+        state.retiring.add(retiring)
+        retiring.add_done_callback(state.retiring.discard)
+        return policy
+
+    async def _retire(self) -> None:
+        """Close this (replaced) policy's parts once no call of it is in flight."""
+        state = self._reloading
+        if state.in_flight:
+            state.drained = asyncio.Event()
+            await state.drained.wait()
+        try:
+            await self._close()
+        except Exception:  # a connection that fails to close must not end the process's next reload
+            logging.getLogger("unimw").exception("unimw: error while closing a replaced policy's connections")
+
     # ── lifecycle ────────────────────────────────────────────────────────────
 
     async def flush(self) -> None:
         """Wait until every call finished so far is settled (on a store that settles after the answer), its
         usage record delivered and its alert hooks run."""
+        for gateway in self._reloading.generations:
+            if not gateway._reloading.closed:
+                await gateway._flush()
+
+    async def _flush(self) -> None:
         await self._finisher.flush()
         await self._hooks.aclose()
         await self._recorder.flush()
         await self._router.flush()
 
     async def aclose(self) -> None:
-        """Close upstream connections, settle what is still pending, deliver records and alerts, close the stores."""
+        """Close upstream connections, settle what is still pending, deliver records and alerts, close the stores
+        (those of every policy a :meth:`reload` replaced too)."""
+        state = self._reloading
+        for task in state.retiring:
+            task.cancel()
+        await asyncio.gather(*state.retiring, return_exceptions=True)
+        for gateway in state.generations:
+            await gateway._close()
+
+    async def _close(self) -> None:
+        state = self._reloading
+        if state.closed:
+            return
+        state.closed = True
         for adapter in self._adapters.values():
             await adapter.aclose()
         await self._own_keys.aclose()
@@ -488,8 +591,10 @@ class Gateway:
         await self._finisher.flush()  # before the hooks, the records and the limit store it needs
         await self._hooks.aclose()
         await self._recorder.aclose()
-        await self._limiter.aclose()
-        await self._cache.aclose()
+        if state.owns_limit_store:
+            await self._limiter.aclose()
+        if state.owns_cache_store:
+            await self._cache.aclose()
         await self._router.aclose()
 
     async def __aenter__(self) -> Gateway:
@@ -511,6 +616,29 @@ class Gateway:
         served = [op.path.lstrip("/") for op in self.operations.values() if any(op.serves(a) for a in adapters)]
         # An extension field (SDKs ignore it): which of the gateway's routes this model answers.
         return {**model_object(name, owner, self.created), "x_unimw": {"operations": served}}
+
+
+@dataclass(slots=True, eq=False)
+class _Reloading:
+    """What a gateway keeps for :meth:`Gateway.reload`: how to build the next policy's parts, and when its own
+    (once replaced) may close."""
+
+    options: dict[str, Any]  #: what the gateway was given besides the policy and the stores
+    limit_store: LimitStore | None  #: the app's own stores, given to every policy's parts
+    cache_store: CacheStore | None
+    in_flight: int = 0  #: calls begun under this gateway's policy and not yet finished
+    drained: asyncio.Event | None = None  #: set when the last of them finishes, once the policy is replaced
+    owns_limit_store: bool = True  #: False once a reload passed the store on to the next policy
+    owns_cache_store: bool = True
+    closed: bool = False
+    #: Of the gateway the app holds: every policy's gateway so far (itself first), and their retirements.
+    generations: list[Gateway] = field(default_factory=list)
+    retiring: set[asyncio.Future[None]] = field(default_factory=set)
+
+
+def _cache_store_of(policy: Policy) -> tuple[str, int | None, int | None]:
+    settings = policy.cache
+    return settings.store, settings.max_entries, settings.max_bytes
 
 
 def _vouched(tenant: str | Identity | None, end_user: str | None) -> Inbound:

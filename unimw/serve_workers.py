@@ -23,6 +23,8 @@ rather than refused (docs/serve.md). This module needs uvicorn, which
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -69,6 +71,7 @@ class ServeApp:
 
     path: str
     otel: str | None = None
+    reload: bool = False  #: ``--reload``: the worker reloads its policy on SIGHUP (the parent forwards it)
 
     def __call__(self) -> ASGIApp:
         from unimw.cli import configure_otel, flushing, instrument
@@ -77,6 +80,10 @@ class ServeApp:
         try:
             shutdown = configure_otel(self.otel) if self.otel else None
             app = build_app(self.path)
+            if self.reload:
+                from unimw.serve_reload import reloading_on_sighup
+
+                app = reloading_on_sighup(app, self.path)
         except (ConfigError, ImportError) as error:
             # Checked by the parent before it started any worker; this is a policy changed meanwhile.
             # STARTUP_FAILURE tells the supervisor not to start the worker again, and to stop.
@@ -100,14 +107,29 @@ class WorkerConfig(uvicorn.Config):
         super().load()
 
 
+class ForwardingHangup(Multiprocess):
+    """uvicorn's supervisor, passing SIGHUP on to every worker (``--reload``: each reloads its policy in place)
+    instead of replacing the workers one by one, which would drop their caches and cooldowns."""
+
+    def handle_hup(self) -> None:
+        for process in self.processes:
+            pid = process.process.pid
+            if pid is not None and process.process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+
+
 def run_workers(app: ServeApp, limits: ServeLimits, workers: int, **options: Any) -> int:
     """Serve ``app`` from ``workers`` processes until SIGINT or SIGTERM; 1 if a worker could not start.
 
     What ``uvicorn.run`` does for ``workers > 1``, which takes only an import
     string for the app: bind in the parent, supervise the spawned workers.
+    With ``app.reload``, a SIGHUP to the parent is sent on to each worker;
+    without, uvicorn replaces the workers one by one.
     """
     config = WorkerConfig(app, limits, workers=workers, **options)
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervising = ForwardingHangup if app.reload else Multiprocess
+    supervisor = supervising(config, sockets=[config.bind_socket()])
     with contextlib.suppress(KeyboardInterrupt):
         supervisor.run()
     # A worker that failed to start is kept in the list, not replaced: the supervisor stopped for it.
