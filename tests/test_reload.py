@@ -24,8 +24,12 @@ ASK = {"model": "smart", "messages": [{"role": "user", "content": "hi"}], "max_t
 
 
 def policy(upstream_url: str, target: str, **overrides: Any) -> dict[str, Any]:
-    """The test policy with ``smart`` pointing at ``target`` alone."""
-    return policy_for(upstream_url, aliases={"smart": {"targets": [target], "strategy": "fallback"}}, **overrides)
+    """The test policy with ``smart`` pointing at ``target`` alone (a read timeout of 10 s, not 1: 200 calls
+    delayed at once on a loaded machine must not time out and be retried, which would change the counts)."""
+    data = policy_for(upstream_url, aliases={"smart": {"targets": [target], "strategy": "fallback"}}, **overrides)
+    for provider in ("primary", "backup"):
+        data["providers"][provider] = {**data["providers"][provider], "timeout": 10}
+    return data
 
 
 async def until(condition: Callable[[], bool]) -> None:

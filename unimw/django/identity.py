@@ -100,7 +100,7 @@ async def _caller(request: HttpRequest, user: Any, gateway: Gateway) -> Caller |
         tenant, end_user = answer, username
     else:
         tenant, end_user = answer
-    policy = gateway.policy
+    policy = gateway.live_policy  # the policy now in force, after any reload
     if tenant is None and policy.tenants and policy.tenancy.default is None:
         # The gateway would take no tenant as "unmetered"; a logged-in user must still be somebody's.
         raise AuthenticationFailed(f"No tenant for user {username!r}: the policy has no default tenant.")
