@@ -188,6 +188,7 @@ def test_durations_are_published_as_numbers_or_strings(schema: dict[str, Any]) -
         "providers.*.stall_timeout",
         "providers.*.timeout",
         "responses.ttl",
+        "server.concurrency_wait",
         "tenancy.resolve[].negative_ttl",
         "tenancy.resolve[].timeout",
         "tenancy.resolve[].ttl",

@@ -27,6 +27,7 @@ from unimw.wire import JSON, aclose
 if TYPE_CHECKING:
     from unimw.adapters.base import Target
     from unimw.cache import Lookup
+    from unimw.concurrency import Slot
     from unimw.continuation import Resumed
     from unimw.limits import BudgetAlert, Hold
     from unimw.routing import Route
@@ -46,6 +47,7 @@ class Call:
     route: Route | None = None
     stream: bool = False
     hold: Hold | None = None
+    slot: Slot | None = None  #: its place under the concurrency limits, given back when it is finished
     target: Target | None = None
     #: What the answer (or the chunks so far) said: usage, ids, finish reasons.
     reading: Reading = field(default_factory=Reading)

@@ -10,7 +10,7 @@
     ├── NotFound                  404     invalid_request_error / not_found
     ├── MethodNotAllowed          405     invalid_request_error / method_not_allowed
     ├── PayloadTooLarge           413     invalid_request_error / request_too_large
-    ├── RateLimited               429     requests / rate_limit_exceeded
+    ├── RateLimited               429     requests / rate_limit_exceeded (or concurrency_limit_exceeded)
     ├── BudgetExceeded            429     insufficient_quota / insufficient_quota
     ├── ServiceUnavailable        503     service_unavailable_error
     └── UpstreamError             any     whatever the vendor said, translated
@@ -210,6 +210,7 @@ KNOWN_CODES: frozenset[str] = frozenset(
         "string_above_max_length", "empty_array", "array_above_max_length",
         "unknown_parameter", "unsupported_model", "previous_response_not_found", "responses_unavailable", "csrf_failed",
         "tenant_lookup_unavailable", "plan_not_found", "byok_required", "invalid_tags", "request_timeout",
+        "concurrency_limit_exceeded",
     }
 )  # fmt: skip
 

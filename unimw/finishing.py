@@ -1,4 +1,5 @@
-"""The one place a call ends: settle, release or fill the cache, let the operation keep it, record, trace.
+"""The one place a call ends: free its concurrency slot, settle, release or fill the cache, let the operation
+keep it, record, trace.
 
 :meth:`Finisher.finish` runs once per call, whatever ended it (an answer, an
 error, a refusal, a cache hit, the end of a stream, a reader that left).
@@ -57,6 +58,8 @@ class Finisher:
         if call.finished:
             return
         call.finished = True
+        if call.slot is not None:
+            call.slot.release()  # first, and with no await: nothing can keep the place taken
         call.cost = cost = self.cost(call)
         hold = call.hold
         later = self._settles_later and hold is not None and hold.metered and not hold.settled

@@ -2,7 +2,7 @@
 
 ::
 
-    identify tenant → validate → resolve route → authorize → cache lookup → reserve
+    identify tenant → validate → resolve route → authorize → cache lookup → concurrency slot → reserve
         → dispatch (retries, fallback) → finish: settle → cache store → record → trace
 
 :meth:`Gateway.handle` runs these steps for any :class:`~unimw.operations.Operation`;
@@ -115,6 +115,7 @@ class Gateway:
         # The steps that only a gateway's construction names load with the first gateway, not with this module:
         # what mounting a gateway imports stays about an ``import httpx`` (tests/test_import_cost.py).
         from unimw import stores
+        from unimw.concurrency import Slots
         from unimw.dispatch import Dispatcher, stream_timeouts
         from unimw.finishing import Finisher
         from unimw.hooks import Hooks
@@ -138,6 +139,7 @@ class Gateway:
         self._live = self  #: the gateway whose policy new calls run under (another after a reload)
         self.operations: dict[str, Operation] = {op.path: op.bind(policy) for op in (*DEFAULT_OPERATIONS, *operations)}
         self._tenants = Tenants(policy, clock)
+        self._slots = Slots()  #: calls in flight per tenant and in all (knows no policy: a new one keeps counting)
         self._limiter = Limiter(policy, limit_store or stores.limit_store(policy.tenancy.store), clock)
         self._router = Router(policy, clock=clock)
         self._adapters: dict[str, Adapter] = {
@@ -297,6 +299,11 @@ class Gateway:
             if call.cache.answer is not None and not self._cache.charges_hits:
                 return self._serve_hit(call, call.cache.answer, answer)
         call.request = strip_control(call.request)  # unimw's own field: never for the upstream
+        server, most = self.policy.server, self._tenants.rules_of(call.caller).max_concurrent
+        if most is not None or server.max_concurrent_calls is not None:  # given back when the call is finished
+            call.slot = await self._slots.take(
+                call.caller.tenant, most, server.max_concurrent_calls, server.concurrency_wait
+            )
         if self._limits_on:
             answer.hold = call.hold = await self._reserve(call)
         call.admitted = True

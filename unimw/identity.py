@@ -23,7 +23,8 @@ class Identity:
     """A tenant as the app knows it.
 
     ``limits`` replace the plan's limit of the same window and scope (this
-    customer's monthly budget, say) and add to the others; ``models`` are
+    customer's monthly budget, say) and add to the others; ``max_tokens``
+    and ``max_concurrent`` replace the plan's; ``models`` are
     allowed on top of the plan's list; ``credentials`` are the tenant's own
     provider keys by provider name (bring your own key), used for its calls
     to that provider and redacted like the policy's keys. Identities are
@@ -36,11 +37,14 @@ class Identity:
     models: tuple[str, ...] = ()
     limits: tuple[Limit, ...] = ()
     max_tokens: int | None = None
+    max_concurrent: int | None = None
     credentials: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.tenant, str) or not self.tenant:
             raise ValueError("an identity needs a tenant id (a non-empty string)")
+        if self.max_concurrent is not None and (not isinstance(self.max_concurrent, int) or self.max_concurrent < 1):
+            raise ValueError("an identity's max_concurrent is a positive int (or None: its plan's)")
         # Lists and dicts from the app's own code become the immutable forms hashing needs.
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "limits", tuple(_limit(limit) for limit in self.limits))
@@ -49,7 +53,7 @@ class Identity:
     @property
     def overrides(self) -> bool:
         """Whether anything differs from the plan."""
-        return bool(self.models or self.limits or self.max_tokens is not None)
+        return bool(self.models or self.limits or self.max_tokens is not None or self.max_concurrent is not None)
 
 
 def _limit(value: Limit | Mapping[str, Any]) -> Limit:

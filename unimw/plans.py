@@ -26,6 +26,7 @@ class Rules:
     plan: str | None = None
     models: frozenset[str] | None = None  #: public names it may call; None: all
     max_tokens: int | None = None
+    max_concurrent: int | None = None  #: calls in flight at once (:mod:`unimw.concurrency`); None: no limit
     limits: tuple[Limit, ...] = ()
     cache_scope: Literal["tenant", "global"] | None = None
     alerts: tuple[float, ...] | None = None
@@ -56,6 +57,7 @@ def layered(plan_name: str | None, plan: Plan | None, tenant: Tenant | None, ide
             rules,
             models=frozenset(models) if models is not None else None,
             max_tokens=identity.max_tokens if identity.max_tokens is not None else rules.max_tokens,
+            max_concurrent=identity.max_concurrent if identity.max_concurrent is not None else rules.max_concurrent,
             limits=_limits_over(rules.limits, identity.limits),
         )
     return rules
@@ -71,6 +73,7 @@ def _over(rules: Rules, layer: Plan) -> Rules:
         rules,
         models=frozenset(layer.models) if layer.models is not None else rules.models,
         max_tokens=layer.max_tokens if layer.max_tokens is not None else rules.max_tokens,
+        max_concurrent=layer.max_concurrent if layer.max_concurrent is not None else rules.max_concurrent,
         limits=_limits_over(rules.limits, tuple(layer.limits)),
         cache_scope=layer.cache_scope or rules.cache_scope,
         alerts=tuple(layer.alerts) if layer.alerts is not None else rules.alerts,

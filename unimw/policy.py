@@ -404,6 +404,17 @@ class Server(_Frozen):
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, gt=0, description="Largest request body, in bytes; a larger one gets 413."
     )
+    max_concurrent_calls: int | None = Field(
+        default=None,
+        gt=0,
+        description="Calls in flight at once in this process, every tenant together (a stream until it ends); "
+        "one more waits up to concurrency_wait, then gets 429. Unset: no limit.",
+    )
+    concurrency_wait: Seconds = duration_field(
+        0.0,
+        "How long a call over a concurrency limit (max_concurrent_calls, a plan's max_concurrent) waits for a "
+        "call to end before it gets 429; 0 answers at once.",
+    )
 
 
 Window = Literal["minute", "hour", "day", "month"]
@@ -468,6 +479,12 @@ class Plan(_Frozen):
     )
     max_tokens: int | None = Field(
         default=None, gt=0, description="Cap on output tokens per request (the request's own cap is lowered to it)."
+    )
+    max_concurrent: int | None = Field(
+        default=None,
+        gt=0,
+        description="Calls in flight at once per tenant, in this process (a stream until it ends); one more "
+        "waits up to server.concurrency_wait, then gets 429. Unset: no limit.",
     )
     limits: list[Limit] = Field(default=[], description="Rate limits and budgets, one set of counters per tenant.")
     cache_scope: Literal["tenant", "global"] | None = Field(
