@@ -136,6 +136,26 @@ async def test_limit_counters_survive_a_reload(upstream_url: str, reloadable: Ca
         await gateway.aclose()
 
 
+async def test_concurrency_slots_held_under_the_old_policy_still_count_after_a_reload(
+    upstream: OpenAIUpstream, upstream_url: str
+) -> None:
+    small = {"plans": {"small": {"max_concurrent": 1}}, "tenants": {"acme": {"plan": "small"}}}
+    gateway = Gateway.from_dict(policy(upstream_url, "gpt-main", **small))
+    try:
+        upstream.plan("up-main", "delay:0.5")
+        first = asyncio.ensure_future(gateway.chat_completions(ASK, tenant="acme"))
+        await until(lambda: upstream.calls["up-main"] == 1)  # in flight, holding acme's one slot
+        await gateway.reload(_built(policy(upstream_url, "gpt-backup", **small)))
+        with pytest.raises(RateLimited) as caught:
+            await gateway.chat_completions(ASK, tenant="acme")
+        assert (caught.value.status, caught.value.code) == (429, "concurrency_limit_exceeded")
+        assert (await first)["model"] == "up-main"
+        assert (await gateway.chat_completions(ASK, tenant="acme"))["model"] == "up-backup"  # its slot is free
+        assert dict(upstream.calls) == {"up-main": 1, "up-backup": 1}
+    finally:
+        await gateway.aclose()
+
+
 async def test_a_cached_answer_still_hits_after_a_reload(
     upstream: OpenAIUpstream, upstream_url: str, reloadable: Callable[..., Gateway]
 ) -> None:

@@ -539,6 +539,7 @@ class Gateway:
         fresh = Gateway(policy, limit_store=limit_store, cache_store=cache_store, **state.options)
         fresh.created = live.created
         fresh._dispatcher._cool_until = live._dispatcher._cool_until  # a failing target stays skipped
+        fresh._slots = live._slots  # calls in flight under the old policy still hold their concurrency slots
         retired = live._reloading
         retired.owns_limit_store = limit_store is not live._limiter.store
         retired.owns_cache_store = cache_store is not live._cache.store
