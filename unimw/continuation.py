@@ -25,7 +25,7 @@ and Gemini answer a new turn after it, which would repeat the answer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +35,23 @@ from unimw.wire import JSON, aclose
 
 if TYPE_CHECKING:
     from unimw.adapters.base import Target
+    from unimw.policy import Policy
 
 #: Whether a kind's wire continues a trailing assistant turn, when the model does not say.
 PREFILL_BY_KIND: dict[str, bool] = {"anthropic": True, "openai": False, "gemini": False, "mock": False}
+
+
+def prefills(policy: Policy) -> tuple[dict[str, bool], dict[str, JSON]]:
+    """By model: whether it accepts a prefill (its own ``prefill``, else its kind's default), and the
+    fields its continuation requests add (``prefill_params``). Made once per policy, not per stream."""
+    accepts = {
+        name: model.prefill
+        if model.prefill is not None
+        else PREFILL_BY_KIND.get(policy.providers[model.provider].kind, False)
+        for name, model in policy.models.items()
+    }
+    return accepts, {name: model.prefill_params for name, model in policy.models.items() if model.prefill_params}
+
 
 #: ``(the request for each target, targets to try in order) -> (the target that answered, its chunks)``.
 Resume = Callable[[Callable[["Target"], JSON], tuple["Target", ...]], Awaitable[tuple["Target", AsyncIterator[JSON]]]]
@@ -104,10 +118,11 @@ class ContinuedStream:
     """A chat chunk stream that continues itself elsewhere when its upstream fails mid-answer.
 
     ``targets`` are the route's targets in the order they were offered;
-    ``prefill`` tells which accept a prefill and ``params`` what their
-    continuation requests add; ``prompt_tokens`` estimates what a failed
-    attempt read; ``on_resume`` hears of each switch (the gateway records
-    it on the call and its span).
+    ``prefill`` names (by model) those that accept a prefill and ``params``
+    what their continuation requests add (:func:`prefills`);
+    ``prompt_tokens`` estimates what a failed attempt read, only once one
+    has failed; ``on_resume`` hears of each switch (the gateway records it
+    on the call and its span).
 
     A failure after every choice finished ends the stream cleanly when
     nothing the caller asked for is missing: the usage chunk, if the caller
@@ -145,11 +160,11 @@ class ContinuedStream:
         *,
         wants_usage: bool,
         targets: tuple[Target, ...],
-        prefill: Callable[[Target], bool],
-        params: Callable[[Target], JSON],
+        prefill: Mapping[str, bool],
+        params: Mapping[str, JSON],
         resumes: int,
         resume: Resume,
-        prompt_tokens: int,
+        prompt_tokens: Callable[[JSON], int],
         on_resume: Callable[[Resumed], None],
     ) -> None:
         self._chunks = chunks
@@ -242,15 +257,19 @@ class ContinuedStream:
         needs_prefill = bool(delivered.strip())
         failed = self._target
         order = (failed, *(t for t in self._targets if t != failed))
-        candidates = tuple(t for t in order if not needs_prefill or self._prefill(t))
+        candidates = tuple(t for t in order if not needs_prefill or self._prefill.get(t.name, False))
         if not candidates:
             raise error
         self._left -= 1
-        spent = Usage(self._prompt_tokens, estimate_text_tokens(delivered[len(delivered) - self._since :]))
+        spent = Usage(
+            self._prompt_tokens(self._request), estimate_text_tokens(delivered[len(delivered) - self._since :])
+        )
         await aclose(self._chunks)
 
         def request_for(target: Target) -> JSON:
-            return continuation_request(self._request, delivered, self._params(target) if needs_prefill else None)
+            return continuation_request(
+                self._request, delivered, self._params.get(target.name) if needs_prefill else None
+            )
 
         try:
             self._target, self._chunks = await self._resume(request_for, candidates)

@@ -26,7 +26,7 @@ from unimw.adapters import adapter_class
 from unimw.cache import ResponseCache, strip_control
 from unimw.calls import Call, CallStream
 from unimw.context_window import ContextWindows, estimate_tokens, known_windows
-from unimw.continuation import PREFILL_BY_KIND, ContinuedStream, Resumed
+from unimw.continuation import ContinuedStream, Resumed, prefills
 from unimw.errors import InvalidRequest, ModelNotFound
 from unimw.identity import Identity
 from unimw.operations.chat import CHAT
@@ -139,6 +139,7 @@ class Gateway:
         self._live = self  #: the gateway whose policy new calls run under (another after a reload)
         self.operations: dict[str, Operation] = {op.path: op.bind(policy) for op in (*DEFAULT_OPERATIONS, *operations)}
         self._tenants = Tenants(policy, clock)
+        self._prefill, self._prefill_params = prefills(policy)  # which models continue a cut stream, and how
         self._slots = Slots()  #: calls in flight per tenant and in all (knows no policy: a new one keeps counting)
         self._limiter = Limiter(policy, limit_store or stores.limit_store(policy.tenancy.store), clock)
         self._router = Router(policy, clock=clock)
@@ -394,7 +395,7 @@ class Gateway:
     def _continued(self, call: Call, upstream: JSON, chunks: AsyncIterator[JSON]) -> ContinuedStream:
         """``chunks``, continued on a target that accepts a prefill should they fail mid-answer."""
         assert call.route is not None and call.target is not None
-        route, operation, models = call.route, call.operation, self.policy.models
+        route, operation = call.route, call.operation
 
         async def resume(
             request_for: Callable[[Target], JSON], targets: tuple[Target, ...]
@@ -412,23 +413,17 @@ class Gateway:
             call.target = switch.to
             self._tracing.resumed(call, switch)
 
-        def prefill(target: Target) -> bool:
-            model = models.get(target.name)
-            if model is not None and model.prefill is not None:
-                return model.prefill
-            return PREFILL_BY_KIND.get(self.policy.providers[target.provider].kind, False)
-
         stream = ContinuedStream(
             chunks,
             call.target,
             upstream,
             wants_usage=bool((call.request.get("stream_options") or {}).get("include_usage")),
             targets=route.targets,
-            prefill=prefill,
-            params=lambda target: models[target.name].prefill_params if target.name in models else {},
+            prefill=self._prefill,
+            params=self._prefill_params,
             resumes=self.policy.dispatch.stream_resumes,
             resume=resume,
-            prompt_tokens=operation.prompt_tokens(upstream),
+            prompt_tokens=operation.prompt_tokens,
             on_resume=resumed,
         )
         return stream
