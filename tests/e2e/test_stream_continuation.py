@@ -241,6 +241,17 @@ async def test_without_a_target_that_accepts_a_prefill_the_caller_gets_the_origi
     assert upstream.calls == {"up-main": 1}  # gpt-backup would have repeated the answer: never asked
 
 
+@pytest.mark.parametrize("asked", [{"n": 2}, {"logprobs": True}], ids=["several-choices", "logprobs"])
+async def test_a_stream_that_cannot_be_rejoined_whole_keeps_its_error(
+    make: Callable[..., Gateway], upstream: OpenAIUpstream, asked: dict[str, Any]
+) -> None:
+    upstream.plan("up-llama", "drop")  # llama takes a prefill: only the request's shape stops the continuation
+    stream = await sdk(make()).chat.completions.create(model="llama", messages=HELLO, stream=True, **asked)
+    with pytest.raises(openai.APIError, match="closed the connection"):
+        await read(stream)
+    assert upstream.calls == {"up-llama": 1}
+
+
 async def test_a_tool_call_stream_is_not_continued(make: Callable[..., Gateway], claude: AnthropicUpstream) -> None:
     claude.plan(SONNET, "stream_error")  # after the first delta of the tool call's arguments
     stream = await sdk(make()).chat.completions.create(model="sonnet", messages=HELLO, tools=TOOLS, stream=True)
