@@ -29,6 +29,7 @@ PUBLIC = {
     "BudgetExceeded": "unimw.errors",
     "CallStream": "unimw.calls",
     "ConfigError": "unimw.loader",
+    "CircuitOpen": "unimw.errors",
     "ContentFiltered": "unimw.errors",
     "ContextLengthExceeded": "unimw.errors",
     "Gateway": "unimw.gateway",

@@ -48,6 +48,7 @@ def test_env_values_are_not_parsed_as_yaml() -> None:
         ("providers: {a: [1, 2}\n", 1, "invalid YAML"),
         ("providers:\n  p: {kind: openai}\n  p: {kind: mock}\n", 3, "duplicate key 'p'"),
         ("providers:\n  p:\n    kind: openia\n", 3, "unknown provider kind 'openia'"),
+        ("dispatch:\n  breaker:\n    failures: 5\n    open_for: soon\n", 4, "dispatch.breaker.open_for"),
         (
             "providers:\n  p:\n    kind: openai\n    api_key: ${NOPE_NOT_SET}\n",
             4,
@@ -111,6 +112,7 @@ def test_env_values_are_not_parsed_as_yaml() -> None:
         "bad-yaml",
         "duplicate-key",
         "unknown-kind",
+        "bad-breaker-duration",
         "missing-env",
         "unknown-provider",
         "alias-to-nowhere",

@@ -175,6 +175,8 @@ def test_durations_are_published_as_numbers_or_strings(schema: dict[str, Any]) -
         "cache.ttl",
         "cache.wait",
         "dispatch.backoff",
+        "dispatch.breaker.open_for",
+        "dispatch.breaker.window",
         "dispatch.cooldown",
         "dispatch.max_backoff",
         "dispatch.max_retry_after",

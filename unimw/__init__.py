@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from unimw.errors import (
         AuthenticationFailed,
         BudgetExceeded,
+        CircuitOpen,
         ContentFiltered,
         ContextLengthExceeded,
         InvalidRequest,
@@ -51,6 +52,7 @@ __all__ = [
     "BudgetAlert",
     "BudgetExceeded",
     "CallStream",
+    "CircuitOpen",
     "ConfigError",
     "ContentFiltered",
     "ContextLengthExceeded",
@@ -89,6 +91,7 @@ _SOURCES = {
     "BudgetAlert": "unimw.limits",
     "BudgetExceeded": "unimw.errors",
     "CallStream": "unimw.calls",
+    "CircuitOpen": "unimw.errors",
     "ConfigError": "unimw.loader",
     "ContentFiltered": "unimw.errors",
     "ContextLengthExceeded": "unimw.errors",

@@ -38,6 +38,11 @@ STREAM_RESUMES: Final = "unimw.stream.resumes"
 STREAM_SKIPPED_EVENTS: Final = "unimw.stream.skipped_events"
 #: On the call's span: targets its context check left out before any attempt (their window cannot hold it).
 CONTEXT_SKIPPED: Final = "unimw.context.skipped"
+#: On the call's span: targets left out because their circuit breaker is open (:mod:`unimw.breaker`).
+BREAKER_SKIPPED: Final = "unimw.breaker.skipped"
+#: A breaker's new state, ``open``, ``half_open`` or ``closed``: on the unimw.breaker.changes metric and on the
+#: ``unimw.breaker.changed`` event of the span of the call that changed it (with ``unimw.target``).
+BREAKER_STATE: Final = "unimw.breaker.state"
 #: On the call's span: why it moved on after a 400 (``context_length_exceeded`` or ``content_filter``).
 RECOVERY: Final = "unimw.recovery"
 # Span events (on the gateway span) and their attributes
@@ -45,6 +50,7 @@ RECOVERY: Final = "unimw.recovery"
 #: went on at ``unimw.stream.resumed_to``.
 STREAM_RESUMED: Final = "unimw.stream.resumed"
 RESUMED_TO: Final = "unimw.stream.resumed_to"
+BREAKER_CHANGED: Final = "unimw.breaker.changed"
 BUDGET_ALERT: Final = "unimw.budget.alert"
 BUDGET_QUANTITY: Final = "unimw.budget.quantity"
 BUDGET_THRESHOLD: Final = "unimw.budget.threshold"
@@ -57,6 +63,8 @@ CACHE_REQUESTS: Final = "unimw.cache.requests"  #: counter, {request}: by unimw.
 BUDGET_REFUSALS: Final = "unimw.budget.refusals"  #: counter, {request}: by tenant, model, error.type
 #: counter, USD: by tenant (declared ones), plan, model, gen_ai.provider.name, unimw.provider and the policy's tags
 COST: Final = "unimw.cost"
+#: counter, {change}: a circuit breaker changed state in this process, by unimw.target and unimw.breaker.state
+BREAKER_CHANGES: Final = "unimw.breaker.changes"
 
 OTHER: Final = "_OTHER"  #: the conventions' value for a name that is not one of a known set
 SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.41.0"  #: the last release defining gen_ai.*

@@ -6,6 +6,9 @@
 * A rate-limited or timed-out target is not retried while the route has
   another target: the next one is tried at once.
 * A target that failed is cooled down (skipped while others remain).
+* A target that keeps failing has its circuit breaker opened
+  (:mod:`unimw.breaker`): no call tries it until its probe answers, and a
+  call whose every target is open gets 503 ``circuit_open`` with no attempt.
 * A stream may fall back only before its first chunk: once a chunk has
   reached the caller, a failure is the caller's to see.
 * Errors that another attempt cannot fix (400, 401, 404, ...) are raised
@@ -50,13 +53,14 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from unimw.adapters.base import Adapter, Target
 from unimw.context_window import ContextWindows
-from unimw.errors import UpstreamError, UpstreamTimeout
+from unimw.errors import CircuitOpen, UpstreamError, UpstreamTimeout
 from unimw.own_keys import Lease, OwnKeys
 from unimw.redaction import Redactor
 from unimw.routing import Route, Router
 from unimw.wire import JSON, aclose
 
 if TYPE_CHECKING:
+    from unimw.breaker import Breakers
     from unimw.policy import Dispatch, Policy
 
 T = TypeVar("T")
@@ -81,6 +85,10 @@ class Observer(Protocol):
         """The call moved on after a 400 for ``reason`` (``context_length_exceeded`` or ``content_filter``)."""
         ...
 
+    def broken(self, targets: tuple[str, ...]) -> None:
+        """``targets`` were left out: their circuit breaker is open."""
+        ...
+
 
 class _Unobserved:
     async def attempt(
@@ -92,6 +100,9 @@ class _Unobserved:
         pass
 
     def moved(self, reason: str) -> None:
+        pass
+
+    def broken(self, targets: tuple[str, ...]) -> None:
         pass
 
 
@@ -112,6 +123,7 @@ class Dispatcher:
         own_keys: OwnKeys | None = None,
         stream_timeouts: Mapping[str, StreamTimeouts] | None = None,
         windows: ContextWindows | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self._router = router
         self._windows = windows or ContextWindows()
@@ -126,6 +138,8 @@ class Dispatcher:
         self._cool_until: dict[str, float] = {}
         self._observer: Observer = observer or _Unobserved()
         self._stream_timeouts = stream_timeouts or {}
+        #: Circuit breakers of the policy's targets (None: off); a reload hands them to the next dispatcher.
+        self.breakers = breakers
 
     async def complete(
         self,
@@ -195,7 +209,10 @@ class Dispatcher:
                 if failure is not error:
                     raise failure from None
                 raise
-            rest = _rest(first, chunks, lease, limits.stall)
+            broke = None
+            if self.breakers is not None and (credentials is None or target.provider not in credentials):
+                broke = self.breakers.failed  # a failure mid-answer counts against the target as one before it
+            rest = _rest(first, chunks, lease, limits.stall, target.name, broke)
             await anext(rest)  # primed: from now on closing it releases the lease, even before it is read
             return rest
 
@@ -226,6 +243,14 @@ class Dispatcher:
             targets, skipped = self._windows.plan(route, targets, needs)
             if skipped:
                 self._observer.skipped(skipped)
+        broken: list[str] = []  # targets left out: their breaker is open
+        breakers = self.breakers
+        if breakers is not None:
+            await breakers.refresh()
+            if breakers.open:
+                targets, broken = _unbroken(targets, breakers, own)
+                if broken:
+                    self._observer.broken(tuple(broken))
         queue = list(self._available(targets, own))
         tried: set[str] = set()
         latency = self._router.latency  # None unless an alias is least_latency
@@ -238,6 +263,13 @@ class Dispatcher:
             # Cooldown is the policy key's standing, shared by every caller: an attempt with the caller's
             # own key neither sets nor clears it, so one tenant's rate limit does not send everyone elsewhere.
             shared = not own(target)
+            probe = None  # the breakers, when this attempt is the probe of the target's
+            if breakers is not None and shared and target.name in breakers.open:
+                if not await breakers.admit(target.name):
+                    broken.append(target.name)
+                    self._observer.broken(tuple(broken))  # the call's span: every one so far
+                    continue
+                probe = breakers
             retries = self._retries.get(target.provider, self._settings.retries)
             for tries in range(retries + 1):
                 number += 1
@@ -246,12 +278,17 @@ class Dispatcher:
                     result = await self._observer.attempt(operation, request, target, number, attempt)
                 except UpstreamError as error:
                     if not error.retryable:
+                        if probe is not None:  # an answer all the same: the target is up
+                            await probe.answered(target.name)
                         queue = self._recover(error, route, target, tuple(queue), tried, needs, own)
                         last_error = error
                         break
                     if latency is not None and shared:
                         latency.failed(target.name, time.perf_counter() - started)
                     last_error = error
+                    if breakers is not None and shared and await breakers.failed(target.name):
+                        self._cool(target, error)
+                        break  # open now: no more attempts on it
                     wait = self._wait(error, tries)
                     moves_on = has_next and (
                         isinstance(error, UpstreamTimeout) or (error.status == 429 and not self._waits_here(error))
@@ -266,8 +303,12 @@ class Dispatcher:
                         latency.observe(target.name, time.perf_counter() - started)
                     if shared:
                         self._cool_until.pop(target.name, None)
+                    if probe is not None:
+                        await probe.answered(target.name)
                     return target, result
-        assert last_error is not None  # every route has a target
+        if last_error is None:  # every route has a target: none was tried, as every one's breaker is open
+            assert breakers is not None
+            raise CircuitOpen(broken, breakers.retry_after(broken))
         raise last_error
 
     def _recover(
@@ -318,6 +359,19 @@ class Dispatcher:
 _NO_SECRETS = Redactor(())
 
 
+def _unbroken(
+    targets: tuple[Target, ...], breakers: Breakers, own: Callable[[Target], bool]
+) -> tuple[tuple[Target, ...], list[str]]:
+    """``targets`` but those whose breaker is open (half-open ones stay, for their probe), and those left out."""
+    kept, left = [], []
+    for target in targets:
+        if not own(target) and breakers.state(target.name) == "open":
+            left.append(target.name)
+        else:
+            kept.append(target)
+    return tuple(kept), left
+
+
 @dataclass(frozen=True, slots=True)
 class StreamTimeouts:
     """A target's limits on a stream: the wait for its first chunk, and the silence between two (None: none)."""
@@ -342,10 +396,16 @@ def stream_timeouts(policy: Policy) -> dict[str, StreamTimeouts]:
 
 
 async def _rest(
-    first: JSON, chunks: AsyncIterator[JSON], lease: Lease, stall: float | None = None
+    first: JSON,
+    chunks: AsyncIterator[JSON],
+    lease: Lease,
+    stall: float | None = None,
+    target: str = "",
+    broke: Callable[[str], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[JSON]:
     """A stream from its first chunk on: it redacts the errors of the rest, and closes the upstream and
-    releases the adapter's lease however it ends, even when closed before it was read.
+    releases the adapter's lease however it ends, even when closed before it was read. A retryable
+    failure is counted against ``target``'s breaker (``broke``).
 
     Started (primed) by the dispatcher up to its first ``yield``, so that closing it before the first
     chunk was read still runs the ``finally``. A generator rather than an object with an ``async def
@@ -369,6 +429,8 @@ async def _rest(
             yield chunk
     except UpstreamError as error:
         lease.redactor.error(error)
+        if broke is not None and error.retryable:
+            await broke(target)
         raise
     finally:
         try:

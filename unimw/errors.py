@@ -16,6 +16,7 @@
     └── UpstreamError             any     whatever the vendor said, translated
         ├── UpstreamUnavailable   502     upstream_error / upstream_unreachable
         ├── UpstreamTimeout       504     upstream_error / upstream_timeout
+        ├── CircuitOpen           503     upstream_error / circuit_open
         ├── ContextLengthExceeded 400     invalid_request_error / context_length_exceeded
         └── ContentFiltered       400     the vendor's type / content_filter (or the vendor's code)
 
@@ -176,6 +177,21 @@ class UpstreamTimeout(UpstreamError):
         super().__init__(message, status=504, code="upstream_timeout", retryable=True)
 
 
+class CircuitOpen(UpstreamError):
+    """Every target of the call has its circuit breaker open (:mod:`unimw.breaker`): none was tried."""
+
+    def __init__(self, targets: list[str], retry_after: int) -> None:
+        super().__init__(
+            f"Every upstream for this model is failing and is left alone for now ({', '.join(targets)}); "
+            f"retry in {retry_after} s.",
+            status=503,
+            code="circuit_open",
+            retryable=False,
+            retry_after=retry_after,
+            headers={"retry-after": str(retry_after)},
+        )
+
+
 class ContextLengthExceeded(UpstreamError):
     """The upstream refused the request (a 400) as longer than its model's context window.
 
@@ -210,7 +226,7 @@ KNOWN_CODES: frozenset[str] = frozenset(
         "string_above_max_length", "empty_array", "array_above_max_length",
         "unknown_parameter", "unsupported_model", "previous_response_not_found", "responses_unavailable", "csrf_failed",
         "tenant_lookup_unavailable", "plan_not_found", "byok_required", "invalid_tags", "request_timeout",
-        "concurrency_limit_exceeded",
+        "concurrency_limit_exceeded", "circuit_open",
     }
 )  # fmt: skip
 

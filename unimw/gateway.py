@@ -115,6 +115,7 @@ class Gateway:
         # The steps that only a gateway's construction names load with the first gateway, not with this module:
         # what mounting a gateway imports stays about an ``import httpx`` (tests/test_import_cost.py).
         from unimw import stores
+        from unimw.breaker import breakers
         from unimw.concurrency import Slots
         from unimw.dispatch import Dispatcher, stream_timeouts
         from unimw.finishing import Finisher
@@ -160,7 +161,10 @@ class Gateway:
             own_keys=(own_keys := OwnKeys(policy.providers)),
             stream_timeouts=stream_timeouts(policy),
             windows=ContextWindows(known_windows(policy)),
+            breakers=breakers(policy.dispatch.breaker, policy.tenancy.store, clock),
         )
+        if self._dispatcher.breakers is not None:
+            self._dispatcher.breakers.changed = self._tracing.breaker_changed
         self._own_keys = own_keys
         settings = policy.cache
         if cache_store is None:
@@ -467,6 +471,8 @@ class Gateway:
         """``GET /models`` (or one model) for the caller a door received; 401 as for any call."""
         live = self._live
         caller = await live._identify(inbound, None)
+        if (breakers := live._dispatcher.breakers) is not None:
+            await breakers.refresh()  # what every replica sees, within a second
         return live._models(caller) if name is None else live._model(caller, name)
 
     def _models(self, caller: Caller) -> JSON:
@@ -515,7 +521,8 @@ class Gateway:
         the gateway as it was. Calls and streams in flight finish under the policy they began with; its
         upstream connections close once the last of them is finished. What the policy does not define
         carries over: the limit and cache stores (so counters and cached answers), unless the new policy
-        names another store, and the cooldown of failing targets. Returns the policy now live.
+        names another store, the cooldown of failing targets and their circuit breakers (under the new
+        policy's thresholds). Returns the policy now live.
         """
         from unimw.policy import Policy
 
@@ -536,9 +543,18 @@ class Gateway:
         fresh._dispatcher._cool_until = live._dispatcher._cool_until  # a failing target stays skipped
         fresh._slots = live._slots  # calls in flight under the old policy still hold their concurrency slots
         retired = live._reloading
+        kept, built = live._dispatcher.breakers, fresh._dispatcher.breakers
+        if kept is not None and built is not None and policy.tenancy.store == live.policy.tenancy.store:
+            kept.settings, kept.changed = built.settings, built.changed  # open breakers stay open
+            fresh._dispatcher.breakers = kept
+            retired.owns_breakers = False
+        else:
+            built = None
         retired.owns_limit_store = limit_store is not live._limiter.store
         retired.owns_cache_store = cache_store is not live._cache.store
         self._live = fresh  # one assignment: every call from now on starts under the new policy
+        if built is not None:
+            await built.aclose()  # made for nothing: the kept breakers serve the new policy
         state.generations = [g for g in state.generations if not g._reloading.closed] + [fresh]
         retiring = asyncio.ensure_future(live._retire())
         state.retiring.add(retiring)
@@ -598,6 +614,8 @@ class Gateway:
             await self._limiter.aclose()
         if state.owns_cache_store:
             await self._cache.aclose()
+        if state.owns_breakers and self._dispatcher.breakers is not None:
+            await self._dispatcher.breakers.aclose()
         await self._router.aclose()
 
     async def __aenter__(self) -> Gateway:
@@ -617,8 +635,12 @@ class Gateway:
             owner = model.owned_by or route.targets[0].provider
         adapters = {type(self._adapters[t.provider]) for t in route.targets}
         served = [op.path.lstrip("/") for op in self.operations.values() if any(op.serves(a) for a in adapters)]
-        # An extension field (SDKs ignore it): which of the gateway's routes this model answers.
-        return {**model_object(name, owner, self.created), "x_unimw": {"operations": served}}
+        # An extension field (SDKs ignore it): which of the gateway's routes this model answers, and, with
+        # breakers on, the state of each of its targets' breakers (as this process last saw them).
+        extension: JSON = {"operations": served}
+        if (breakers := self._dispatcher.breakers) is not None:
+            extension["breakers"] = {t.name: breakers.state(t.name) for t in route.targets}
+        return {**model_object(name, owner, self.created), "x_unimw": extension}
 
 
 @dataclass(slots=True, eq=False)
@@ -633,6 +655,7 @@ class _Reloading:
     drained: asyncio.Event | None = None  #: set when the last of them finishes, once the policy is replaced
     owns_limit_store: bool = True  #: False once a reload passed the store on to the next policy
     owns_cache_store: bool = True
+    owns_breakers: bool = True
     closed: bool = False
     #: Of the gateway the app holds: every policy's gateway so far (itself first), and their retirements.
     generations: list[Gateway] = field(default_factory=list)

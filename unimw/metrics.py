@@ -31,6 +31,8 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 
 from unimw.attributes import (
+    BREAKER_CHANGES,
+    BREAKER_STATE,
     BUDGET_REFUSALS,
     CACHE_HIT,
     CACHE_REQUESTS,
@@ -41,6 +43,7 @@ from unimw.attributes import (
     PROVIDER,
     SCHEMA_URL,
     TAG,
+    TARGET,
     TENANT,
     TOKEN_BUCKETS,
 )
@@ -152,6 +155,13 @@ class Metrics:
             BUDGET_REFUSALS, unit="{request}", description="Calls refused by a rate limit or budget."
         )
         self._cost = meter.create_counter(COST, unit="USD", description="What tenants were charged for calls.")
+        self._breaker_changes = meter.create_counter(
+            BREAKER_CHANGES, unit="{change}", description="Circuit breakers that changed state, by target and state."
+        )
+
+    def breaker_changed(self, target: str, state: str) -> None:
+        """Count one change of a breaker (targets are the policy's models: a bounded set)."""
+        self._breaker_changes.add(1, {TARGET: target, BREAKER_STATE: state})
 
     def cache_lookup(self, call: Call, hit: bool) -> None:
         """Count one response-cache lookup in ``unimw.cache.requests``."""

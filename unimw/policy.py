@@ -360,6 +360,24 @@ class Alias(_Frozen):
     )
 
 
+class Breaker(_Frozen):
+    """A circuit breaker per target: one that keeps failing is left alone for a while, by every replica."""
+
+    failures: int = Field(
+        default=0,
+        ge=0,
+        description="Retryable failures of a target (5xx, 429, timeouts, broken connections, each attempt) within "
+        "window that open its breaker; 0: no breakers.",
+    )
+    window: Seconds = duration_field(30.0, "How far back failures are counted, from the first one counted.")
+    open_for: Seconds = duration_field(
+        30.0,
+        "How long an open breaker keeps calls off its target (the alias's other targets answer; with none, 503 "
+        "circuit_open at once). Then one call at a time is let through as a probe: its success closes the "
+        "breaker, its failure opens it again.",
+    )
+
+
 class Dispatch(_Frozen):
     """How hard to try: retries per target, backoff, cooldown of failed targets."""
 
@@ -383,6 +401,10 @@ class Dispatch(_Frozen):
         5.0,
         "After a retryable failure a target is skipped for this long while other targets of its alias remain; "
         "0 turns cooldown off.",
+    )
+    breaker: Breaker = Field(
+        default=Breaker.model_construct(),
+        description="Circuit breakers per target; kept in tenancy.store, so replicas sharing a Redis store share them.",
     )
     stream_resumes: int = Field(
         default=2,

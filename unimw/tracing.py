@@ -69,6 +69,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from unimw.attributes import (
     ALIAS,
     ATTEMPT,
+    BREAKER_CHANGED,
+    BREAKER_SKIPPED,
+    BREAKER_STATE,
     BUDGET_ALERT,
     BUDGET_DECISION,
     BUDGET_LIMIT,
@@ -422,6 +425,15 @@ class Tracing:
     def moved(self, reason: str) -> None:
         """The call moved on after a 400 (the failed attempt's span says which): noted on the call's span."""
         trace.get_current_span().set_attribute(RECOVERY, reason)
+
+    def broken(self, targets: tuple[str, ...]) -> None:
+        """Targets left out, their breaker open: noted on the call's span."""
+        trace.get_current_span().set_attribute(BREAKER_SKIPPED, targets)
+
+    def breaker_changed(self, target: str, state: str) -> None:
+        """A breaker changed state here: counted, and an event on the span of the call that changed it (current)."""
+        self._metrics.breaker_changed(target, state)
+        trace.get_current_span().add_event(BREAKER_CHANGED, {TARGET: target, BREAKER_STATE: state})
 
     @staticmethod
     async def _propagated(target: Target, run: Callable[[Target], Awaitable[T]]) -> T:

@@ -26,7 +26,8 @@ class ScriptedUpstream:
 
     ``plan("m", "429", "ok")`` makes the next two calls for ``m`` answer 429,
     then normally; :meth:`received` records a call and returns its fault as
-    ``(name, argument)``, e.g. ``("429", "2")`` for ``"429:2"``.
+    ``(name, argument)``, e.g. ``("429", "2")`` for ``"429:2"``. A model in
+    :attr:`down` answers ``503`` to every call until it is taken out.
     """
 
     app: ASGIApp  #: the vendor's routes, set by each subclass
@@ -37,6 +38,7 @@ class ScriptedUpstream:
         self.headers: list[dict[str, str]] = []
         self.urls: list[str] = []
         self._plans: defaultdict[str, deque[str]] = defaultdict(deque)
+        self.down: set[str] = set()
 
     def plan(self, model: str, *faults: str) -> None:
         self._plans[model].extend(faults)
@@ -47,12 +49,15 @@ class ScriptedUpstream:
         self.headers.clear()
         self.urls.clear()
         self._plans.clear()
+        self.down.clear()
 
     def received(self, model: str, body: dict[str, Any], request: Request) -> tuple[str, str]:
         self.calls[model] += 1
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         self.urls.append(request.url.path + ("?" + request.url.query if request.url.query else ""))
+        if model in self.down:
+            return "503", ""
         plan = self._plans[model]
         name, _, arg = (plan.popleft() if plan else "ok").partition(":")
         return name, arg
