@@ -86,6 +86,12 @@ async def test_a_call_whose_every_target_is_open_gets_503_at_once(
             "param": None,
             "code": "circuit_open",
         }
+    with pytest.raises(openai.InternalServerError) as caught:  # every operation: the breaker is the target's
+        await client.embeddings.create(model="gpt-main", input="hi")
+    assert (caught.value.status_code, caught.value.code) == (503, "circuit_open")
+    with pytest.raises(openai.InternalServerError) as caught:
+        await client.responses.create(model="gpt-main", input="hi")
+    assert (caught.value.status_code, caught.value.code) == (503, "circuit_open")
     assert dict(upstream.calls) == {}  # no attempt at all
 
 
