@@ -27,9 +27,10 @@ from unimw.cache import ResponseCache, strip_control
 from unimw.calls import Call, CallStream
 from unimw.context_window import ContextWindows, estimate_tokens, known_windows
 from unimw.continuation import ContinuedStream, Resumed, prefills
-from unimw.errors import InvalidRequest, ModelNotFound
+from unimw.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from unimw.identity import Identity
 from unimw.operations.chat import CHAT
+from unimw.stores.base import StoreUnavailable
 from unimw.tags import tags_of
 from unimw.tenants import Caller, Tenants
 from unimw.usage import MICRO
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from unimw.adapters.base import Adapter, Target
+    from unimw.concurrency import SharedSlots, Slot, Slots
     from unimw.limits import Hold
     from unimw.operations import Operation
     from unimw.policy import Policy
@@ -141,7 +143,8 @@ class Gateway:
         self.operations: dict[str, Operation] = {op.path: op.bind(policy) for op in (*DEFAULT_OPERATIONS, *operations)}
         self._tenants = Tenants(policy, clock)
         self._prefill, self._prefill_params = prefills(policy)  # which models continue a cut stream, and how
-        self._slots = Slots()  #: calls in flight per tenant and in all (knows no policy: a new one keeps counting)
+        #: Calls in flight per tenant and in all (knows no policy: a new one keeps counting); tenants' shared on Redis.
+        self._slots = Slots(shared=_shared_slots(policy.tenancy.store), clock=clock)
         self._limiter = Limiter(policy, limit_store or stores.limit_store(policy.tenancy.store), clock)
         self._router = Router(policy, clock=clock)
         self._adapters: dict[str, Adapter] = {
@@ -306,9 +309,7 @@ class Gateway:
         call.request = strip_control(call.request)  # unimw's own field: never for the upstream
         server, most = self.policy.server, self._tenants.rules_of(call.caller).max_concurrent
         if most is not None or server.max_concurrent_calls is not None:  # given back when the call is finished
-            call.slot = await self._slots.take(
-                call.caller.tenant, most, server.max_concurrent_calls, server.concurrency_wait
-            )
+            call.slot = await self._take_slot(call.caller.tenant, most)
         if self._limits_on:
             answer.hold = call.hold = await self._reserve(call)
         call.admitted = True
@@ -316,6 +317,21 @@ class Gateway:
             return self._serve_hit(call, call.cache.answer, answer)
         answer.body = await self._dispatch(call)
         return answer
+
+    async def _take_slot(self, tenant: str | None, most: int | None) -> Slot:
+        """A place under the tenant's and the gateway's concurrency limits. A shared store that cannot be reached
+        is answered as for limits (``tenancy.on_store_error``): 503, or the call goes on under the gateway's alone."""
+        server = self.policy.server
+        try:
+            return await self._slots.take(tenant, most, server.max_concurrent_calls, server.concurrency_wait)
+        except StoreUnavailable as exc:
+            if self.policy.tenancy.on_store_error == "closed":
+                raise ServiceUnavailable(
+                    "The usage store is unreachable, so concurrency limits cannot be checked. Please try again later.",
+                    code="limits_unavailable",
+                ) from exc
+            logging.getLogger("unimw").warning("unimw: store unreachable, concurrency not limited per tenant: %s", exc)
+            return await self._slots.take(None, None, server.max_concurrent_calls, server.concurrency_wait)
 
     async def _identify(self, inbound: Inbound, body: Any) -> Caller:
         end_user = inbound.caller.end_user if inbound.caller is not None else None
@@ -541,10 +557,14 @@ class Gateway:
         fresh = Gateway(policy, limit_store=limit_store, cache_store=cache_store, **state.options)
         fresh.created = live.created
         fresh._dispatcher._cool_until = live._dispatcher._cool_until  # a failing target stays skipped
-        fresh._slots = live._slots  # calls in flight under the old policy still hold their concurrency slots
         retired = live._reloading
+        same_store = policy.tenancy.store == live.policy.tenancy.store
+        slots: Slots | None = None
+        if same_store:  # calls in flight under the old policy still hold their concurrency slots
+            slots, fresh._slots = fresh._slots, live._slots
+            retired.owns_slots = False
         kept, built = live._dispatcher.breakers, fresh._dispatcher.breakers
-        if kept is not None and built is not None and policy.tenancy.store == live.policy.tenancy.store:
+        if kept is not None and built is not None and same_store:
             kept.settings, kept.changed = built.settings, built.changed  # open breakers stay open
             fresh._dispatcher.breakers = kept
             retired.owns_breakers = False
@@ -555,6 +575,8 @@ class Gateway:
         self._live = fresh  # one assignment: every call from now on starts under the new policy
         if built is not None:
             await built.aclose()  # made for nothing: the kept breakers serve the new policy
+        if slots is not None:
+            await slots.aclose()  # likewise
         state.generations = [g for g in state.generations if not g._reloading.closed] + [fresh]
         retiring = asyncio.ensure_future(live._retire())
         state.retiring.add(retiring)
@@ -614,6 +636,8 @@ class Gateway:
             await self._limiter.aclose()
         if state.owns_cache_store:
             await self._cache.aclose()
+        if state.owns_slots:
+            await self._slots.aclose()
         if state.owns_breakers and self._dispatcher.breakers is not None:
             await self._dispatcher.breakers.aclose()
         await self._router.aclose()
@@ -656,10 +680,20 @@ class _Reloading:
     owns_limit_store: bool = True  #: False once a reload passed the store on to the next policy
     owns_cache_store: bool = True
     owns_breakers: bool = True
+    owns_slots: bool = True
     closed: bool = False
     #: Of the gateway the app holds: every policy's gateway so far (itself first), and their retirements.
     generations: list[Gateway] = field(default_factory=list)
     retiring: set[asyncio.Future[None]] = field(default_factory=set)
+
+
+def _shared_slots(store: str) -> SharedSlots | None:
+    """Where tenants' calls in flight are counted across replicas: the limits' Redis store (None: per process)."""
+    if store.startswith("memory://"):
+        return None
+    from unimw.stores.concurrency import RedisSlots
+
+    return RedisSlots(store)
 
 
 def _cache_store_of(policy: Policy) -> tuple[str, int | None, int | None]:

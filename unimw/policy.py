@@ -505,8 +505,9 @@ class Plan(_Frozen):
     max_concurrent: int | None = Field(
         default=None,
         gt=0,
-        description="Calls in flight at once per tenant, in this process (a stream until it ends); one more "
-        "waits up to server.concurrency_wait, then gets 429. Unset: no limit.",
+        description="Calls in flight at once per tenant (a stream until it ends), across every replica when "
+        "tenancy.store is redis://, else in this process; one more waits up to server.concurrency_wait, then gets "
+        "429. Unset: no limit.",
     )
     limits: list[Limit] = Field(default=[], description="Rate limits and budgets, one set of counters per tenant.")
     cache_scope: Literal["tenant", "global"] | None = Field(

@@ -89,7 +89,7 @@ async def test_with_a_wait_the_third_call_is_answered_once_a_place_frees(
     first = [asyncio.create_task(ask(acme)) for _ in range(2)]
     await until(lambda: gateway._slots.active("acme") == 2)
     third = asyncio.create_task(ask(acme))
-    await until(lambda: gateway._slots.waiting == 1)
+    await until(lambda: gateway._slots.waiting == 1 and upstream.calls["up-main"] >= 2)
     assert upstream.calls["up-main"] == 2  # the third waits in the gateway, not at the upstream
     done = await asyncio.wait_for(asyncio.gather(*first, third), 10)
     assert [completion.model for completion in done] == ["up-main"] * 3
@@ -229,3 +229,49 @@ async def test_an_identity_brings_its_own_limit(make_gateway: Callable[..., Gate
     [refusal] = [r for r in results if isinstance(r, BaseException)]
     assert isinstance(refusal, RateLimited) and refusal.code == "concurrency_limit_exceeded"
     assert upstream.calls["up-main"] == 1
+
+
+async def test_a_tenants_limit_holds_across_two_gateways_on_redis(upstream_url: str, upstream: OpenAIUpstream) -> None:
+    """Two replicas on one Redis store: the tenant's two places are taken on one, so the other refuses a third,
+    and gives it one once they are back. Tenant names are this run's own, as the counts are keyed by them."""
+    from tests.conftest import policy_for
+    from tests.redis_support import require_redis, unique
+
+    tenant = unique("acme")
+    data = policy_for(upstream_url, **{**tenancy(), "tenants": {tenant: {"plan": "small"}}})
+    data["tenancy"] = {**data["tenancy"], "store": require_redis()}
+    one, two = Gateway.from_dict(data), Gateway.from_dict(data)
+    try:
+        upstream.plan("up-main", "delay:0.5", "delay:0.5")
+        first, second = client(one, tenant), client(two, tenant)
+        busy = asyncio.gather(ask(first), ask(first))
+        await until(lambda: upstream.calls["up-main"] == 2)
+        with pytest.raises(openai.RateLimitError) as refused:
+            await ask(second)
+        assert (refused.value.code, refused.value.body["message"]) == ("concurrency_limit_exceeded", TENANT_LIMIT)  # type: ignore[index]
+        await asyncio.wait_for(busy, 10)
+        assert (await asyncio.wait_for(ask(second), 10)).model == "up-main"  # the places are back
+        assert upstream.calls == {"up-main": 3}
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+@pytest.mark.parametrize(("on_store_error", "answered"), [("closed", False), ("open", True)])
+async def test_a_shared_store_that_is_down_is_answered_as_for_limits(
+    make_gateway: Callable[..., Gateway], upstream: OpenAIUpstream, on_store_error: str, answered: bool
+) -> None:
+    limits = tenancy()
+    limits["tenancy"] = {**limits["tenancy"], "store": "redis://127.0.0.1:1/0", "on_store_error": on_store_error}
+    acme = client(make_gateway(**limits), "acme")
+    if answered:
+        assert (await ask(acme)).model == "up-main"
+        assert upstream.calls == {"up-main": 1}
+        return
+    with pytest.raises(openai.InternalServerError) as caught:
+        await ask(acme)
+    assert (caught.value.status_code, caught.value.code) == (503, "limits_unavailable")
+    assert caught.value.body["message"] == (  # type: ignore[index]
+        "The usage store is unreachable, so concurrency limits cannot be checked. Please try again later."
+    )
+    assert upstream.calls == {}
