@@ -39,12 +39,17 @@ their errors are redacted: every :class:`UpstreamError` out of an adapter,
 raised before the first chunk or in the middle of a stream, has the
 secrets of the key it was called with (the policy's, or the tenant's)
 blanked out (:mod:`unimw.redaction`) before anything else (the attempt's
-span, the cache, the client) sees it.
+span, the cache, the client) sees it. It is also where an answer the
+adapter could not read (a field of the wrong type or missing, where the
+vendor documents one: the translation's ``TypeError``, ``KeyError``, ...)
+becomes a 502 ``bad_upstream_response``, as unparseable JSON does, rather
+than a 500; the exception goes to the log, its text to no one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -64,6 +69,11 @@ if TYPE_CHECKING:
     from unimw.policy import Dispatch, Policy
 
 T = TypeVar("T")
+
+logger = logging.getLogger("unimw.dispatch")
+
+#: What a translation raises reading an upstream answer not in the shape its vendor documents.
+MISREAD = (AttributeError, KeyError, IndexError, TypeError, ValueError)
 
 
 #: One upstream request of an operation: ``(adapter, target) -> its answer``.
@@ -165,6 +175,8 @@ class Dispatcher:
             except UpstreamError as error:
                 lease.redactor.error(error)
                 raise
+            except MISREAD as error:
+                raise misread(error, target.name) from error
             finally:
                 await lease.release()
 
@@ -197,6 +209,8 @@ class Dispatcher:
                 failure = error
                 if isinstance(error, TimeoutError) and limits.first_token is not None:  # the deadline above
                     failure = UpstreamTimeout(f"The upstream sent no first chunk within {limits.first_token:g} s.")
+                elif isinstance(error, MISREAD):
+                    failure = misread(error, target.name)
                 if isinstance(failure, UpstreamError):
                     lease.redactor.error(failure)
                 try:
@@ -359,6 +373,16 @@ class Dispatcher:
 _NO_SECRETS = Redactor(())
 
 
+def misread(error: Exception, target: str) -> UpstreamError:
+    """The 502 for an answer of ``target`` its adapter could not read (logged with its traceback, for a look)."""
+    logger.warning("unimw: the answer of %s could not be read", target, exc_info=error)
+    return UpstreamError(
+        f"The upstream's answer could not be read ({type(error).__name__}).",
+        status=502,
+        code="bad_upstream_response",
+    )
+
+
 def _unbroken(
     targets: tuple[Target, ...], breakers: Breakers, own: Callable[[Target], bool]
 ) -> tuple[tuple[Target, ...], list[str]]:
@@ -432,6 +456,11 @@ async def _rest(
         if broke is not None and error.retryable:
             await broke(target)
         raise
+    except MISREAD as error:
+        failure = misread(error, target)
+        if broke is not None:
+            await broke(target)
+        raise failure from error
     finally:
         try:
             await aclose(chunks)
