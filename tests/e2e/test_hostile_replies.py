@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -212,6 +213,15 @@ def rig() -> Iterator[Rig]:
         made = Rig(url, replayer)
         yield made
         made.close()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(reply=replies())
+def test_a_bent_answer_is_read_or_refused_as_an_upstream_error(rig: Rig, reply: tuple[str, bool, Any]) -> None:
+    vendor, stream, rig.replayer.reply = reply
+    error = rig.call(vendor, stream)
+    if error is not None:
+        assert isinstance(error, UpstreamError) and error.status >= 400, error
 
 
 def test_an_answer_of_the_wrong_shape_is_a_502_that_names_no_content(rig: Rig) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unimw.adapters.anthropic_models import JSON_TOOL
+from unimw.adapters.openai_shapes import check_delta, check_usage
 from unimw.wire import JSON, chunk, now, usage
 
 _FINISH = {
@@ -52,7 +53,10 @@ def to_usage(raw: JSON) -> JSON:
     thinking = (raw.get("output_tokens_details") or {}).get("thinking_tokens")
     if thinking is not None:
         details["completion_tokens_details"] = {"reasoning_tokens": thinking}
-    return usage((raw.get("input_tokens") or 0) + cached + written, raw.get("output_tokens") or 0, **details)
+    # The vendor's counts, checked as the OpenAI wire's are: a count of another shape is a 502, not a 500 later.
+    counted: JSON = usage((raw.get("input_tokens") or 0) + cached + written, raw.get("output_tokens") or 0, **details)
+    check_usage(counted)
+    return counted
 
 
 # -- stream ----------------------------------------------------------------------------------------
@@ -83,7 +87,8 @@ class Stream:
     stopped: bool = False
 
     def chunk(self, delta: JSON | None = None, finish_reason: str | None = None) -> JSON:
-        return chunk(self.id, self.model, self.created, delta, finish_reason=finish_reason)
+        # The delta carries the vendor's values as they came: checked, so a text that is not text is a 502.
+        return chunk(self.id, self.model, self.created, delta and check_delta(delta), finish_reason=finish_reason)
 
     def on_message_start(self, event: JSON) -> list[JSON]:
         message = event.get("message") or {}

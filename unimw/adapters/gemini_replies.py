@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from unimw.adapters.gemini_thinking import tool_call_id
+from unimw.adapters.openai_shapes import check_delta
 from unimw.wire import JSON, chunk, completion_id, dumps, usage
 
 _FINISH = {
@@ -122,7 +123,7 @@ def candidate_chunks(
         delta["tool_calls"] = [{"index": first_call + k, **call} for k, call in enumerate(tool_calls)]
         calls[index] = first_call + len(tool_calls)
     if delta:
-        out = chunk(*head, delta, index=index)
+        out = chunk(*head, check_delta(delta), index=index)  # a tool's name that is not text: a 502
         out["choices"][0]["logprobs"] = to_logprobs(candidate)
         yield out
     if reason := candidate.get("finishReason"):

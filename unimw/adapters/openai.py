@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from unimw.adapters.base import HTTPAdapter, Target, error_body, merge_params, parse_object, retry_after
+from unimw.adapters.openai_shapes import check_chunk, check_completion
 from unimw.errors import ContentFiltered, ContextLengthExceeded, UpstreamError, UpstreamUnavailable
 from unimw.policy import Provider
 from unimw.wire import JSON, SKIPPED_EVENTS, aclose, now, sse_events
@@ -70,7 +71,8 @@ def azure_options(options: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def from_response(body: JSON) -> JSON:
-    """A ``chat.completion``; compatible servers sometimes omit required keys."""
+    """A ``chat.completion``; compatible servers sometimes omit required keys (those unimw reads are checked)."""
+    check_completion(body)
     body.setdefault("object", "chat.completion")
     if "created" not in body:  # now() only when needed: this runs on every call
         body["created"] = now()
@@ -116,6 +118,7 @@ async def from_events(
                 continue
             if "error" in obj:
                 raise _error_from_body(500, obj, {})
+            check_chunk(obj)
             if skipped:
                 obj[SKIPPED_EVENTS], skipped = skipped, 0
             yield obj
