@@ -10,6 +10,7 @@
     ├── NotFound                  404     invalid_request_error / not_found
     ├── MethodNotAllowed          405     invalid_request_error / method_not_allowed
     ├── PayloadTooLarge           413     invalid_request_error / request_too_large
+    ├── UnsupportedMediaType      415     invalid_request_error / unsupported_media_type
     ├── RateLimited               429     requests / rate_limit_exceeded (or concurrency_limit_exceeded)
     ├── BudgetExceeded            429     insufficient_quota / insufficient_quota
     ├── ServiceUnavailable        503     service_unavailable_error
@@ -112,6 +113,12 @@ class PayloadTooLarge(UnimwError):
     default_code = "request_too_large"
 
 
+class UnsupportedMediaType(UnimwError):
+    status = 415
+    type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
 class RateLimited(UnimwError):
     """A rate limit refused the call; ``type`` names what ran out, as OpenAI's own 429s do."""
 
@@ -210,7 +217,7 @@ KNOWN_CODES: frozenset[str] = frozenset(
         "string_above_max_length", "empty_array", "array_above_max_length",
         "unknown_parameter", "unsupported_model", "previous_response_not_found", "responses_unavailable", "csrf_failed",
         "tenant_lookup_unavailable", "plan_not_found", "byok_required", "invalid_tags", "request_timeout",
-        "concurrency_limit_exceeded",
+        "concurrency_limit_exceeded", "unsupported_media_type",
     }
 )  # fmt: skip
 
