@@ -17,6 +17,7 @@
     └── UpstreamError             any     whatever the vendor said, translated
         ├── UpstreamUnavailable   502     upstream_error / upstream_unreachable
         ├── UpstreamTimeout       504     upstream_error / upstream_timeout
+        ├── StreamTooLong         502     upstream_error / stream_output_too_large
         ├── ContextLengthExceeded 400     invalid_request_error / context_length_exceeded
         └── ContentFiltered       400     the vendor's type / content_filter (or the vendor's code)
 
@@ -183,6 +184,22 @@ class UpstreamTimeout(UpstreamError):
         super().__init__(message, status=504, code="upstream_timeout", retryable=True)
 
 
+class StreamTooLong(UpstreamError):
+    """A stream carried more output than ``server.max_stream_output_bytes``: an upstream that would not end.
+
+    Not retried or continued: another attempt at the same request would be as long.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The answer passed the limit of {limit} bytes of output for one stream "
+            "(server.max_stream_output_bytes); the upstream was stopped there.",
+            status=502,
+            code="stream_output_too_large",
+            retryable=False,
+        )
+
+
 class ContextLengthExceeded(UpstreamError):
     """The upstream refused the request (a 400) as longer than its model's context window.
 
@@ -217,7 +234,7 @@ KNOWN_CODES: frozenset[str] = frozenset(
         "string_above_max_length", "empty_array", "array_above_max_length",
         "unknown_parameter", "unsupported_model", "previous_response_not_found", "responses_unavailable", "csrf_failed",
         "tenant_lookup_unavailable", "plan_not_found", "byok_required", "invalid_tags", "request_timeout",
-        "concurrency_limit_exceeded", "unsupported_media_type",
+        "concurrency_limit_exceeded", "unsupported_media_type", "stream_output_too_large",
     }
 )  # fmt: skip
 
