@@ -15,8 +15,8 @@ cannot be continued faithfully: tool calls under way, several choices, no
 target that accepts a prefill, the resumes allowed used up, a failure a
 new attempt cannot fix (a 4xx), or more text delivered than
 :data:`MAX_PREFILL` (past it the text is no longer kept, and a prefill of
-part of the answer would have the model repeat the rest). A resume that fails never masks the
-original error. When nothing but the role delta had been delivered, there
+part of the answer would have the model repeat the rest). A resume that
+fails never masks the original error. When nothing but the role delta had been delivered, there
 is nothing to prefill and any target may answer afresh.
 
 Whether a target accepts a prefill is in the policy (``models.*.prefill``);

@@ -51,10 +51,10 @@ if TYPE_CHECKING:
     from unimw.stores.base import CacheStore
     from unimw.tenants import Caller
 
-#: unimw's own fields on a Responses request while it is in the pipeline; no upstream sees them.
-#: The conversation before this turn (resolved from previous_response_id: part of the cache key)...
 #: Delta events whose text an output estimate counts (the others are bounded but not estimated, as before).
 _ESTIMATED: Final = frozenset({"response.output_text.delta", "response.function_call_arguments.delta"})
+#: unimw's own fields on a Responses request while it is in the pipeline; no upstream sees them.
+#: The conversation before this turn (resolved from previous_response_id: part of the cache key)...
 HISTORY: Final = "unimw_history"
 #: ...and this call's response id and creation time (not part of it).
 IDENTITY: Final = "unimw_response"
