@@ -48,9 +48,11 @@ PUBLIC = {
     "RateLimited": "unimw.errors",
     "Reading": "unimw.operations.base",
     "ServiceUnavailable": "unimw.errors",
+    "StreamTooLong": "unimw.errors",
     "StreamWatch": "unimw.operations.base",
     "UnimwError": "unimw.errors",
     "UnimwMiddleware": "unimw.asgi",
+    "UnsupportedMediaType": "unimw.errors",
     "UpstreamError": "unimw.errors",
     "UpstreamTimeout": "unimw.errors",
     "UpstreamUnavailable": "unimw.errors",
@@ -195,6 +197,7 @@ def test_the_vendor_modules_are_those_of_the_registry() -> None:
         "unimw.adapters.gemini_thinking",
         "unimw.adapters.mock",
         "unimw.adapters.openai",
+        "unimw.adapters.openai_shapes",
         "unimw.adapters.options",
     ]
 

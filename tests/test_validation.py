@@ -12,8 +12,10 @@ import pytest
 
 from unimw import Gateway
 from unimw.errors import InvalidRequest
-from unimw.operations.chat_validation import MAX_TOOLS, validate_chat
+from unimw.operations.chat_validation import MAX_MESSAGES, MAX_TOOLS, validate_chat
+from unimw.operations.embeddings import EMBEDDINGS, MAX_INPUTS
 from unimw.operations.fields import MAX_DEPTH
+from unimw.operations.responses_validation import MAX_INPUT_ITEMS, validate_responses
 
 pytestmark = pytest.mark.anyio
 
@@ -216,3 +218,47 @@ async def test_the_gateway_answers_400(fields: dict[str, Any], param: str | None
 def test_as_many_tools_as_openai_takes_are_accepted() -> None:
     tools = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(MAX_TOOLS)]
     assert validate_chat({"model": "m", "messages": [USER], "tools": tools})["tools"] == tools
+
+
+# ── how many items an array may hold ──────────────────────────────────────────
+
+
+def _items(count: int) -> list[Any]:
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(count)]
+
+
+#: (id, the check, the body for ``count`` items, the bound, the field named)
+BOUNDS = [
+    pytest.param(validate_chat, lambda n: {"model": "m", "messages": _items(n)}, MAX_MESSAGES, "messages", id="chat"),
+    pytest.param(
+        validate_responses, lambda n: {"model": "m", "input": _items(n)}, MAX_INPUT_ITEMS, "input", id="responses"
+    ),
+    pytest.param(EMBEDDINGS.validate, lambda n: {"model": "m", "input": ["x"] * n}, MAX_INPUTS, "input", id="embed"),
+    pytest.param(
+        EMBEDDINGS.validate, lambda n: {"model": "m", "input": [[1]] * n}, MAX_INPUTS, "input", id="embed-token-arrays"
+    ),
+]
+
+
+@pytest.mark.parametrize(("check", "body", "bound", "param"), BOUNDS)
+def test_an_array_at_its_bound_is_accepted(check: Any, body: Any, bound: int, param: str) -> None:
+    request = body(bound)
+    assert check(request) is request
+
+
+@pytest.mark.parametrize(("check", "body", "bound", "param"), BOUNDS)
+def test_an_array_one_past_its_bound_is_refused_in_openai_words(check: Any, body: Any, bound: int, param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        check(body(bound + 1))
+    assert (caught.value.status, caught.value.param, caught.value.code, caught.value.message) == (
+        400,
+        param,
+        "array_above_max_length",
+        f"Invalid '{param}': array too long. Expected an array with maximum length {bound}, "
+        f"but got an array with length {bound + 1} instead.",
+    )
+
+
+def test_the_bounds_are_openais_where_its_spec_gives_one() -> None:
+    # Embeddings: maxItems 2048 on each array form of ``input``; tools: 128. Messages and input items: none.
+    assert (MAX_INPUTS, MAX_TOOLS, MAX_MESSAGES, MAX_INPUT_ITEMS) == (2048, 128, 10_000, 10_000)

@@ -13,7 +13,14 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from unimw.calls import CallStream
-from unimw.errors import InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnimwError
+from unimw.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnimwError,
+    UnsupportedMediaType,
+)
 from unimw.gateway import Gateway, Inbound
 from unimw.wire import JSON, dumps, loads, request_id, sse_event
 
@@ -71,6 +78,7 @@ class GatewayApp:
         gateway = self.gateway
         if (operation := self._operations.get(path)) is not None:
             _allow(method, "POST", path)
+            check_media_type(_header(scope, b"content-type"))
             body = loads_request(await read_body(scope, receive, self._max_body))
             answer = await gateway.handle(operation, body, Inbound(_headers(scope), scope, rid))
             if isinstance(answer.body, CallStream):
@@ -163,6 +171,34 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+def check_media_type(content_type: str | None) -> None:
+    """Refuse, with 415, a body whose ``Content-Type`` says it is not JSON: the check every door makes.
+
+    OpenAI's API reads JSON only: a form or ``text/plain`` body is not read
+    (it answers 400 "you must provide a model parameter"). Parsing such a
+    body as JSON anyway would be lenient in the wrong place: ``text/plain``
+    and form posts are what a page on another site can send with the
+    visitor's cookies and no CORS preflight, so a door serving logged-in
+    users must not act on them. 415 (RFC 9110, Unsupported Media Type) says
+    what is wrong where OpenAI's 400 misleads, in the same envelope.
+
+    ``application/json`` and the ``+json`` types (RFC 6839), in any case and
+    with any parameters (``; charset=utf-8``), are JSON. An absent or empty
+    header is accepted, and the body read as JSON: clients in the wild send
+    raw bytes without one (``requests.post(url, data=...)``), and it was
+    accepted before. (wsgiref fills in ``text/plain`` for an absent header,
+    so there such a client is refused; production WSGI servers do not.)
+    """
+    if content_type is None or not (value := content_type.strip()):
+        return
+    media = value.partition(";")[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise UnsupportedMediaType(
+        f"Unsupported Content-Type '{media}': the request body must be JSON, sent as application/json."
+    )
 
 
 def loads_request(body: bytes) -> Any:
@@ -264,6 +300,13 @@ async def _send_stream(
 
 def _encode(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def _headers(scope: Scope) -> dict[str, str]:

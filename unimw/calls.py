@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from unimw.errors import StreamTooLong
 from unimw.operations.base import Operation, Reading, StreamWatch
 from unimw.tenants import Caller
 from unimw.usage import MICRO, Usage, estimate_text_tokens
@@ -83,15 +84,15 @@ class Call:
         self.answer = answer
         self.reading = self.operation.read(answer)
         # A compatible server may leave usage out: then it is estimated from what came back.
-        self.usage = self.reading.usage or self.estimate(self.operation.output_text(answer))
+        self.usage = self.reading.usage or self.estimate(estimate_text_tokens(self.operation.output_text(answer)))
 
     def failed(self, error: BaseException) -> None:
         self.status = "cancelled" if isinstance(error, asyncio.CancelledError) else "error"
         self.error = error
 
-    def estimate(self, produced: str) -> Usage:
-        """Usage the vendor never reported: the prompt estimate plus the output seen."""
-        return Usage(self.operation.prompt_tokens(self.request), estimate_text_tokens(produced))
+    def estimate(self, output_tokens: int) -> Usage:
+        """Usage the vendor never reported: the prompt estimate plus the output seen (estimated)."""
+        return Usage(self.operation.prompt_tokens(self.request), output_tokens)
 
 
 Finish = Callable[[Call], Awaitable[None]]
@@ -103,9 +104,16 @@ class CallStream:
 
     Closing it (``aclose``, or ``contextlib.aclosing``) before the end stops
     the upstream and settles what was produced, even if no chunk was read.
+
+    ``max_output`` bounds the text it may carry (the watch's
+    :meth:`~unimw.operations.base.StreamWatch.output_bytes`): the chunk that
+    passes it is the last handed out (the caller is charged for what it
+    got), then the upstream is stopped and the stream fails with
+    :class:`~unimw.errors.StreamTooLong`. What an assembled answer holds is
+    bounded with it.
     """
 
-    __slots__ = ("_chunks", "_done", "_finish", "_items", "_price", "call", "watch")
+    __slots__ = ("_chunks", "_done", "_finish", "_items", "_max_output", "_price", "call", "watch")
 
     def __init__(
         self,
@@ -114,6 +122,7 @@ class CallStream:
         watch: StreamWatch,
         finish: Finish,
         price: Callable[[Call], int] | None = None,
+        max_output: int | None = None,
     ) -> None:
         self.call = call
         self._chunks = chunks
@@ -121,6 +130,7 @@ class CallStream:
         self._finish = finish
         #: What the call costs so far, in micro-USD, when the caller is to be told on the usage event.
         self._price = price
+        self._max_output = max_output
         self._done = False
         self._items = self._run()
 
@@ -133,7 +143,7 @@ class CallStream:
         return self._items.__anext__()
 
     async def _run(self) -> AsyncIterator[JSON]:
-        call, watch, price = self.call, self.watch, self._price
+        call, watch, price, limit = self.call, self.watch, self._price, self._max_output
         try:
             async for chunk in self._chunks:
                 if call.first_chunk_at is None:
@@ -142,6 +152,8 @@ class CallStream:
                     if price is not None and call.operation.reports_usage(seen):
                         seen = self._priced(seen)
                     yield seen
+                if limit is not None and watch.output_bytes() > limit:
+                    raise StreamTooLong(limit)
         except GeneratorExit:
             raise  # closed where it handed out a chunk: ``aclose`` finishes the call
         except BaseException as error:  # an upstream failure, a cancelled reader, or a bug: settled all the same
@@ -153,7 +165,7 @@ class CallStream:
         assert self._price is not None
         call = self.call
         call.reading = self.watch.reading()
-        call.usage = call.reading.usage or call.estimate(self.watch.produced())
+        call.usage = call.reading.usage or call.estimate(self.watch.produced_tokens())
         return call.operation.with_cost(event, self._price(call) / MICRO)
 
     async def aclose(self) -> None:
@@ -172,7 +184,7 @@ class CallStream:
         call.reading = self.watch.reading()
         if not call.cache_hit:
             call.answered = True  # the first chunk reached the caller: the prompt was used
-        call.usage = call.reading.usage or call.estimate(self.watch.produced())
+        call.usage = call.reading.usage or call.estimate(self.watch.produced_tokens())
         if error is None:
             call.answer = self.watch.answer()
         try:

@@ -12,9 +12,11 @@ what every attempt produced.
 
 It gives up, and the caller gets the original error, when the answer
 cannot be continued faithfully: tool calls under way, several choices, no
-target that accepts a prefill, the resumes allowed used up, or a failure a
-new attempt cannot fix (a 4xx). A resume that fails never masks the
-original error. When nothing but the role delta had been delivered, there
+target that accepts a prefill, the resumes allowed used up, a failure a
+new attempt cannot fix (a 4xx), or more text delivered than
+:data:`MAX_PREFILL` (past it the text is no longer kept, and a prefill of
+part of the answer would have the model repeat the rest). A resume that
+fails never masks the original error. When nothing but the role delta had been delivered, there
 is nothing to prefill and any target may answer afresh.
 
 Whether a target accepts a prefill is in the policy (``models.*.prefill``);
@@ -30,12 +32,17 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from unimw.errors import UpstreamError
-from unimw.usage import Usage, estimate_text_tokens
+from unimw.usage import Usage, estimate_text_tokens, tokens_in_bytes, utf8_size
 from unimw.wire import JSON, aclose
 
 if TYPE_CHECKING:
     from unimw.adapters.base import Target
     from unimw.policy import Policy
+
+#: Characters of delivered text kept for a prefill: some 250k tokens, twice the longest answer models allow
+#: (128k tokens), so no real answer passes it; a stream that does (an upstream that would not stop) is no
+#: longer continued, and keeps no more of its text.
+MAX_PREFILL = 1_000_000
 
 #: Whether a kind's wire continues a trailing assistant turn, when the model does not say.
 PREFILL_BY_KIND: dict[str, bool] = {"anthropic": True, "openai": False, "gemini": False, "mock": False}
@@ -136,6 +143,7 @@ class ContinuedStream:
         "_earlier",
         "_finished",
         "_head",
+        "_kept",
         "_left",
         "_on_resume",
         "_params",
@@ -179,8 +187,9 @@ class ContinuedStream:
         self._prompt_tokens = prompt_tokens
         self._on_resume = on_resume
         self._head: tuple[Any, Any] | None = None  # the first chunk's id and created, kept by every later one
-        self._delivered: list[str] = []  # the text the caller has, over every attempt
-        self._since = 0  # characters of it the current attempt produced
+        self._delivered: list[str] | None = []  # the text the caller has, over every attempt; None past MAX_PREFILL
+        self._kept = 0  # its characters
+        self._since = 0  # UTF-8 bytes of it the current attempt produced
         self._tools = False
         self._finished = False
         self._usage_seen = False
@@ -219,12 +228,21 @@ class ContinuedStream:
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if content := delta.get("content"):
-                self._delivered.append(content)
-                self._since += len(content)
+                self._keep(content)
             if delta.get("tool_calls"):
                 self._tools = True
             if choice.get("finish_reason"):
                 self._finished = True
+
+    def _keep(self, content: str) -> None:
+        self._since += utf8_size(content)
+        if self._delivered is None:
+            return
+        self._kept += len(content)
+        if self._kept > MAX_PREFILL:
+            self._delivered = None  # too long to prefill: given up, and its text let go
+        else:
+            self._delivered.append(content)
 
     def _rejoined(self, chunk: JSON) -> JSON | None:
         """A continuation's chunk as part of the caller's stream; None for one that adds nothing."""
@@ -251,7 +269,7 @@ class ContinuedStream:
         """Carry on elsewhere after ``error``, or raise it when the answer cannot be continued faithfully."""
         if self._finished or self._tools or self._left <= 0 or not error.retryable:
             raise error
-        if not can_continue(self._request):
+        if not can_continue(self._request) or self._delivered is None:
             raise error
         delivered = "".join(self._delivered)
         needs_prefill = bool(delivered.strip())
@@ -261,9 +279,7 @@ class ContinuedStream:
         if not candidates:
             raise error
         self._left -= 1
-        spent = Usage(
-            self._prompt_tokens(self._request), estimate_text_tokens(delivered[len(delivered) - self._since :])
-        )
+        spent = Usage(self._prompt_tokens(self._request), tokens_in_bytes(self._since))
         await aclose(self._chunks)
 
         def request_for(target: Target) -> JSON:

@@ -10,6 +10,7 @@
     ├── NotFound                  404     invalid_request_error / not_found
     ├── MethodNotAllowed          405     invalid_request_error / method_not_allowed
     ├── PayloadTooLarge           413     invalid_request_error / request_too_large
+    ├── UnsupportedMediaType      415     invalid_request_error / unsupported_media_type
     ├── RateLimited               429     requests / rate_limit_exceeded (or concurrency_limit_exceeded)
     ├── BudgetExceeded            429     insufficient_quota / insufficient_quota
     ├── ServiceUnavailable        503     service_unavailable_error
@@ -17,6 +18,7 @@
         ├── UpstreamUnavailable   502     upstream_error / upstream_unreachable
         ├── UpstreamTimeout       504     upstream_error / upstream_timeout
         ├── CircuitOpen           503     upstream_error / circuit_open
+        ├── StreamTooLong         502     upstream_error / stream_output_too_large
         ├── ContextLengthExceeded 400     invalid_request_error / context_length_exceeded
         └── ContentFiltered       400     the vendor's type / content_filter (or the vendor's code)
 
@@ -113,6 +115,12 @@ class PayloadTooLarge(UnimwError):
     default_code = "request_too_large"
 
 
+class UnsupportedMediaType(UnimwError):
+    status = 415
+    type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
 class RateLimited(UnimwError):
     """A rate limit refused the call; ``type`` names what ran out, as OpenAI's own 429s do."""
 
@@ -192,6 +200,22 @@ class CircuitOpen(UpstreamError):
         )
 
 
+class StreamTooLong(UpstreamError):
+    """A stream carried more output than ``server.max_stream_output_bytes``: an upstream that would not end.
+
+    Not retried or continued: another attempt at the same request would be as long.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The answer passed the limit of {limit} bytes of output for one stream "
+            "(server.max_stream_output_bytes); the upstream was stopped there.",
+            status=502,
+            code="stream_output_too_large",
+            retryable=False,
+        )
+
+
 class ContextLengthExceeded(UpstreamError):
     """The upstream refused the request (a 400) as longer than its model's context window.
 
@@ -226,7 +250,7 @@ KNOWN_CODES: frozenset[str] = frozenset(
         "string_above_max_length", "empty_array", "array_above_max_length",
         "unknown_parameter", "unsupported_model", "previous_response_not_found", "responses_unavailable", "csrf_failed",
         "tenant_lookup_unavailable", "plan_not_found", "byok_required", "invalid_tags", "request_timeout",
-        "concurrency_limit_exceeded", "circuit_open",
+        "concurrency_limit_exceeded", "circuit_open", "unsupported_media_type", "stream_output_too_large",
     }
 )  # fmt: skip
 

@@ -400,7 +400,9 @@ class Gateway:
             if operation.continues_streams and self.policy.dispatch.stream_resumes:
                 chunks = self._continued(call, upstream, chunks)
             watch = operation.watch(request, assemble=call.cache is not None or self._tracing.captures_output)
-            return CallStream(call, chunks, watch, self._finish, self._price)
+            return CallStream(
+                call, chunks, watch, self._finish, self._price, self.policy.server.max_stream_output_bytes
+            )
         call.target, answer = await self._dispatcher.complete(
             call.route,
             operation.name,
@@ -458,7 +460,9 @@ class Gateway:
         if call.stream:
             watch = call.operation.watch(call.request, assemble=False)
             chunks = aiter_of(call.operation.replay(cached))
-            answer.body = CallStream(call, chunks, watch, self._finish, self._price)
+            answer.body = CallStream(
+                call, chunks, watch, self._finish, self._price, self.policy.server.max_stream_output_bytes
+            )
         else:
             answer.body = cached
         return answer

@@ -421,10 +421,18 @@ class Dispatch(_Frozen):
 
 
 class Server(_Frozen):
-    """Bounds of what the doors accept."""
+    """Bounds of what the doors accept, and of what one stream may send."""
 
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, gt=0, description="Largest request body, in bytes; a larger one gets 413."
+    )
+    max_stream_output_bytes: int | None = Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description="Most text one stream may carry (answer, tool arguments, reasoning and refusals, in UTF-8 "
+        "bytes; a continued stream's attempts together); past it the upstream is stopped and the stream ends with "
+        "an error event (upstream_error / stream_output_too_large). The default is some 16 times the longest "
+        "answer models allow (128k tokens). null: no limit.",
     )
     max_concurrent_calls: int | None = Field(
         default=None,

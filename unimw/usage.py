@@ -144,4 +144,14 @@ def estimate_prompt_tokens(request: JSON) -> int:
 
 def estimate_text_tokens(text: str) -> int:
     """Tokens in generated text, for output we saw but the vendor never counted."""
-    return (len(text.encode()) + 3) // 4
+    return tokens_in_bytes(utf8_size(text))
+
+
+def tokens_in_bytes(size: int) -> int:
+    """:func:`estimate_text_tokens` of text of ``size`` UTF-8 bytes: streams count bytes as they go."""
+    return (size + 3) // 4
+
+
+def utf8_size(text: str) -> int:
+    """``len(text.encode())`` without the copy for ASCII text (``isascii`` reads a flag: no scan)."""
+    return len(text) if text.isascii() else len(text.encode())

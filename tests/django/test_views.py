@@ -151,6 +151,29 @@ def test_identity_callable_may_answer_a_tenant_of_the_apps_own(records: Path) ->
     assert [(r["tenant"], r["plan"], r["end_user"]) for r in row_records()] == [("umbrella", "pro", "dave")]
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_a_body_declared_as_anything_but_json_gets_415(
+    records: Path, upstream: OpenAIUpstream, content_type: str
+) -> None:
+    client = Client()
+    headers = {"authorization": f"Bearer {ACME_KEY}"}
+    data = json.dumps(CHAT)
+    refused = client.post("/v1/chat/completions", data=data, content_type=content_type, headers=headers)
+    served = client.post("/v1/chat/completions", data=data, content_type="application/vnd.api+json", headers=headers)
+    assert (refused.status_code, refused.json()["error"]) == (
+        415,
+        {
+            "message": f"Unsupported Content-Type '{content_type}': the request body must be JSON, "
+            "sent as application/json.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "unsupported_media_type",
+        },
+    )
+    assert served.status_code == 200
+    assert upstream.calls == {"up-main": 1}
+
+
 def test_the_host_site_and_unknown_gateway_urls(records: Path) -> None:
     client = Client()
     page = client.get("/hello/")

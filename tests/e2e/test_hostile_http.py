@@ -188,10 +188,43 @@ def test_of_duplicate_keys_the_last_counts(port: int) -> None:
     assert refused.error()["message"] == "The model `nope` does not exist or you do not have access to it."
 
 
-def test_a_form_body_gets_400(port: int) -> None:
-    answer = exchange(port, post(b"model=mock-echo&messages=ping", content_type=b"application/x-www-form-urlencoded"))
-    assert answer.status == 400
-    assert answer.error()["message"].startswith("We could not parse the JSON body of your request.")
+@pytest.mark.parametrize("path", [CHAT, b"/v1/responses", b"/v1/embeddings"])
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (b"application/x-www-form-urlencoded", b"model=mock-echo&messages=ping"),
+        (b"text/plain;charset=UTF-8", GOOD),
+        (b"multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n--x--'),
+    ],
+    ids=["form", "text", "multipart"],
+)
+def test_a_body_declared_as_anything_but_json_gets_415(
+    port: int, path: bytes, content_type: bytes, body: bytes
+) -> None:
+    answer = exchange(port, post(body, path, content_type=content_type))
+    assert answer.status == 415
+    media = content_type.split(b";")[0].decode()
+    assert answer.error() == {
+        "message": f"Unsupported Content-Type '{media}': the request body must be JSON, sent as application/json.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "unsupported_media_type",
+    }
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [b"application/json; charset=utf-8", b"Application/JSON", b"application/vnd.api+json", b"application/json ;q=1"],
+)
+def test_a_body_declared_as_json_in_any_spelling_is_served(port: int, content_type: bytes) -> None:
+    answer = exchange(port, post(GOOD, content_type=content_type))
+    assert (answer.status, json.loads(answer.body)["model"]) == (200, MODEL)
+
+
+def test_a_body_without_a_content_type_is_read_as_json(port: int) -> None:
+    raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    answer = exchange(port, raw + b"Content-Length: %d\r\n\r\n" % len(GOOD) + GOOD)
+    assert (answer.status, json.loads(answer.body)["model"]) == (200, MODEL)
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_sent(port: int) -> None:

@@ -135,6 +135,8 @@ def server(upstream: EndlessUpstream, tmp_path: Path) -> Iterator[tuple[int, int
         "models:\n"
         "  long: {provider: up, model: up-long}\n"
         "  mock-echo: {provider: mock, model: mock-echo}\n"
+        # The answer is endless on purpose: flow control, not the output bound, is what is tested here.
+        "server: {max_stream_output_bytes: null}\n"
     )
     process, port = start(config=config)
     try:

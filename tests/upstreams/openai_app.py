@@ -23,6 +23,8 @@ answer 429, then normally. Faults:
 ``nodone`` a whole stream (finish reason, usage) without ``data: [DONE]``
 ``malformed`` a stream with one event that is not JSON after its first words, otherwise whole
 ``slow``   like ``ok`` but 0.2 s between stream chunks
+``endless`` a stream of ``"endless "`` deltas that never ends; each one's end (the client hung up) is counted
+           in ``endless_words``, with the words it sent
 ``delay:S`` like ``ok`` after S seconds
 ``filtered`` a completion stopped by the content filter
 ``recorded:ID`` the error recorded as ``ID`` in ``fixtures/error_kinds/openai.json``
@@ -42,6 +44,7 @@ import base64
 import hashlib
 import json
 import struct
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -63,6 +66,9 @@ class OpenAIUpstream(ScriptedUpstream):
 
     def __init__(self) -> None:
         super().__init__()
+        #: The words each ``endless`` stream had sent when the client hung up.
+        self.endless_words: list[int] = []
+        self.endless_ended = threading.Event()  #: set as an ``endless`` stream ends (the server runs in a thread)
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -95,6 +101,27 @@ class OpenAIUpstream(ScriptedUpstream):
 
     async def responses(self, request: Request) -> Response:
         return await openai_responses.answer(self, request)
+
+    def reset(self) -> None:
+        super().reset()
+        self.endless_words = []
+        self.endless_ended.clear()
+
+    async def _endless(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        words = 0
+        try:
+            async for event in stream(body, {"content": "endless"}, "stop", drop=False, delay=0.0):
+                yield event  # the role delta and the first word
+                break
+            while True:
+                words += 1
+                chunk = {"id": "chatcmpl-E", "object": "chat.completion.chunk", "created": CREATED, "model": body["model"],
+                         "choices": [{"index": 0, "delta": {"content": "endless "}, "finish_reason": None}]}  # fmt: skip
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                await asyncio.sleep(0)
+        finally:
+            self.endless_words.append(words)
+            self.endless_ended.set()
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
@@ -137,6 +164,8 @@ class OpenAIUpstream(ScriptedUpstream):
             return JSONResponse(error, status_code=401)
         if name == "badjson":
             return Response(b'{"id": "chatcmpl-1", "choices": [', media_type="application/json")
+        if name == "endless":
+            return StreamingResponse(self._endless(body), media_type="text/event-stream")
         if name == "hang":
             await asyncio.sleep(30)
         if name == "delay":

@@ -166,3 +166,18 @@ def test_a_response_closed_before_its_end_leaves_no_task_behind(upstream_url: st
 async def _tasks() -> int:
     """Tasks on the door's loop besides this one."""
     return len(asyncio.all_tasks()) - 1
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_declared_as_anything_but_json_gets_415(
+    upstream: OpenAIUpstream, upstream_url: str, content_type: str
+) -> None:
+    body = json.dumps({"model": "gpt-main", "messages": HELLO}).encode()
+    with running(policy_for(upstream_url)) as (url, _), httpx.Client(base_url=url, timeout=10) as http:
+        refused = http.post("/v1/chat/completions", content=body, headers={"content-type": content_type})
+        served = http.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json; charset=utf-8"}
+        )
+    assert (refused.status_code, refused.json()["error"]["code"]) == (415, "unsupported_media_type")
+    assert served.status_code == 200
+    assert upstream.calls == {"up-main": 1}

@@ -20,7 +20,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from unimw.asgi import loads_request
+from unimw.asgi import check_media_type, loads_request
 from unimw.calls import CallStream
 from unimw.django.identity import inbound
 from unimw.django.runtime import Runtime, runtime
@@ -64,6 +64,7 @@ async def _operation(request: HttpRequest, rid: str, *, operation_path: str) -> 
     rt = runtime()
     gateway = rt.gateway
     who = await inbound(request, gateway, rid)
+    check_media_type(request.META.get("CONTENT_TYPE"))
     body = loads_request(_read_body(request, gateway.policy.server.max_body_bytes))
     answer: Answer = await rt.run(gateway.handle(gateway.operations[operation_path], body, who))
     if not isinstance(answer.body, CallStream):

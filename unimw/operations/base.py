@@ -55,8 +55,17 @@ class StreamWatch(Protocol):
         """What the chunks seen so far say (the usage chunk's counts, once it came)."""
         ...
 
-    def produced(self) -> str:
-        """The output seen so far, to estimate what a stream cut short used when the vendor never said."""
+    def produced_tokens(self) -> int:
+        """The output seen so far, in tokens estimated from its size, for a stream whose vendor never said.
+
+        Counted as the chunks pass, not kept: a stream may be long (or, from
+        a broken upstream, endless), and its text is the client's, not ours.
+        """
+        ...
+
+    def output_bytes(self) -> int:
+        """UTF-8 bytes of all the text generated so far (answer, tool arguments, reasoning, refusals): what
+        ``server.max_stream_output_bytes`` bounds."""
         ...
 
     def answer(self) -> JSON | None:

@@ -35,7 +35,7 @@ from unimw.operations.base import CONTROL_FIELD, Operation, Reading
 from unimw.operations.chat_content import input_messages, output_messages, tool_definitions
 from unimw.operations.chat_streams import Assembler, replay
 from unimw.operations.chat_validation import validate_chat
-from unimw.usage import Usage, estimate_prompt_tokens
+from unimw.usage import Usage, estimate_prompt_tokens, tokens_in_bytes, utf8_size
 from unimw.wire import JSON, SKIPPED_EVENTS
 
 if TYPE_CHECKING:
@@ -193,14 +193,28 @@ class ChatCompletions(Operation):
 
 
 class ChatStreamWatch:
-    """Follows ``chat.completion.chunk`` objects: usage, output seen, finish reasons, the assembled answer."""
+    """Follows ``chat.completion.chunk`` objects: usage, output seen, finish reasons, the assembled answer.
 
-    __slots__ = ("_assembler", "_finish_reasons", "_produced", "_reading_head", "_skipped", "_usage", "_wants_usage")
+    The output is counted, not kept (only the assembler, when the answer is
+    to be cached or captured, keeps it): the estimate needs its size alone.
+    """
+
+    __slots__ = (
+        "_assembler",
+        "_finish_reasons",
+        "_other_bytes",
+        "_produced_bytes",
+        "_reading_head",
+        "_skipped",
+        "_usage",
+        "_wants_usage",
+    )
 
     def __init__(self, *, wants_usage: bool, assemble: bool) -> None:
         self._wants_usage = wants_usage
         self._assembler = Assembler() if assemble else None
-        self._produced: list[str] = []
+        self._produced_bytes = 0  # the answer's text and tool calls: what an estimate counts
+        self._other_bytes = 0  # reasoning and refusals: bounded with the rest, not estimated
         self._finish_reasons: list[str] = []
         self._usage: Usage | None = None
         self._reading_head: tuple[str | None, str | None] | None = None
@@ -219,10 +233,14 @@ class ChatStreamWatch:
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if content := delta.get("content"):
-                self._produced.append(content)
+                self._produced_bytes += _size(content)
             for tool_call in delta.get("tool_calls") or ():
                 function = tool_call.get("function") or {}
-                self._produced.append((function.get("name") or "") + (function.get("arguments") or ""))
+                self._produced_bytes += _size(function.get("name")) + _size(function.get("arguments"))
+            if reasoning := delta.get("reasoning_content"):
+                self._other_bytes += _size(reasoning)
+            if refusal := delta.get("refusal"):
+                self._other_bytes += _size(refusal)
             if reason := choice.get("finish_reason"):
                 self._finish_reasons.append(str(reason))
         if not self._wants_usage and "usage" in chunk:
@@ -235,13 +253,20 @@ class ChatStreamWatch:
         response_id, model = self._reading_head or (None, None)
         return Reading(self._usage, response_id, model, tuple(self._finish_reasons), self._skipped)
 
-    def produced(self) -> str:
-        return "".join(self._produced)
+    def produced_tokens(self) -> int:
+        return tokens_in_bytes(self._produced_bytes)
+
+    def output_bytes(self) -> int:
+        return self._produced_bytes + self._other_bytes
 
     def answer(self) -> JSON | None:
         if self._assembler is None or not self._assembler.complete:
             return None
         return self._assembler.completion()
+
+
+def _size(text: Any) -> int:
+    return utf8_size(text) if isinstance(text, str) else 0
 
 
 def _number(value: Any) -> bool:

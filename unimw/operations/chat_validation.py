@@ -17,14 +17,28 @@ from __future__ import annotations
 from typing import Any
 
 from unimw.errors import InvalidRequest
-from unimw.operations.fields import MAX_DEPTH, check_body, check_fields, missing_or_wrong, part_type, wrong
+from unimw.operations.fields import (
+    MAX_DEPTH,
+    check_body,
+    check_fields,
+    check_length,
+    missing_or_wrong,
+    part_type,
+    wrong,
+)
 from unimw.wire import JSON
 
-__all__ = ["MAX_DEPTH", "MAX_TOOLS", "ROLES", "validate_chat"]
+__all__ = ["MAX_DEPTH", "MAX_MESSAGES", "MAX_TOOLS", "ROLES", "validate_chat"]
 
 #: Tools one request may offer: OpenAI's own bound ("a max of 128 functions"), so that no vendor's
 #: translation of tool definitions is asked to do more than OpenAI itself would.
 MAX_TOOLS = 128
+#: Messages one request may carry. OpenAI's spec sets no maximum (Azure OpenAI refuses more than 2048);
+#: this is five times that, past any real conversation, and bounds the work a request can ask for: each
+#: message costs its vendor's translation about 4 us (Anthropic; Gemini 2.5), measured 38 ms for 10,000
+#: short messages, where the 8 MiB default body could hold 250,000 of them (about 1.2 s, the event loop
+#: held the whole time).
+MAX_MESSAGES = 10_000
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -86,6 +100,7 @@ def _check_messages(messages: Any) -> None:
                 code="empty_array",
             )
         raise missing_or_wrong("messages", messages, "a non-empty array")
+    check_length(messages, "messages", MAX_MESSAGES)
     for i, message in enumerate(messages):
         # The common message, {"role": ..., "content": "text"} and nothing else, passes every check below: it
         # is let through on these few lookups (callgrind: 2,200 fewer instructions a message).
@@ -172,13 +187,7 @@ def _check_tools(tools: Any, tool_choice: Any) -> None:
     if tools is not None:
         if not isinstance(tools, list):
             raise wrong("tools", tools, "an array")
-        if len(tools) > MAX_TOOLS:
-            raise InvalidRequest(
-                f"Invalid 'tools': array too long. Expected an array with maximum length {MAX_TOOLS}, "
-                f"but got an array with length {len(tools)} instead.",
-                param="tools",
-                code="array_above_max_length",
-            )
+        check_length(tools, "tools", MAX_TOOLS)
         for i, tool in enumerate(tools):
             if not isinstance(tool, dict):
                 raise wrong(f"tools[{i}]", tool, "an object")

@@ -34,6 +34,7 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
 from unimw.adapters import adapter_class
 from unimw.errors import InvalidRequest
 from unimw.operations.base import CONTROL_FIELD, Operation, Reading
+from unimw.operations.fields import check_length
 from unimw.usage import Usage
 from unimw.wire import JSON
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from unimw.calls import Call
     from unimw.policy import Policy
 
-#: Most inputs in one request, as OpenAI allows.
+#: Most inputs in one request: OpenAI's ``maxItems`` on each array form of ``input``.
 MAX_INPUTS: Final = 2048
 ENCODINGS: Final = ("float", "base64")
 
@@ -187,12 +188,11 @@ def _check_input(value: Any) -> None:
         return
     if not isinstance(value, list):
         raise _invalid("input", "expected a string or an array")
-    if not 1 <= len(value) <= MAX_INPUTS:
+    if not value:
         raise InvalidRequest(
-            f"Invalid 'input': expected an array of 1 to {MAX_INPUTS} items, but got {len(value)}.",
-            param="input",
-            code="invalid_value",
+            "Invalid 'input': empty array. Expected an array with at least one item.", param="input", code="empty_array"
         )
+    check_length(value, "input", MAX_INPUTS)
     first = value[0]
     for i, item in enumerate(value):
         param = f"input[{i}]"

@@ -78,6 +78,17 @@ def _descend(node: dict[str, Any] | list[Any], levels_left: int) -> None:
             _descend(child, levels_left - 1)
 
 
+def check_length(items: list[Any], param: str, limit: int) -> None:
+    """Refuse an array of more than ``limit`` items, as OpenAI refuses one past a schema's ``maxItems``."""
+    if len(items) > limit:
+        raise InvalidRequest(
+            f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, "
+            f"but got an array with length {len(items)} instead.",
+            param=param,
+            code="array_above_max_length",
+        )
+
+
 def check_number(name: str, value: Any, integer: bool, low: float | None, high: float | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise wrong(name, value, "an integer" if integer else "a number")

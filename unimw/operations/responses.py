@@ -39,7 +39,7 @@ from unimw.operations.responses_chat import from_chat, to_chat
 from unimw.operations.responses_events import ResponseEvents, encode, failure_code
 from unimw.operations.responses_validation import validate_responses
 from unimw.stores.base import StoreUnavailable
-from unimw.usage import Usage
+from unimw.usage import Usage, tokens_in_bytes, utf8_size
 from unimw.wire import JSON, aclose, dumps, loads
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from unimw.stores.base import CacheStore
     from unimw.tenants import Caller
 
+#: Delta events whose text an output estimate counts (the others are bounded but not estimated, as before).
+_ESTIMATED: Final = frozenset({"response.output_text.delta", "response.function_call_arguments.delta"})
 #: unimw's own fields on a Responses request while it is in the pipeline; no upstream sees them.
 #: The conversation before this turn (resolved from previous_response_id: part of the cache key)...
 HISTORY: Final = "unimw_history"
@@ -266,12 +268,16 @@ class Responses(Operation):
 
 
 class ResponsesWatch:
-    """Follows Responses stream events: usage from the terminal event, the text produced, the final response."""
+    """Follows Responses stream events: usage from the terminal event, the output's size, the final response.
 
-    __slots__ = ("_final", "_produced", "_response", "_sequence")
+    The deltas are counted, not kept: the final response, whole, comes in the terminal event.
+    """
+
+    __slots__ = ("_final", "_other_bytes", "_produced_bytes", "_response", "_sequence")
 
     def __init__(self) -> None:
-        self._produced: list[str] = []
+        self._produced_bytes = 0  # answer text and function arguments: what an estimate counts
+        self._other_bytes = 0  # every other text delta (reasoning, refusals, tool inputs): bounded, not estimated
         self._final: JSON | None = None
         self._response: JSON | None = None  #: the latest response object an event carried
         self._sequence = 0
@@ -284,8 +290,11 @@ class ResponsesWatch:
             self._response = response
             if kind in ("response.completed", "response.incomplete"):
                 self._final = response
-        if kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
-            self._produced.append(str(event.get("delta") or ""))
+        if isinstance(delta := event.get("delta"), str) and kind != "response.audio.delta":  # audio: not text
+            if kind in _ESTIMATED:
+                self._produced_bytes += utf8_size(delta)
+            else:
+                self._other_bytes += utf8_size(delta)
         return event
 
     def failed(self, error: UnimwError) -> JSON:
@@ -307,8 +316,11 @@ class ResponsesWatch:
         head = (_text(response.get("id")), _text(response.get("model")))
         return Reading(usage_of((self._final or {}).get("usage")), *head, (str(status),) if self._final else ())
 
-    def produced(self) -> str:
-        return "".join(self._produced)
+    def produced_tokens(self) -> int:
+        return tokens_in_bytes(self._produced_bytes)
+
+    def output_bytes(self) -> int:
+        return self._produced_bytes + self._other_bytes
 
     def answer(self) -> JSON | None:
         return self._final

@@ -13,9 +13,13 @@ from __future__ import annotations
 from typing import Any, Final
 
 from unimw.errors import InvalidRequest
-from unimw.operations.fields import check_body, check_fields, missing_or_wrong, part_type, wrong
+from unimw.operations.chat_validation import MAX_MESSAGES
+from unimw.operations.fields import check_body, check_fields, check_length, missing_or_wrong, part_type, wrong
 from unimw.wire import JSON
 
+#: Input items one request may carry: as many as chat's messages (OpenAI's spec sets no maximum), since
+#: translation makes a message or two of each and a native target takes them whole.
+MAX_INPUT_ITEMS: Final = MAX_MESSAGES
 MESSAGE_ROLES: Final = frozenset({"user", "assistant", "system", "developer"})
 TOOL_CHOICES: Final = frozenset({"none", "auto", "required"})
 FORMATS: Final = frozenset({"text", "json_object", "json_schema"})
@@ -91,6 +95,7 @@ def check_input(value: Any, param: str) -> None:
         return
     if not isinstance(value, list):
         raise wrong(param, value, "a string or an array of input items")
+    check_length(value, param, MAX_INPUT_ITEMS)
     for i, item in enumerate(value):
         _check_item(item, f"{param}[{i}]")
 
