@@ -322,7 +322,11 @@ async def test_a_stream_that_breaks_mid_way_ends_with_response_failed(
     _openai_server: tuple[OpenAIUpstream, str],
     claude: AnthropicUpstream,
 ) -> None:
-    data = policy(_anthropic_server[1], _gemini_server[1], _openai_server[1])
+    # Not continued (stream_resumes 0; tests/e2e/test_responses_continuation.py continues them).
+    data = policy(
+        _anthropic_server[1], _gemini_server[1], _openai_server[1],
+        dispatch={"retries": 0, "cooldown": 0, "stream_resumes": 0},
+    )  # fmt: skip
     claude.plan(SONNET, "stream_error")  # an error event after the first words
     async with (
         Gateway.from_dict(data) as gateway,
