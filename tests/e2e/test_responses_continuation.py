@@ -140,12 +140,17 @@ async def test_an_openai_compatible_stream_continues_where_the_model_accepts_a_p
 ) -> None:
     gateway = make(primary={"stall_timeout": "300ms", "timeout": 10, "malformed_events": "fail"})
     upstream.plan("up-llama", fault)
-    events = await events_of(sdk(gateway), "llama")
+    events = await events_of(sdk(gateway), "llama", max_output_tokens=100)
     assert text_of(events) == full("up-llama")
-    assert_one_response(events)
+    assert assert_one_response(events).max_output_tokens == 100  # the caller's cap, as asked
     assert upstream.calls == {"up-llama": 2}
-    continued = upstream.requests[1]
-    assert continued["messages"] == [*HELLO, {"role": "assistant", "content": "Hello from up-llama!"}]
+    continued, delivered = upstream.requests[1], "Hello from up-llama!"
+    assert continued["messages"] == [*HELLO, {"role": "assistant", "content": delivered}]
+    # The cap is lowered by what was delivered.
+    assert (upstream.requests[0]["max_completion_tokens"], continued["max_completion_tokens"]) == (
+        100,
+        100 - estimate_text_tokens(delivered),
+    )
     assert {k: continued[k] for k in VLLM} == VLLM
     assert "continue_final_message" not in upstream.requests[0]
 
@@ -259,6 +264,21 @@ async def test_a_native_responses_stream_is_not_continued(
     assert_failed(events, "closed the connection")
     assert upstream.calls == {"up-native": 1}
     assert claude.calls[SONNET] == 0
+
+
+async def test_a_native_model_said_to_take_a_prefill_continues_a_translated_stream_through_chat(
+    make: Callable[..., Gateway], upstream: OpenAIUpstream
+) -> None:
+    native = {"provider": "native", "model": "up-native", "prefill": True, "prefill_params": VLLM}
+    gateway = make(models={"native": native}, aliases={"both": {"targets": ["gpt-main", "native"]}})
+    upstream.plan("up-main", "drop")
+    events = await events_of(sdk(gateway), "both")
+    delivered = "Hello from up-main!"
+    assert text_of(events) == delivered + full("up-native")  # it does not start with the prefill: all follows
+    assert_one_response(events)
+    assert upstream.calls == {"up-main": 1, "up-native": 1}
+    assert upstream.urls == ["/v1/chat/completions", "/v1/chat/completions"]  # the continuation is a chat request
+    assert upstream.requests[1]["messages"] == [*HELLO, {"role": "assistant", "content": delivered}]
 
 
 async def test_a_tool_call_stream_is_not_continued(make: Callable[..., Gateway], claude: AnthropicUpstream) -> None:
