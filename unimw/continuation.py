@@ -23,7 +23,7 @@ translation (the chat chunks feeding
 :class:`~unimw.operations.responses_events.ResponseEvents`), so the caller
 sees one response whose text goes on in the same output item. Operations
 say which of their streams are made of chat chunks
-(:meth:`~unimw.operations.base.Operation.chat_stream`): a native Responses
+(:meth:`~unimw.operations.base.Operation.chat_stream_request`): a native Responses
 stream is not, and keeps its failure.
 
 Whether a target accepts a prefill is in the policy (``models.*.prefill``);

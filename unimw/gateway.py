@@ -373,7 +373,7 @@ class Gateway:
             chats: dict[str, JSON] = {}  # by target: the chat request its chunks answer, when they may be continued
 
             async def ask(adapter: Adapter, target: Target) -> AsyncIterator[JSON]:
-                chat = operation.chat_stream(adapter, upstream) if resumes else None
+                chat = operation.chat_stream_request(adapter, upstream) if resumes else None
                 if chat is None:
                     return await operation.stream(adapter, upstream, target)
                 chats[target.name] = chat

@@ -146,7 +146,7 @@ class Operation:
 
     # ── streams continued mid-answer (:mod:`unimw.continuation`) ─────────────
 
-    def chat_stream(self, adapter: Adapter, request: JSON) -> JSON | None:
+    def chat_stream_request(self, adapter: Adapter, request: JSON) -> JSON | None:
         """The Chat Completions request whose chunks make a stream of ``request`` on ``adapter``, when that
         stream may be continued elsewhere should it fail mid-answer; None when it cannot be (the default).
 
@@ -156,8 +156,8 @@ class Operation:
         return None
 
     def from_chat_stream(self, chunks: AsyncIterator[JSON], request: JSON) -> AsyncIterator[JSON]:
-        """The caller's stream of ``request`` made of the chunks of :meth:`chat_stream`'s request (the same
-        stream :meth:`stream` gives, for a target :meth:`chat_stream` names a request for)."""
+        """The caller's stream of ``request`` made of the chunks of :meth:`chat_stream_request`'s request (the same
+        stream :meth:`stream` gives, for a target :meth:`chat_stream_request` names a request for)."""
         return chunks
 
     def wants_usage(self, request: JSON) -> bool:

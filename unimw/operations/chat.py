@@ -116,7 +116,7 @@ class ChatCompletions(Operation):
     async def stream(self, adapter: Adapter, request: JSON, target: Target) -> AsyncIterator[JSON]:
         return await adapter.stream(request, target)
 
-    def chat_stream(self, adapter: Adapter, request: JSON) -> JSON | None:
+    def chat_stream_request(self, adapter: Adapter, request: JSON) -> JSON | None:
         return request
 
     def wants_usage(self, request: JSON) -> bool:

@@ -137,12 +137,12 @@ class Responses(Operation):
         return from_chat(completion, _public(request), **_ids(request))
 
     async def stream(self, adapter: Adapter, request: JSON, target: Target) -> AsyncIterator[JSON]:
-        chat = self.chat_stream(adapter, request)
+        chat = self.chat_stream_request(adapter, request)
         if chat is None:
             return await cast(SpeaksResponses, adapter).stream_responses(_native_request(request), target)
         return self.from_chat_stream(await adapter.stream(chat, target), request)
 
-    def chat_stream(self, adapter: Adapter, request: JSON) -> JSON | None:
+    def chat_stream_request(self, adapter: Adapter, request: JSON) -> JSON | None:
         """The chat request of a translated target; None for a native one, whose stream is not continued:
         its events carry the vendor's own ids and items, which another attempt's cannot carry on (and
         OpenAI answers a new turn after a prefilled one)."""
