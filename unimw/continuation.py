@@ -1,4 +1,4 @@
-"""Continuing a chat stream whose upstream failed after its first chunk reached the caller.
+"""Continuing a stream whose upstream failed after its first chunk reached the caller.
 
 Before the first chunk, a failed stream falls back like any call (the
 dispatcher). After it, the caller already holds part of an answer: ending
@@ -18,6 +18,15 @@ new attempt cannot fix (a 4xx), or more text delivered than
 part of the answer would have the model repeat the rest). A resume that
 fails never masks the original error. When nothing but the role delta had been delivered, there
 is nothing to prefill and any target may answer afresh.
+
+It works on chat chunks alone. A chat stream is continued as it is; a
+``/v1/responses`` stream served by translation is continued below its
+translation (the chat chunks feeding
+:class:`~unimw.operations.responses_events.ResponseEvents`), so the caller
+sees one response whose text goes on in the same output item. Operations
+say which of their streams are made of chat chunks
+(:meth:`~unimw.operations.base.Operation.chat_stream_request`): a native Responses
+stream is not, and keeps its failure.
 
 Whether a target accepts a prefill is in the policy (``models.*.prefill``);
 unset, its wire decides: Anthropic's Messages API continues a trailing
@@ -122,7 +131,8 @@ def usage_json(usage: Usage) -> JSON:
 
 
 class ContinuedStream:
-    """A chat chunk stream that continues itself elsewhere when its upstream fails mid-answer.
+    """A chat chunk stream that continues itself elsewhere when its upstream fails mid-answer (the caller
+    gets its chunks as they are for chat, translated into Responses events for ``/v1/responses``).
 
     ``targets`` are the route's targets in the order they were offered;
     ``prefill`` names (by model) those that accept a prefill and ``params``

@@ -389,16 +389,21 @@ class Gateway:
             needs = estimate_tokens(request, operation.output_cap(request))
         if call.stream:
             upstream = operation.stream_request(request)
+            resumes = self.policy.dispatch.stream_resumes
+            chats: dict[str, JSON] = {}  # by target: the chat request its chunks answer, when they may be continued
+
+            async def ask(adapter: Adapter, target: Target) -> AsyncIterator[JSON]:
+                chat = operation.chat_stream_request(adapter, upstream) if resumes else None
+                if chat is None:
+                    return await operation.stream(adapter, upstream, target)
+                chats[target.name] = chat
+                return await adapter.stream(chat, target)
+
             call.target, chunks = await self._dispatcher.stream(
-                call.route,
-                operation.name,
-                upstream,
-                lambda adapter, target: operation.stream(adapter, upstream, target),
-                credentials=call.caller.credentials,
-                needs=needs,
+                call.route, operation.name, upstream, ask, credentials=call.caller.credentials, needs=needs
             )
-            if operation.continues_streams and self.policy.dispatch.stream_resumes:
-                chunks = self._continued(call, upstream, chunks)
+            if (chat := chats.get(call.target.name)) is not None:
+                chunks = operation.from_chat_stream(self._continued(call, chat, chunks), upstream)
             watch = operation.watch(request, assemble=call.cache is not None or self._tracing.captures_output)
             return CallStream(
                 call, chunks, watch, self._finish, self._price, self.policy.server.max_stream_output_bytes
@@ -414,8 +419,9 @@ class Gateway:
         call.answered_with(answer)
         return answer
 
-    def _continued(self, call: Call, upstream: JSON, chunks: AsyncIterator[JSON]) -> ContinuedStream:
-        """``chunks``, continued on a target that accepts a prefill should they fail mid-answer."""
+    def _continued(self, call: Call, chat: JSON, chunks: AsyncIterator[JSON]) -> ContinuedStream:
+        """``chunks`` (answering the chat request ``chat``), continued on a target that accepts a prefill should
+        they fail mid-answer."""
         assert call.route is not None and call.target is not None
         route, operation = call.route, call.operation
 
@@ -426,7 +432,7 @@ class Gateway:
                 route.only(targets),
                 operation.name,
                 request_for(targets[0]),
-                lambda adapter, target: operation.stream(adapter, request_for(target), target),
+                lambda adapter, target: adapter.stream(request_for(target), target),
                 credentials=call.caller.credentials,
             )
 
@@ -438,14 +444,14 @@ class Gateway:
         stream = ContinuedStream(
             chunks,
             call.target,
-            upstream,
-            wants_usage=bool((call.request.get("stream_options") or {}).get("include_usage")),
+            chat,
+            wants_usage=operation.wants_usage(call.request),
             targets=route.targets,
             prefill=self._prefill,
             params=self._prefill_params,
             resumes=self.policy.dispatch.stream_resumes,
             resume=resume,
-            prompt_tokens=operation.prompt_tokens,
+            prompt_tokens=CHAT.prompt_tokens,  # of the chat request, whatever the operation
             on_resume=resumed,
         )
         return stream

@@ -410,8 +410,9 @@ class Dispatch(_Frozen):
         default=2,
         ge=0,
         le=10,
-        description="How many times one chat stream that failed after its first chunk is continued (its text so "
-        "far sent as a prefill to a target that accepts one); 0: the caller gets the error event instead.",
+        description="How many times one chat stream, or Responses stream served by translation, that failed after "
+        "its first chunk is continued (its text so far sent as a prefill to a target that accepts one); 0: the "
+        "caller gets the error event (response.failed) instead.",
     )
     context_check: bool = Field(
         default=False,

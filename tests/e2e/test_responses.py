@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from tests.conftest import sdk_http
 from tests.operations import spec
+from tests.otel import Telemetry
 from tests.redis_support import require_redis, unique
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.gemini_app import GeminiUpstream
@@ -321,7 +322,11 @@ async def test_a_stream_that_breaks_mid_way_ends_with_response_failed(
     _openai_server: tuple[OpenAIUpstream, str],
     claude: AnthropicUpstream,
 ) -> None:
-    data = policy(_anthropic_server[1], _gemini_server[1], _openai_server[1])
+    # Not continued (stream_resumes 0; tests/e2e/test_responses_continuation.py continues them).
+    data = policy(
+        _anthropic_server[1], _gemini_server[1], _openai_server[1],
+        dispatch={"retries": 0, "cooldown": 0, "stream_resumes": 0},
+    )  # fmt: skip
     claude.plan(SONNET, "stream_error")  # an error event after the first words
     async with (
         Gateway.from_dict(data) as gateway,
@@ -339,3 +344,22 @@ async def test_a_stream_that_breaks_mid_way_ends_with_response_failed(
         len(events) - 1,
     )
     assert spec.errors(last, "ResponseStreamEvent") == []
+
+
+async def test_a_traced_call_on_a_translated_target_is_answered(
+    _anthropic_server: tuple[AnthropicUpstream, str],
+    _gemini_server: tuple[GeminiUpstream, str],
+    _openai_server: tuple[OpenAIUpstream, str],
+    telemetry: Telemetry,
+) -> None:
+    # The attempt's span asks the adapter which chat fields it leaves out: a Responses request has none to say.
+    data = policy(_anthropic_server[1], _gemini_server[1], _openai_server[1])
+    async with (
+        Gateway.from_dict(data, **telemetry.providers) as gateway,
+        httpx.AsyncClient(transport=gateway.transport()) as http,
+    ):
+        client = openai.AsyncOpenAI(base_url="http://unimw/v1", api_key=ACME, http_client=sdk_http(http), max_retries=0)
+        response = await client.responses.create(model="sonnet", input="What is the capital of France?")
+        await gateway.flush()
+    assert response.output_text == f"Hello from {SONNET}! The capital of France is Paris."
+    assert telemetry.span("chat sonnet")["attributes"]["gen_ai.response.model"] == SONNET

@@ -17,7 +17,8 @@ answer 429, then normally. Faults:
            stream whose first event, or whose event after the first words, is such an error)
 ``badjson`` 200 with a body that is not JSON
 ``hang``   answers nothing for 30 s
-``drop``   the connection breaks after the first 3 words of a stream (``drop:N``: N words; ``drop:0``: the role delta)
+``drop``   the connection breaks after the first 3 words of a stream, also a Responses one (``drop:N``: N words;
+           ``drop:0``: the role delta)
 ``stall``  a stream that goes silent for 30 s after its first words
 ``late:S`` a stream whose headers come at once and whose first chunk comes S seconds later
 ``nodone`` a whole stream (finish reason, usage) without ``data: [DONE]``

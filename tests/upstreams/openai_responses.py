@@ -61,13 +61,14 @@ def response(body: dict[str, Any], status: str = "completed") -> dict[str, Any]:
 
 async def answer(upstream: ScriptedUpstream, request: Request) -> Response:
     body = await request.json()
-    upstream.received(str(body.get("model")), body, request)
+    name, _ = upstream.received(str(body.get("model")), body, request)
     if not body.get("stream"):
         return JSONResponse(response(body))
-    return StreamingResponse(_events(body), media_type="text/event-stream")
+    return StreamingResponse(_events(body, drop=name == "drop"), media_type="text/event-stream")
 
 
-async def _events(body: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _events(body: dict[str, Any], *, drop: bool = False) -> AsyncIterator[bytes]:
+    """The stream of ``body``'s answer; ``drop``: the connection breaks after the first 3 words."""
     final = response(body)
     head = response(body, status="in_progress")
     message = final["output"][0]
@@ -90,4 +91,6 @@ async def _events(body: dict[str, Any]) -> AsyncIterator[bytes]:
         {"type": "response.completed", "response": final},
     ]  # fmt: skip
     for number, event in enumerate(events):
+        if drop and event["type"] == "response.output_text.delta" and event["delta"] == " " + words[3]:
+            raise ConnectionResetError("dropped mid-stream")
         yield f"event: {event['type']}\ndata: {json.dumps({**event, 'sequence_number': number})}\n\n".encode()

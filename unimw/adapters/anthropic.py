@@ -341,6 +341,8 @@ class AnthropicAdapter(HTTPAdapter):
         return to_request(request, target, version=self._version, default_max_tokens=self._max_tokens)
 
     def dropped_params(self, request: JSON, target: Target) -> tuple[str, ...]:
+        if "messages" not in request:  # a Responses request: made a chat one only as it is sent
+            return ()
         try:
             return translate(request, target, version=self._version, default_max_tokens=self._max_tokens)[1]
         except UnimwError:

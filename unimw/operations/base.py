@@ -89,9 +89,6 @@ class Operation:
     not_in_cache_key: ClassVar[frozenset[str]] = frozenset({"model", "user", "metadata", CONTROL_FIELD})
     #: What a door sends after the last event of a stream (``data: [DONE]`` for the OpenAI chat wire).
     stream_end: ClassVar[bytes] = SSE_DONE
-    #: Whether a stream that fails after its first chunk may be continued elsewhere
-    #: (:mod:`unimw.continuation`): its chunks must be ``chat.completion.chunk`` objects.
-    continues_streams: ClassVar[bool] = False
 
     def bind(self, policy: Policy) -> Operation:
         """This operation for one gateway's policy (an operation with state, a store say, builds it here)."""
@@ -155,6 +152,27 @@ class Operation:
     async def stream(self, adapter: Adapter, request: JSON, target: Target) -> AsyncIterator[JSON]:
         """The answer from ``target`` as chunks, once the upstream accepted the request."""
         raise NotImplementedError
+
+    # ── streams continued mid-answer (:mod:`unimw.continuation`) ─────────────
+
+    def chat_stream_request(self, adapter: Adapter, request: JSON) -> JSON | None:
+        """The Chat Completions request whose chunks make a stream of ``request`` on ``adapter``, when that
+        stream may be continued elsewhere should it fail mid-answer; None when it cannot be (the default).
+
+        Continuing works on chat chunks alone: the text delivered is read from them, and a continuation
+        is a chat request with that text as a prefill, whatever the operation.
+        """
+        return None
+
+    def from_chat_stream(self, chunks: AsyncIterator[JSON], request: JSON) -> AsyncIterator[JSON]:
+        """The caller's stream of ``request`` made of the chunks of :meth:`chat_stream_request`'s request (the same
+        stream :meth:`stream` gives, for a target :meth:`chat_stream_request` names a request for)."""
+        return chunks
+
+    def wants_usage(self, request: JSON) -> bool:
+        """Whether the caller's stream ends with its usage (a stream cut only after its answer finished is
+        whole when it does not)."""
+        return True
 
     # ── reading answers ──────────────────────────────────────────────────────
 

@@ -63,7 +63,6 @@ class ChatCompletions(Operation):
 
     name: ClassVar[str] = GenAiOperationNameValues.CHAT.value
     path: ClassVar[str] = "/chat/completions"
-    continues_streams: ClassVar[bool] = True
     not_in_cache_key: ClassVar[frozenset[str]] = frozenset(
         {
             "model",  # replaced by the route's fingerprint
@@ -116,6 +115,12 @@ class ChatCompletions(Operation):
 
     async def stream(self, adapter: Adapter, request: JSON, target: Target) -> AsyncIterator[JSON]:
         return await adapter.stream(request, target)
+
+    def chat_stream_request(self, adapter: Adapter, request: JSON) -> JSON | None:
+        return request
+
+    def wants_usage(self, request: JSON) -> bool:
+        return bool((request.get("stream_options") or {}).get("include_usage"))
 
     def read(self, answer: JSON) -> Reading:
         choices = answer.get("choices")

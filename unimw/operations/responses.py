@@ -13,6 +13,10 @@ store of the policy (``responses.store``), under the tenant's name. So
 back from one vendor to another mid-way, and another tenant's id is a 404
 like an unknown one. Native targets get the whole conversation too (with
 ``store: false``), since the earlier turns may have been another vendor's.
+
+A translated stream that fails mid-answer is continued at the chat level
+(:mod:`unimw.continuation`): the events go on in the same response, and the
+stored response holds the whole text. A native stream keeps its failure.
 """
 
 from __future__ import annotations
@@ -135,10 +139,20 @@ class Responses(Operation):
         return from_chat(completion, _public(request), **_ids(request))
 
     async def stream(self, adapter: Adapter, request: JSON, target: Target) -> AsyncIterator[JSON]:
-        if (native := _native(adapter)) is not None:
-            return await native.stream_responses(_native_request(request), target)
-        chat = to_chat({**_public(request), "stream": True}, request[HISTORY])
-        chunks = await adapter.stream(chat, target)
+        chat = self.chat_stream_request(adapter, request)
+        if chat is None:
+            return await cast(SpeaksResponses, adapter).stream_responses(_native_request(request), target)
+        return self.from_chat_stream(await adapter.stream(chat, target), request)
+
+    def chat_stream_request(self, adapter: Adapter, request: JSON) -> JSON | None:
+        """The chat request of a translated target; None for a native one, whose stream is not continued:
+        its events carry the vendor's own ids and items, which another attempt's cannot carry on (and
+        OpenAI answers a new turn after a prefilled one)."""
+        if _native(adapter) is not None:
+            return None
+        return to_chat({**_public(request), "stream": True}, request[HISTORY])
+
+    def from_chat_stream(self, chunks: AsyncIterator[JSON], request: JSON) -> AsyncIterator[JSON]:
         return _translated(chunks, ResponseEvents(_public(request), **_ids(request)))
 
     # ── reading answers ──────────────────────────────────────────────────────
