@@ -225,8 +225,8 @@ class Model(_Frozen):
     prefill: bool | None = Field(
         default=None,
         description="Whether it continues an assistant turn the request ends with (a prefill), which is how a "
-        "stream cut mid-answer is continued here. Unset: its kind's default (anthropic and mock yes; openai and "
-        "gemini no).",
+        "stream cut mid-answer is continued here. Unset: its kind's default (anthropic yes; openai, gemini and "
+        "mock no).",
     )
     prefill_params: dict[str, Any] = Field(
         default={},
