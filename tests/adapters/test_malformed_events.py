@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai.lib.streaming.chat import ChatCompletionStreamState
-from openai.types.chat import ChatCompletionChunk
 
 from unimw.adapters import anthropic, gemini, openai
+from unimw.adapters.anthropic import LOST_EVENT
 from unimw.errors import UpstreamError, UpstreamUnavailable
 from unimw.wire import JSON, SKIPPED_EVENTS, dumps, sse_events
 
@@ -263,19 +262,32 @@ async def test_anthropic_thinking_whose_block_start_was_skipped_still_arrives_si
     ]
 
 
-async def test_anthropic_a_tool_call_whose_start_was_skipped_is_left_out_whole() -> None:
+async def test_anthropic_a_tool_call_whose_start_was_skipped_fails_the_stream_at_its_arguments() -> None:
+    # Its id and name were in the lost event: the call cannot be delivered, and leaving it out would hand
+    # the client an answer with a call missing.
     events = await fixture("anthropic", "stream_tools.sse")
-    broken = await translate("anthropic", replaced(events, position(events, "content_block_start", 1)))
-    final = accumulate(broken).choices[0]
-    # The lost block's id and name cannot be made up: its arguments go with it; the other calls keep theirs.
-    assert final.finish_reason == "tool_calls"
-    assert final.message.content == "Let me check both."
-    assert [(c.id, c.function.name, c.function.arguments) for c in final.message.tool_calls or ()] == [
-        ("toolu_01B18r81rx81mr826724mr8", "get_time", '{"city": "Paris"}'),
-        ("toolu_01C27s72sy72ns735613ns7", "get_date", "{}"),
-    ]
-    fragments = [tc for c in broken for tc in c["choices"][0]["delta"].get("tool_calls", ())]
-    assert [f["index"] for f in fragments] == [0, 0, 0, 1, 1]
+    seen: list[JSON] = []
+    with pytest.raises(UpstreamError) as caught:
+        await translate("anthropic", replaced(events, position(events, "content_block_start", 1)), into=seen)
+    error = caught.value
+    assert (error.message, error.status, error.code, error.retryable) == (
+        LOST_EVENT,
+        502,
+        "bad_upstream_response",
+        True,
+    )
+    assert text(seen) == "Let me check both."
+    assert seen[-1] == {SKIPPED_EVENTS: 1}
+    assert not any(c["choices"][0]["delta"].get("tool_calls") for c in seen[:-1])
+
+
+async def test_anthropic_a_lost_structured_answer_start_fails_before_any_chunk() -> None:
+    events = await fixture("anthropic", "stream_structured.sse")
+    seen: list[JSON] = []
+    with pytest.raises(UpstreamError) as caught:
+        await translate("anthropic", replaced(events, position(events, "content_block_start")), into=seen)
+    assert (caught.value.message, caught.value.retryable) == (LOST_EVENT, True)
+    assert seen == []  # nothing delivered: retried or fallen back
 
 
 @pytest.mark.parametrize("name", ["message_start", "ping"])
@@ -303,18 +315,9 @@ async def test_anthropic_a_lost_message_delta_makes_the_stream_incomplete() -> N
     events = await stream_of("anthropic")
     seen: list[JSON] = []
     broken = replaced(events, position(events, "message_delta"))
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(UpstreamError) as caught:
         await translate("anthropic", broken, include_usage=True, into=seen)
+    assert (caught.value.message, caught.value.retryable) == (LOST_EVENT, True)
     assert text(seen) == "Hello! The capital of France is Paris."
     assert all(c["choices"][0]["finish_reason"] is None for c in seen[:-1])
     assert seen[-1] == {SKIPPED_EVENTS: 1}  # no finish reason, no usage chunk: the cut's own estimate counts
-
-
-def accumulate(chunks: list[JSON]) -> Any:
-    state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
-    for item in chunks:
-        if "choices" in item:
-            state.handle_chunk(
-                ChatCompletionChunk.model_validate({k: v for k, v in item.items() if k != SKIPPED_EVENTS})
-            )
-    return state.get_final_completion()

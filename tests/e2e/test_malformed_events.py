@@ -163,3 +163,23 @@ async def test_with_fail_a_stream_that_cannot_be_continued_ends_with_the_error(
     await gateway.flush()
     attributes = telemetry.span(f"chat {model}")["attributes"]
     assert (attributes["error.type"], STREAM_SKIPPED_EVENTS in attributes) == ("bad_upstream_response", False)
+
+
+async def test_a_tool_call_whose_start_was_skipped_is_asked_again_before_anything_reached_the_client(
+    make: Callable[..., Gateway], claude: AnthropicUpstream, telemetry: Telemetry
+) -> None:
+    gateway = make(telemetry=telemetry)
+    claude.plan(SONNET, "malformed:start")  # the first block is the first tool call: its id and name are lost
+    tools: Any = [
+        {"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {}}}}
+        for n in ("get_weather", "get_time")
+    ]
+    stream = await sdk(gateway).chat.completions.create(model="sonnet", messages=HELLO, tools=tools, stream=True)
+    chunks = [chunk async for chunk in stream]
+    calls = [t for c in chunks for t in c.choices[0].delta.tool_calls or ()]
+    heads = [(t.index, t.id, t.function.name if t.function else None) for t in calls if t.id]
+    assert heads == [(0, "toolu_00get_weather", "get_weather"), (1, "toolu_01get_time", "get_time")]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert claude.calls[SONNET] == 2  # the first attempt failed before its first chunk: retried
+    await gateway.flush()
+    assert STREAM_SKIPPED_EVENTS not in telemetry.span("chat sonnet")["attributes"]

@@ -79,6 +79,8 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_VERSION = "2026-10-21"
 DEFAULT_MAX_TOKENS = 4096
+#: The error of a stream whose skipped (unparseable) event held what the answer needs.
+LOST_EVENT = "The upstream sent an event that could not be parsed and that the answer needs."
 #: Anthropic ``error.type`` → (status, OpenAI type, OpenAI code).
 _ERRORS: dict[str, tuple[int, str, str | None]] = {
     "invalid_request_error": (400, "invalid_request_error", None),
@@ -245,10 +247,12 @@ async def from_events(
     Where that would lose what the answer or its accounting needs, it fails
     instead: before ``message_start`` (the id, the model and the input
     usage; nothing has reached the caller yet, so the attempt is retried or
-    falls back), as an ``error`` event (an error whatever its data), and a
-    skipped ``message_delta`` (the stop reason and the output count) makes
-    the stream end as cut short. Text and thinking whose block's start was
-    skipped still arrive; a tool call whose start was skipped is left out.
+    falls back), as an ``error`` event (an error whatever its data), and
+    once it is clear that the skipped event was a ``message_delta`` (the
+    stop reason and the output count) or the start of a tool call (its id
+    and name, without which its arguments could not be run; or that it
+    held the structured answer). Text and thinking whose block's start was
+    skipped still arrive: they need nothing from it.
     """
     stream = Stream()
     skipped = 0
@@ -269,8 +273,8 @@ async def from_events(
         if handler is None:  # ping, and event types added after this was written
             continue
         items = handler(event)
-        if stream.stopped and not stream.finished:
-            break  # its message_delta was skipped: no stop reason, no output count
+        if stream.lost or (stream.stopped and not stream.finished):
+            break  # a skipped event held what the answer needs: a tool call's start, or the stop reason and count
         if items and not stream.announced:
             # The role chunk waits for the first output, so that an error event right after
             # message_start (an overload, typically) comes before the first chunk and can
@@ -289,6 +293,8 @@ async def from_events(
             return
     if skipped and stream.announced:
         yield skipped_only(skipped)
+    if stream.lost or stream.stopped:
+        raise UpstreamError(LOST_EVENT, status=502, code="bad_upstream_response")
     raise UpstreamUnavailable("The upstream closed the stream before it was complete.")
 
 

@@ -83,6 +83,7 @@ class Stream:
     announced: bool = False
     finished: bool = False  #: message_delta came: the stop reason and the output count are known
     stopped: bool = False
+    lost: bool = False  #: a tool call's arguments came for a block whose start was skipped
 
     def chunk(self, delta: JSON | None = None, finish_reason: str | None = None) -> JSON:
         return chunk(self.id, self.model, self.created, delta, finish_reason=finish_reason)
@@ -117,7 +118,9 @@ class Stream:
         block, kind = self.blocks.get(index), delta.get("type")
         if block is None:
             # Its content_block_start was skipped (unparseable): text and thinking need nothing from it, but a
-            # tool call's id and name were in it, and arguments without them could not be run: left out.
+            # tool call's id and name (or that it was the structured answer) were in it.
+            if kind == "input_json_delta":
+                self.lost = True
             if kind not in ("text_delta", "thinking_delta"):
                 return []
             block = self.blocks[index] = _Block("text" if kind == "text_delta" else "thinking")
