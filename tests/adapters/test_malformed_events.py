@@ -321,3 +321,12 @@ async def test_anthropic_a_lost_message_delta_makes_the_stream_incomplete() -> N
     assert text(seen) == "Hello! The capital of France is Paris."
     assert all(c["choices"][0]["finish_reason"] is None for c in seen[:-1])
     assert seen[-1] == {SKIPPED_EVENTS: 1}  # no finish reason, no usage chunk: the cut's own estimate counts
+
+
+async def test_anthropic_only_a_skipped_event_is_taken_for_a_lost_one() -> None:
+    # No event was skipped: a stream without message_delta is what the upstream sent, not a lost event.
+    events = await stream_of("anthropic")
+    at = position(events, "message_delta")
+    chunks = await translate("anthropic", [*events[:at], *events[at + 1 :]])
+    assert text(chunks) == "Hello! The capital of France is Paris."
+    assert all(SKIPPED_EVENTS not in c for c in chunks)

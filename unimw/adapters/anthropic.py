@@ -255,7 +255,8 @@ async def from_events(
     skipped still arrive: they need nothing from it.
     """
     stream = Stream()
-    skipped = 0
+    skipped = 0  # since the last chunk
+    gaps = False  # any event skipped: only then can a missing block start or message_delta be one of them
     async for name, data in events:
         try:
             event = parse_object(data)
@@ -263,6 +264,7 @@ async def from_events(
             if not skip_malformed or not stream.started or name == "error":
                 raise
             skipped += 1
+            gaps = True
             continue
         kind = event.get("type") or name
         if kind == "error":
@@ -273,7 +275,7 @@ async def from_events(
         if handler is None:  # ping, and event types added after this was written
             continue
         items = handler(event)
-        if stream.lost or (stream.stopped and not stream.finished):
+        if gaps and (stream.lost or (stream.stopped and not stream.finished)):
             break  # a skipped event held what the answer needs: a tool call's start, or the stop reason and count
         if items and not stream.announced:
             # The role chunk waits for the first output, so that an error event right after
@@ -293,7 +295,7 @@ async def from_events(
             return
     if skipped and stream.announced:
         yield skipped_only(skipped)
-    if stream.lost or stream.stopped:
+    if gaps and (stream.lost or stream.stopped):
         raise UpstreamError(LOST_EVENT, status=502, code="bad_upstream_response")
     raise UpstreamUnavailable("The upstream closed the stream before it was complete.")
 
