@@ -130,8 +130,8 @@ class Provider(_Frozen):
     )
     malformed_events: Literal["skip", "fail"] = Field(
         default="skip",
-        description="openai kind: a stream event that is not JSON is skipped (and counted on the call's span as "
-        "unimw.stream.skipped_events), or fails the stream like a cut (fail).",
+        description="A stream event that is not a JSON object, on any kind's wire, is skipped (and counted on the "
+        "call's span as unimw.stream.skipped_events), or fails the stream like a cut (fail).",
     )
     retries: int | None = Field(
         default=None,

@@ -23,6 +23,13 @@ SSE_DONE = b"data: [DONE]\n\n"
 SKIPPED_EVENTS = "unimw_skipped_events"
 
 
+def skipped_only(count: int) -> JSON:
+    """An item with no chunk, only the count of events skipped since the last chunk: the stream ended (or
+    failed) before another chunk came to carry it. Never the first item of a stream (the dispatcher would
+    take it for the first chunk); the stream watch counts it and passes nothing on."""
+    return {SKIPPED_EVENTS: count}
+
+
 # orjson's own functions rather than wrappers: they run once per call and once per streamed chunk.
 dumps: Callable[[Any], bytes] = orjson.dumps
 loads: Callable[[bytes | bytearray | memoryview | str], Any] = orjson.loads

@@ -35,6 +35,9 @@ request without markers reports the same few cached tokens every time.
 ``stream_error``  a stream with an ``error`` event after the first text
 ``early_error``   a stream with an ``error`` event right after ``message_start``
 ``cut``           a stream that ends without ``message_stop``
+``malformed``     a stream with one more event, whose data is not JSON, after the first text
+                  (``malformed:start``: the first ``content_block_start`` is not JSON; ``malformed:end``:
+                  the extra event comes between ``message_delta`` and ``message_stop``)
 ``recorded:ID``   the error recorded as ``ID`` in ``fixtures/error_kinds/anthropic.json``
 ================  =========================================================
 """
@@ -427,9 +430,15 @@ async def stream(
         empty = {**block, "input": {}} if block["type"] == "tool_use" else {**block, block["type"]: ""}
         if block["type"] == "thinking":
             empty["signature"] = ""
-        yield _event("content_block_start", {"type": "content_block_start", "index": index, "content_block": empty})
-        for delta in _deltas(block):
+        if fault == "malformedstart" and index == 0:
+            yield b"event: content_block_start\ndata: {not json\n\n"
+        else:
+            start = {"type": "content_block_start", "index": index, "content_block": empty}
+            yield _event("content_block_start", start)
+        for k, delta in enumerate(_deltas(block)):
             yield _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            if fault == "malformed" and index == 0 and k == 0:
+                yield b"event: content_block_delta\ndata: {not json\n\n"
             if fault == "stream_error":
                 yield _event("error", overloaded)
                 return
@@ -442,6 +451,8 @@ async def stream(
     delta = {"stop_reason": stop_reason, "stop_sequence": None, "stop_details": None}
     final = {"output_tokens": output_tokens(content)}
     yield _event("message_delta", {"type": "message_delta", "delta": delta, "usage": final})
+    if fault == "malformedend":
+        yield b"event: ping\ndata: {not json\n\n"
     yield _event("message_stop", {"type": "message_stop"})
 
 

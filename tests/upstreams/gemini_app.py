@@ -25,6 +25,7 @@ Faults, planned per model with ``upstream.plan("m", "503", "ok")``:
 ``leak``    401 that echoes the key in every field of the error (``leak:first`` / ``leak:mid``: a
             stream with such an error object as its first event, or after the first words)
 ``cut``     a stream that ends before any ``finishReason``
+``malformed`` a stream with one more event, whose data is not JSON, after its first word
 ``recorded:ID``  the error recorded as ``ID`` in ``fixtures/error_kinds/gemini.json``
 ``cached:N`` like ``ok``, with N prompt tokens read from Gemini's (implicit) context cache
 ==========  ================================================================
@@ -110,7 +111,7 @@ class GeminiUpstream(ScriptedUpstream):
         if method == "streamGenerateContent":
             if request.query_params.get("alt") != "sse":
                 return _error(400, "This test server only streams with alt=sse.", "INVALID_ARGUMENT")
-            chunks = stream(parts, model, response_id, usage, cut=name == "cut")
+            chunks = stream(parts, model, response_id, usage, cut=name == "cut", malformed=name == "malformed")
             return StreamingResponse(chunks, media_type="text/event-stream")
         candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": "STOP", "index": 0}
         return JSONResponse(
@@ -177,7 +178,13 @@ def _usage(body: dict[str, Any], parts: list[dict[str, Any]], cached: int = 0) -
 
 
 async def stream(
-    parts: list[dict[str, Any]], model: str, response_id: str, usage: dict[str, int], *, cut: bool
+    parts: list[dict[str, Any]],
+    model: str,
+    response_id: str,
+    usage: dict[str, int],
+    *,
+    cut: bool,
+    malformed: bool = False,
 ) -> AsyncIterator[bytes]:
     def event(chunk_parts: list[dict[str, Any]], **candidate: Any) -> bytes:
         response = {
@@ -195,6 +202,8 @@ async def stream(
         words = part["text"].split(" ")
         for k, word in enumerate(words):
             yield event([{**part, "text": word if k == 0 else " " + word}])
+            if malformed and k == 0 and part is parts[0]:
+                yield b"data: {not json\r\n\r\n"
     if not cut:
         yield event([{"text": "", "thoughtSignature": signature(model, "text")}], finishReason="STOP")
 

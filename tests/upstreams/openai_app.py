@@ -23,6 +23,7 @@ answer 429, then normally. Faults:
 ``late:S`` a stream whose headers come at once and whose first chunk comes S seconds later
 ``nodone`` a whole stream (finish reason, usage) without ``data: [DONE]``
 ``malformed`` a stream with one event that is not JSON after its first words, otherwise whole
+           (``malformed:end``: the event is the last one before ``[DONE]``)
 ``slow``   like ``ok`` but 0.2 s between stream chunks
 ``endless`` a stream of ``"endless "`` deltas that never ends; each one's end (the client hung up) is counted
            in ``endless_words``, with the words it sent
@@ -332,11 +333,13 @@ async def stream(
                 raise ConnectionResetError("dropped mid-stream")
             if fault == "stall" and k == 2:
                 await asyncio.sleep(30)
-            if fault == "malformed" and k == 2:
+            if fault == "malformed" and not arg and k == 2:
                 yield b"data: {not json\n\n"
     yield event({}, finish)
     if include_usage:
         yield event(None, usage=usage(body, message, cached))
+    if fault == "malformed" and arg == "end":
+        yield b"data: {not json\n\n"
     if fault != "nodone":
         yield b"data: [DONE]\n\n"
 

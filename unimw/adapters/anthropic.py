@@ -53,7 +53,7 @@ from unimw.errors import (
     is_retryable_status,
 )
 from unimw.policy import Provider
-from unimw.wire import JSON, dumps, now, sse_events, usage_chunk
+from unimw.wire import JSON, SKIPPED_EVENTS, dumps, now, skipped_only, sse_events, usage_chunk
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -79,6 +79,8 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_VERSION = "2026-10-21"
 DEFAULT_MAX_TOKENS = 4096
+#: The error of a stream whose skipped (unparseable) event held what the answer needs.
+LOST_EVENT = "The upstream sent an event that could not be parsed and that the answer needs."
 #: Anthropic ``error.type`` → (status, OpenAI type, OpenAI code).
 _ERRORS: dict[str, tuple[int, str, str | None]] = {
     "invalid_request_error": (400, "invalid_request_error", None),
@@ -231,36 +233,70 @@ def _tool_call(block: JSON) -> JSON:
 
 
 async def from_events(
-    events: AsyncIterable[tuple[str | None, bytes]], *, include_usage: bool = False
+    events: AsyncIterable[tuple[str | None, bytes]], *, include_usage: bool = False, skip_malformed: bool = False
 ) -> AsyncIterator[JSON]:
     """``chat.completion.chunk`` objects from the Messages API's named SSE events.
 
     The usage chunk (``choices: []``) comes last, and only with
     ``include_usage``. An ``error`` event raises; a stream that ends without
     ``message_stop`` was cut short and raises too.
+
+    With ``skip_malformed``, an event whose data is not a JSON object is
+    left out and counted on the next chunk (:data:`~unimw.wire.SKIPPED_EVENTS`),
+    or on an item of its own when no chunk follows, as on the OpenAI wire.
+    Where that would lose what the answer or its accounting needs, it fails
+    instead: before ``message_start`` (the id, the model and the input
+    usage; nothing has reached the caller yet, so the attempt is retried or
+    falls back), as an ``error`` event (an error whatever its data), and
+    once it is clear that the skipped event was a ``message_delta`` (the
+    stop reason and the output count) or the start of a tool call (its id
+    and name, without which its arguments could not be run; or that it
+    held the structured answer). Text and thinking whose block's start was
+    skipped still arrive: they need nothing from it.
     """
     stream = Stream()
+    skipped = 0  # since the last chunk
+    gaps = False  # any event skipped: only then can a missing block start or message_delta be one of them
     async for name, data in events:
-        event = parse_object(data)
+        try:
+            event = parse_object(data)
+        except UpstreamError:
+            if not skip_malformed or not stream.started or name == "error":
+                raise
+            skipped += 1
+            gaps = True
+            continue
         kind = event.get("type") or name
         if kind == "error":
+            if skipped and stream.announced:
+                yield skipped_only(skipped)
             raise _error_from_body(200, event, {})
         handler = getattr(stream, f"on_{kind}", None)
         if handler is None:  # ping, and event types added after this was written
             continue
         items = handler(event)
+        if gaps and (stream.lost or (stream.stopped and not stream.finished)):
+            break  # a skipped event held what the answer needs: a tool call's start, or the stop reason and count
         if items and not stream.announced:
             # The role chunk waits for the first output, so that an error event right after
             # message_start (an overload, typically) comes before the first chunk and can
             # still be retried or fall back.
             stream.announced = True
-            yield stream.chunk({"role": "assistant", "content": ""})
+            items.insert(0, stream.chunk({"role": "assistant", "content": ""}))
+        if stream.stopped and include_usage:
+            items.append(usage_chunk(stream.id, stream.model, stream.created, to_usage(stream.usage)))
+        if skipped and items:
+            items[0][SKIPPED_EVENTS], skipped = skipped, 0
         for item in items:
             yield item
         if stream.stopped:
-            if include_usage:
-                yield usage_chunk(stream.id, stream.model, stream.created, to_usage(stream.usage))
+            if skipped and stream.announced:
+                yield skipped_only(skipped)
             return
+    if skipped and stream.announced:
+        yield skipped_only(skipped)
+    if gaps and (stream.lost or stream.stopped):
+        raise UpstreamError(LOST_EVENT, status=502, code="bad_upstream_response")
     raise UpstreamUnavailable("The upstream closed the stream before it was complete.")
 
 
@@ -335,6 +371,7 @@ class AnthropicAdapter(HTTPAdapter):
         self._url = base_url + "/v1/messages"
         self._version = str(provider.options.get("anthropic_version", DEFAULT_VERSION))
         self._max_tokens = int(provider.options.get("default_max_tokens", DEFAULT_MAX_TOKENS))
+        self._skip_malformed = provider.malformed_events == "skip"
         super().__init__(provider, to_error, lambda key: {"x-api-key": key, "anthropic-version": self._version})
 
     def _body(self, request: JSON, target: Target) -> JSON:
@@ -355,4 +392,4 @@ class AnthropicAdapter(HTTPAdapter):
         reply = await self.open_stream(self._url, {**self._body(request, target), "stream": True})
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         events = sse_events(reply.chunks())
-        return reply.guard(from_events(events, include_usage=include_usage))
+        return reply.guard(from_events(events, include_usage=include_usage, skip_malformed=self._skip_malformed))

@@ -83,8 +83,11 @@ class Stream:
     blocks: dict[int, _Block] = field(default_factory=dict)
     tool_calls: int = 0
     signed: int = 0
+    started: bool = False  #: message_start came: the id, the model and the input usage are known
     announced: bool = False
+    finished: bool = False  #: message_delta came: the stop reason and the output count are known
     stopped: bool = False
+    lost: bool = False  #: a tool call's arguments came for a block whose start was skipped
 
     def chunk(self, delta: JSON | None = None, finish_reason: str | None = None) -> JSON:
         # The delta carries the vendor's values as they came: checked, so a text that is not text is a 502.
@@ -94,6 +97,7 @@ class Stream:
         message = event.get("message") or {}
         self.id, self.model = message.get("id") or "", message.get("model") or ""
         self.usage.update(message.get("usage") or {})
+        self.started = True
         return []
 
     def on_content_block_start(self, event: JSON) -> list[JSON]:
@@ -115,10 +119,16 @@ class Stream:
         return [self.chunk({"content": block["text"]})] if kind == "text" and block.get("text") else []
 
     def on_content_block_delta(self, event: JSON) -> list[JSON]:
-        block, delta = self.blocks.get(event.get("index", -1)), event.get("delta") or {}
-        kind = delta.get("type")
+        index, delta = event.get("index", -1), event.get("delta") or {}
+        block, kind = self.blocks.get(index), delta.get("type")
         if block is None:
-            return []
+            # Its content_block_start was skipped (unparseable): text and thinking need nothing from it, but a
+            # tool call's id and name (or that it was the structured answer) were in it.
+            if kind == "input_json_delta":
+                self.lost = True
+            if kind not in ("text_delta", "thinking_delta"):
+                return []
+            block = self.blocks[index] = _Block("text" if kind == "text_delta" else "thinking")
         if kind == "text_delta" and delta.get("text"):
             return [self.chunk({"content": delta["text"]})]
         if kind == "thinking_delta" and delta.get("thinking"):
@@ -154,6 +164,7 @@ class Stream:
 
     def on_message_delta(self, event: JSON) -> list[JSON]:
         self.usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+        self.finished = True
         stop_reason = (event.get("delta") or {}).get("stop_reason")
         delta: JSON = {}
         if stop_reason == "refusal":

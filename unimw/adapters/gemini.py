@@ -74,7 +74,7 @@ from unimw.adapters.gemini_thinking import (
 )
 from unimw.errors import ContextLengthExceeded, InvalidRequest, UnimwError, UpstreamError, UpstreamUnavailable
 from unimw.policy import Provider
-from unimw.wire import JSON, chunk, loads, now, sse_events, usage_chunk
+from unimw.wire import JSON, SKIPPED_EVENTS, chunk, loads, now, skipped_only, sse_events, usage_chunk
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -293,19 +293,34 @@ async def from_events(
     *,
     model: str = "",
     include_usage: bool = False,
+    skip_malformed: bool = False,
 ) -> AsyncIterator[JSON]:
     """``chat.completion.chunk`` objects from ``streamGenerateContent?alt=sse`` events.
 
     Gemini sends no ``[DONE]``: a stream is whole once every candidate has
     a ``finishReason``. Ending before that is an error, not a quiet end.
+    With ``skip_malformed``, an event that is not a JSON object is left out
+    (and the text it held with it) and counted on the next chunk
+    (:data:`~unimw.wire.SKIPPED_EVENTS`), or on an item of its own when no
+    chunk follows, as on the OpenAI wire; usage is read from the last event
+    that has it, so a skipped one loses none.
     """
     id, created = "", now()
-    calls: dict[int, int] = {}  # candidate → tool calls so far
+    calls: dict[int, int] = {}  # candidate → tool calls so far; a candidate in it has had a chunk
     finished: set[int] = set()
     meta: JSON | None = None
+    skipped = 0
     async for _event, data in events:
-        body = parse_object(data)
+        try:
+            body = parse_object(data)
+        except UpstreamError:
+            if not skip_malformed:
+                raise
+            skipped += 1
+            continue
         if isinstance(body.get("error"), dict):
+            if skipped and (calls or finished):
+                yield skipped_only(skipped)
             code = body["error"].get("code")
             raise _error_from_body(code if isinstance(code, int) else 500, body, {})
         id = id or completion_id_for(body)
@@ -313,17 +328,29 @@ async def from_events(
         meta = body.get("usageMetadata") or meta
         if not body.get("candidates") and (reason := blocked(body)):
             finished.add(0)
-            yield chunk(id, model, created, {"role": "assistant"}, finish_reason=reason)
+            out = chunk(id, model, created, {"role": "assistant"}, finish_reason=reason)
+            if skipped:
+                out[SKIPPED_EVENTS], skipped = skipped, 0
+            yield out
         for position, candidate in enumerate(body.get("candidates") or ()):
             index = candidate.get("index", position)
             for out in candidate_chunks(candidate, index, body.get("responseId"), calls, (id, model, created)):
+                if skipped:
+                    out[SKIPPED_EVENTS], skipped = skipped, 0
                 yield out
             if candidate.get("finishReason"):
                 finished.add(index)
     if not finished or not finished.issuperset(calls):
+        if skipped and calls:
+            yield skipped_only(skipped)
         raise UpstreamUnavailable("The upstream closed the stream before it was complete.")
     if include_usage and meta is not None:
-        yield usage_chunk(id, model, created, to_usage(meta))
+        out = usage_chunk(id, model, created, to_usage(meta))
+        if skipped:
+            out[SKIPPED_EVENTS], skipped = skipped, 0
+        yield out
+    if skipped:
+        yield skipped_only(skipped)
 
 
 # -- embeddings ----------------------------------------------------------------
@@ -466,6 +493,7 @@ class GeminiAdapter(HTTPAdapter):
         levels = provider.options.get("thinking_levels") or {}
         self._levels = {**THINKING_LEVELS, **{prefix: tuple(lv) for prefix, lv in levels.items()}}
         self._include_thoughts = bool(provider.options.get("include_thoughts", False))
+        self._skip_malformed = provider.malformed_events == "skip"
 
     async def complete(self, request: JSON, target: Target) -> JSON:
         body = await self.post(self._url(target.model, "generateContent"), self._body(request, target))
@@ -476,7 +504,10 @@ class GeminiAdapter(HTTPAdapter):
         reply = await self.open_stream(url, self._body(request, target))
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         events = sse_events(reply.chunks())
-        return reply.guard(from_events(events, model=target.model, include_usage=include_usage))
+        chunks = from_events(
+            events, model=target.model, include_usage=include_usage, skip_malformed=self._skip_malformed
+        )
+        return reply.guard(chunks)
 
     async def embed(self, request: JSON, target: Target) -> JSON:
         """``:embedContent`` for one input, ``:batchEmbedContents`` for several."""

@@ -29,7 +29,7 @@ from unimw.adapters.base import HTTPAdapter, Target, error_body, merge_params, p
 from unimw.adapters.openai_shapes import check_chunk, check_completion
 from unimw.errors import ContentFiltered, ContextLengthExceeded, UpstreamError, UpstreamUnavailable
 from unimw.policy import Provider
-from unimw.wire import JSON, SKIPPED_EVENTS, aclose, now, sse_events
+from unimw.wire import JSON, SKIPPED_EVENTS, aclose, now, skipped_only, sse_events
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -102,12 +102,16 @@ async def from_events(
     not a quiet end, so the caller is not told a partial answer is whole.
     With ``skip_malformed``, an event that is not a JSON object is left out
     and counted on the next chunk (:data:`~unimw.wire.SKIPPED_EVENTS`)
-    rather than failing the stream.
+    rather than failing the stream; when no chunk follows, on an item of
+    its own (:func:`~unimw.wire.skipped_only`).
     """
     skipped = 0
+    started = False
     try:
         async for _event, data in events:
             if data == b"[DONE]":
+                if skipped and started:
+                    yield skipped_only(skipped)
                 return
             try:
                 obj = parse_object(data)
@@ -117,13 +121,18 @@ async def from_events(
                 skipped += 1
                 continue
             if "error" in obj:
+                if skipped and started:
+                    yield skipped_only(skipped)
                 raise _error_from_body(500, obj, {})
             check_chunk(obj)
             if skipped:
                 obj[SKIPPED_EVENTS], skipped = skipped, 0
+            started = True
             yield obj
     finally:
         await aclose(events)  # returning at [DONE] leaves the SSE reader suspended
+    if skipped and started:
+        yield skipped_only(skipped)
     raise UpstreamUnavailable("The upstream closed the stream before it was complete.")
 
 

@@ -228,6 +228,8 @@ class ChatStreamWatch:
     def see(self, chunk: JSON) -> JSON | None:
         if SKIPPED_EVENTS in chunk:  # the adapter's count of unparseable events it left out: not for the client
             self._skipped += chunk.pop(SKIPPED_EVENTS)
+            if "choices" not in chunk:
+                return None  # the count alone, as the stream ended (:func:`~unimw.wire.skipped_only`)
         if self._assembler is not None:
             self._assembler.add(chunk)
         if self._reading_head is None:
