@@ -21,6 +21,7 @@ It is judged as the client would judge it, and then by the books:
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -746,3 +747,13 @@ def test_a_refused_continuation_is_traced(
         attempt_span(1, "gpt-main", "upstream_unreachable"),
         attempt_span(2, "sonnet", "invalid_request_error"),
     ]
+
+
+def test_the_failover_table_in_the_docs_names_every_scenario_test() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "failures.md").read_text()
+    table = docs[docs.index("## The failover matrix") : docs.index("## Measured")]
+    named = set(re.findall(r"`(test_\w+)(?:\[|`)", table))
+    tests = {name for name in globals() if name.startswith("test_")} - {
+        "test_the_failover_table_in_the_docs_names_every_scenario_test"
+    }
+    assert named == tests
