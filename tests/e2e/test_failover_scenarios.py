@@ -31,6 +31,12 @@ from typing import Any
 
 import openai
 import pytest
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from starlette.applications import Starlette
 
 from tests.conftest import policy_for
@@ -40,6 +46,18 @@ from tests.upstreams import anthropic_app, openai_app
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway, UnimwMiddleware
+from unimw.attributes import (
+    ATTEMPT,
+    COST_USD,
+    PROVIDER,
+    RECOVERY,
+    RESUMED_TO,
+    STATUS,
+    STREAM_RESUMED,
+    STREAM_RESUMES,
+    STREAM_SKIPPED_EVENTS,
+    TARGET,
+)
 from unimw.usage import MICRO, estimate_prompt_tokens, estimate_text_tokens
 
 HELLO: Any = [{"role": "user", "content": "What is the capital of France?"}]
@@ -109,18 +127,18 @@ class Run:
 
 #: The span attributes each scenario is judged on (the rest, ids, ports and times, are the tracing tests').
 KEYS = (
-    "unimw.attempt",
-    "unimw.target",
-    "unimw.provider",
-    "unimw.status",
-    "error.type",
-    "gen_ai.response.model",
-    "gen_ai.usage.input_tokens",
-    "gen_ai.usage.output_tokens",
-    "unimw.cost.usd",
-    "unimw.recovery",
-    "unimw.stream.resumes",
-    "unimw.stream.skipped_events",
+    ATTEMPT,
+    TARGET,
+    PROVIDER,
+    STATUS,
+    ERROR_TYPE,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS,
+    COST_USD,
+    RECOVERY,
+    STREAM_RESUMES,
+    STREAM_SKIPPED_EVENTS,
 )
 
 
@@ -299,13 +317,13 @@ def call_span(asked: str, target: str, usage: tuple[int, int], cost: int, events
     """The call's span, answered by ``target``."""
     provider, upstream_model = TARGETS[target]
     attributes = {
-        "unimw.target": target,
-        "unimw.provider": provider,
-        "unimw.status": "ok",
-        "gen_ai.response.model": upstream_model,
-        "gen_ai.usage.input_tokens": usage[0],
-        "gen_ai.usage.output_tokens": usage[1],
-        "unimw.cost.usd": cost / MICRO,
+        TARGET: target,
+        PROVIDER: provider,
+        STATUS: "ok",
+        GEN_AI_RESPONSE_MODEL: upstream_model,
+        GEN_AI_USAGE_INPUT_TOKENS: usage[0],
+        GEN_AI_USAGE_OUTPUT_TOKENS: usage[1],
+        COST_USD: cost / MICRO,
         **extra,
     }
     return f"chat {asked}", "UNSET", attributes, list(events)
@@ -313,25 +331,25 @@ def call_span(asked: str, target: str, usage: tuple[int, int], cost: int, events
 
 def failed_call_span(asked: str, error: str) -> Span:
     """The call's span, when no target answered."""
-    return f"chat {asked}", "ERROR", {"unimw.status": "error", "error.type": error, "unimw.cost.usd": 0.0}, []
+    return f"chat {asked}", "ERROR", {STATUS: "error", ERROR_TYPE: error, COST_USD: 0.0}, []
 
 
 def attempt_span(number: int, target: str, error: str | None = None) -> Span:
     """Attempt ``number``'s span (``error``: its error.type, when it failed)."""
     provider, upstream_model = TARGETS[target]
-    attributes = {"unimw.attempt": number, "unimw.target": target, "unimw.provider": provider}
+    attributes = {ATTEMPT: number, TARGET: target, PROVIDER: provider}
     if error is not None:
-        attributes["error.type"] = error
+        attributes[ERROR_TYPE] = error
     return f"  chat {upstream_model}", "ERROR" if error else "UNSET", attributes, []
 
 
 def resumed(failed: str, error: str, to: str) -> tuple[str, dict[str, Any]]:
     """The call span's event for a stream that failed at ``failed`` with ``error`` and went on at ``to``."""
-    return "unimw.stream.resumed", {
-        "unimw.target": failed,
-        "unimw.provider": TARGETS[failed][0],
-        "error.type": error,
-        "unimw.stream.resumed_to": to,
+    return STREAM_RESUMED, {
+        TARGET: failed,
+        PROVIDER: TARGETS[failed][0],
+        ERROR_TYPE: error,
+        RESUMED_TO: to,
     }
 
 
@@ -345,7 +363,7 @@ def waited(waits: list[float], expected: tuple[float | str, ...]) -> None:
 STREAMS = [pytest.param(False, id="plain"), pytest.param(True, id="stream")]
 
 
-# ── 1-7, 15: failures before the first byte are answered by a retry or the fallback ──────────────────
+# ── 1-7: failures before the first byte are answered by a retry or the fallback ──────────────────────
 
 
 @dataclass(frozen=True)
@@ -553,7 +571,7 @@ def test_a_context_length_400_moves_to_the_larger_window_and_cools_nothing(
              stream=stream)  # fmt: skip
     recorded(run.records[1], asked="smart", target="gpt-main", usage=main, cost=micros("gpt-main", main), stream=stream)
     assert run.spans == [
-        call_span("smart", "gpt-backup", moved, micros("gpt-backup", moved), **{"unimw.recovery": "context_length_exceeded"}),
+        call_span("smart", "gpt-backup", moved, micros("gpt-backup", moved), **{RECOVERY: "context_length_exceeded"}),
         attempt_span(1, "gpt-main", "context_length_exceeded"),
         attempt_span(2, "gpt-backup"),
         call_span("smart", "gpt-main", main, micros("gpt-main", main)),
@@ -605,7 +623,7 @@ def test_a_stream_cut_mid_answer_is_continued_whole(
     assert upstream.calls == {"up-llama": 2}  # gpt-backup would answer anew, repeating the start: never asked
     assert run.waits == []
     recorded(run.record, asked="resumable", target="llama", usage=usage, cost=cost, stream=True)
-    resumes = {"unimw.stream.resumes": 1}
+    resumes = {STREAM_RESUMES: 1}
     assert run.spans[0] == call_span("resumable", "llama", usage, cost, [resumed("llama", error, "llama")], **resumes)
 
 
@@ -645,7 +663,7 @@ def test_a_stream_cut_mid_answer_is_continued_on_an_anthropic_fallback(
     recorded(run.record, asked="mixed", target="sonnet", usage=usage, cost=cost, stream=True)
     assert run.spans[0][2:] == call_span(
         "mixed", "sonnet", usage, cost, [resumed("gpt-main", "upstream_unreachable", "sonnet")],
-        **{"unimw.stream.resumes": 1, "gen_ai.response.model": "up-main"},
+        **{STREAM_RESUMES: 1, GEN_AI_RESPONSE_MODEL: "up-main"},
     )[2:]  # fmt: skip
 
 
@@ -661,7 +679,7 @@ def test_a_stream_continued_elsewhere_names_one_model(
     upstream.plan("up-main", "drop")
     run = scenario("mixed", True)
     assert len(run.outcome.models) == 1
-    assert run.spans[0][2]["gen_ai.response.model"] == run.record["upstream_model"]
+    assert run.spans[0][2][GEN_AI_RESPONSE_MODEL] == run.record["upstream_model"]
 
 
 # ── 10, 11: a stream with one malformed event, or without [DONE], is whole as it came ────────────────
@@ -670,7 +688,7 @@ def test_a_stream_continued_elsewhere_names_one_model(
 @pytest.mark.parametrize(
     ("fault", "extra"),
     [
-        pytest.param("malformed", {"unimw.stream.skipped_events": 1}, id="malformed-event"),  # 10.
+        pytest.param("malformed", {STREAM_SKIPPED_EVENTS: 1}, id="malformed-event"),  # 10.
         pytest.param("nodone", {}, id="no-done"),  # 11.
     ],
 )
@@ -728,9 +746,7 @@ def test_a_fallback_that_rejects_the_prefill_leaves_the_original_error(
         "stream": True,
     }
     assert (run.record["input_tokens"], run.record["output_tokens"], run.record["cost_usd"]) == (*usage, cost / MICRO)
-    root = call_span(
-        "mixed", "gpt-main", usage, cost, **{"unimw.status": "error", "error.type": "upstream_unreachable"}
-    )
+    root = call_span("mixed", "gpt-main", usage, cost, **{STATUS: "error", ERROR_TYPE: "upstream_unreachable"})
     assert run.spans[0] == (root[0], "ERROR", *root[2:])
 
 
