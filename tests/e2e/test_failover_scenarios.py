@@ -110,6 +110,7 @@ class Run:
     """A scenario's calls, and what the gateway and its upstreams did about them."""
 
     outcomes: list[Outcome]
+    calls: dict[str, int]  #: the calls each upstream model received, on either fake
     records: list[dict[str, Any]]
     spans: list[Span]  #: the call's span tree
     waits: list[float]  #: every wait the gateway asked for between attempts
@@ -177,7 +178,13 @@ def ask(client: openai.OpenAI, model: str, stream: bool) -> Outcome:
 
 
 @pytest.fixture
-def scenario(upstream_url: str, _anthropic_server: tuple[AnthropicUpstream, str], tmp_path: Path) -> Callable[..., Run]:
+def scenario(
+    upstream: OpenAIUpstream,
+    claude: AnthropicUpstream,
+    upstream_url: str,
+    _anthropic_server: tuple[AnthropicUpstream, str],
+    tmp_path: Path,
+) -> Callable[..., Run]:
     """Run a scenario: a gateway on the matrix policy (with ``primary`` settings added to the primary
     provider), served over loopback; ``model`` asked ``times`` times."""
 
@@ -223,7 +230,8 @@ def scenario(upstream_url: str, _anthropic_server: tuple[AnthropicUpstream, str]
         with served(gateway) as client:
             outcomes = [ask(client, model, stream) for _ in range(times)]
         lines = records.read_text().splitlines() if records.exists() else []
-        return Run(outcomes, [json.loads(line) for line in lines], key_spans(telemetry), waits)
+        calls = {**upstream.calls, **claude.calls}
+        return Run(outcomes, calls, [json.loads(line) for line in lines], key_spans(telemetry), waits)
 
     return run
 
@@ -457,7 +465,7 @@ def test_a_failure_before_the_first_byte_gets_a_whole_answer(
     upstream_model = TARGETS[case.answers][1]
     answered(run.outcome, text=full(upstream_model), model=upstream_model, usage=usage, stream=stream)
     assert run.outcome.seconds < 1.5  # the 30 s hang and the 2 s late token were not waited out
-    assert upstream.calls == case.calls
+    assert run.calls == case.calls
     waited(run.waits, case.waits)
     recorded(run.record, asked="smart", target=case.answers, usage=usage, cost=cost, stream=stream)
     attempts = [attempt_span(n, target, error) for n, (target, error) in enumerate(case.attempts, 1)]
@@ -477,7 +485,7 @@ def test_the_answering_targets_model_and_usage_are_reported(
     usage = claude_usage(claude, claude.requests[0])
     cost = micros("sonnet", usage)
     answered(run.outcome, text=full(SONNET), model=SONNET, usage=usage, stream=stream)
-    assert (upstream.calls, claude.calls) == ({"up-main": 2}, {SONNET: 1})
+    assert run.calls == {"up-main": 2, SONNET: 1}
     waited(run.waits, (BACKOFF,))
     recorded(run.record, asked="mixed", target="sonnet", usage=usage, cost=cost, stream=stream)
     assert run.spans == [
@@ -544,7 +552,7 @@ def test_a_failure_no_other_attempt_fixes_is_one_clean_error(
     assert (error.status_code, error.code) == (case.status, case.code)
     assert isinstance(error.body, dict) and set(error.body) == {"message", "type", "param", "code"}
     assert run.outcome.text is None and run.outcome.seconds < 1.0
-    assert upstream.calls == case.calls
+    assert run.calls == case.calls
     waited(run.waits, case.waits)
     recorded(run.record, asked=case.model, target=None, usage=(0, 0), cost=0, stream=stream)
     attempts = [attempt_span(n, "gpt-main", error) for n, error in enumerate(case.attempts, 1)]
@@ -565,7 +573,7 @@ def test_a_context_length_400_moves_to_the_larger_window_and_cools_nothing(
     first, second = run.outcomes
     answered(first, text=full("up-backup"), model="up-backup", usage=moved, stream=stream)
     answered(second, text=full("up-main"), model="up-main", usage=main, stream=stream)
-    assert upstream.calls == {"up-main": 2, "up-backup": 1}  # one each for the first call: never gpt-main again
+    assert run.calls == {"up-main": 2, "up-backup": 1}  # one each for the first call: never gpt-main again
     assert run.waits == []
     recorded(run.records[0], asked="smart", target="gpt-backup", usage=moved, cost=micros("gpt-backup", moved),
              stream=stream)  # fmt: skip
@@ -620,7 +628,7 @@ def test_a_stream_cut_mid_answer_is_continued_whole(
 
     answered(run.outcome, text=full("up-llama"), model="up-llama", usage=usage, stream=True)
     assert run.outcome.seconds < 1.5  # the stall ended at stall_timeout
-    assert upstream.calls == {"up-llama": 2}  # gpt-backup would answer anew, repeating the start: never asked
+    assert run.calls == {"up-llama": 2}  # gpt-backup would answer anew, repeating the start: never asked
     assert run.waits == []
     recorded(run.record, asked="resumable", target="llama", usage=usage, cost=cost, stream=True)
     resumes = {STREAM_RESUMES: 1}
@@ -658,7 +666,7 @@ def test_a_stream_cut_mid_answer_is_continued_on_an_anthropic_fallback(
     # The fake Claude continues only its own words: after another model's, its whole answer follows them.
     assert (outcome.error, outcome.text) == (None, delivered + full(SONNET))
     assert (len(outcome.ids), outcome.finishes, outcome.usage, outcome.usages) == (1, ["stop"], usage, 1)
-    assert (upstream.calls, claude.calls) == ({"up-main": 1}, {SONNET: 1})
+    assert run.calls == {"up-main": 1, SONNET: 1}
     assert run.waits == []
     recorded(run.record, asked="mixed", target="sonnet", usage=usage, cost=cost, stream=True)
     assert run.spans[0][2:] == call_span(
@@ -701,7 +709,7 @@ def test_a_stream_whole_but_for_its_framing_is_answered_as_it_came(
     usage = hello_usage("gpt-main")
     cost = micros("gpt-main", usage)
     answered(run.outcome, text=full("up-main"), model="up-main", usage=usage, stream=True)
-    assert upstream.calls == {"up-main": 1}
+    assert run.calls == {"up-main": 1}
     assert run.waits == []
     recorded(run.record, asked="smart", target="gpt-main", usage=usage, cost=cost, stream=True)
     assert run.spans == [call_span("smart", "gpt-main", usage, cost, **extra)]
@@ -732,7 +740,7 @@ def test_a_fallback_that_rejects_the_prefill_leaves_the_original_error(
     }
     assert run.outcome.text == delivered and run.outcome.finishes == []
     assert claude.requests[0]["messages"][-1] == {"role": "assistant", "content": [{"type": "text", "text": delivered}]}
-    assert (upstream.calls, claude.calls) == ({"up-main": 1}, {SONNET: 1})
+    assert run.calls == {"up-main": 1, SONNET: 1}
     assert run.waits == []
     # Charged for what was delivered (estimated, as the cut attempt never reported it), at gpt-main's price.
     usage = (estimate_prompt_tokens({"messages": HELLO}), estimate_text_tokens(delivered))
