@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+import httpx
 import openai
 import pytest
 from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
@@ -59,6 +60,9 @@ from unimw.attributes import (
     TARGET,
 )
 from unimw.usage import MICRO, estimate_prompt_tokens, estimate_text_tokens
+
+if TYPE_CHECKING:
+    import httpx2
 
 HELLO: Any = [{"role": "user", "content": "What is the capital of France?"}]
 SONNET = "claude-sonnet-4-5-20250929"
@@ -177,8 +181,16 @@ def ask(client: openai.OpenAI, model: str, stream: bool) -> Outcome:
     return outcome
 
 
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """One HTTP client for the SDK in every scenario: making one costs about 0.1 s (its TLS context)."""
+    with httpx.Client(timeout=10) as client:
+        yield client
+
+
 @pytest.fixture
 def scenario(
+    http: httpx.Client,
     upstream: OpenAIUpstream,
     claude: AnthropicUpstream,
     upstream_url: str,
@@ -227,7 +239,7 @@ def scenario(
             waits.append(seconds)
 
         gateway = Gateway.from_dict(policy, sleep=sleep, **telemetry.providers)
-        with served(gateway) as client:
+        with served(gateway, http) as client:
             outcomes = [ask(client, model, stream) for _ in range(times)]
         lines = records.read_text().splitlines() if records.exists() else []
         calls = {**upstream.calls, **claude.calls}
@@ -237,7 +249,7 @@ def scenario(
 
 
 @contextmanager
-def served(gateway: Gateway) -> Iterator[openai.OpenAI]:
+def served(gateway: Gateway, http: httpx.Client) -> Iterator[openai.OpenAI]:
     """The SDK on ``gateway`` served by uvicorn; on exit the server stops and its lifespan closes the gateway,
     which settles, records and traces every call before this returns."""
 
@@ -247,11 +259,9 @@ def served(gateway: Gateway) -> Iterator[openai.OpenAI]:
         await gateway.aclose()
 
     app = UnimwMiddleware(Starlette(lifespan=lifespan), gateway=gateway)
-    with (
-        serve(app, lifespan="on") as url,
-        openai.OpenAI(base_url=url + "/v1", api_key="sk-client", max_retries=0) as client,
-    ):
-        yield client
+    with serve(app, lifespan="on") as url:
+        http_client = cast("httpx2.Client", http)  # the SDK is typed against its httpx fork, whose Client this matches
+        yield openai.OpenAI(base_url=url + "/v1", api_key="sk-client", max_retries=0, http_client=http_client)
 
 
 def key_spans(telemetry: Telemetry) -> list[Span]:
