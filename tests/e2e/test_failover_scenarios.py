@@ -649,7 +649,8 @@ def test_a_stream_cut_mid_answer_is_continued_whole(
     strict=True,
     reason="a continued stream makes two upstream attempts, but its tree is the call span alone (with the "
     "unimw.stream.resumed event): no attempt spans, though tracing.md gives one to each attempt of a call that "
-    "makes more than one; the continuation's attempt is numbered 1 again",
+    "makes more than one (with tracing.attempt_spans: always, only the first attempt has a span, UNSET as it "
+    "reached its first chunk; the continuation has none)",
 )
 @pytest.mark.parametrize(("fault", "primary", "error"), CUTS)
 def test_a_continued_stream_has_a_span_for_each_attempt(
