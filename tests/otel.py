@@ -66,21 +66,25 @@ class Telemetry:
 
     def tree(self) -> list[str]:
         """Span names indented by depth, children in start order under their parent."""
+        return ["  " * depth + span["name"] for depth, span in self.walk()]
+
+    def walk(self) -> list[tuple[int, SpanDict]]:
+        """Every span with its depth, in the order of :meth:`tree`."""
         spans = self.spans()
         ids = {s["span_id"] for s in spans}
-        lines: list[str] = []
+        ordered: list[tuple[int, SpanDict]] = []
 
         def walk(parent: int | None, depth: int) -> None:
             for span in spans:
                 if span["parent_id"] == parent:
-                    lines.append("  " * depth + span["name"])
+                    ordered.append((depth, span))
                     walk(span["span_id"], depth + 1)
 
         for span in spans:
             if span["parent_id"] not in ids:
-                lines.append(span["name"])
+                ordered.append((0, span))
                 walk(span["span_id"], 1)
-        return lines
+        return ordered
 
     def metrics(self) -> dict[str, list[tuple[dict[str, Any], Any]]]:
         """Each metric's points as ``(attributes, value)``: a counter's sum, a histogram's ``(count, sum)``."""

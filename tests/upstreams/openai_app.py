@@ -8,7 +8,7 @@ a final ``choices: []`` chunk). A test scripts faults per upstream model:
 answer 429, then normally. Faults:
 
 =========  ==============================================================
-``429``    429 + ``Retry-After: 0`` (``429:2`` for 2 s), rate-limit error
+``429``    429 + ``Retry-After: 0`` (``429:2`` for 2 s, ``429:none`` for no Retry-After), rate-limit error
 ``500``    500 server_error (``500:S`` after S seconds)
 ``503``    503 overloaded
 ``400``    400 invalid_request_error on ``messages``
@@ -17,6 +17,7 @@ answer 429, then normally. Faults:
            stream whose first event, or whose event after the first words, is such an error)
 ``badjson`` 200 with a body that is not JSON
 ``hang``   answers nothing for 30 s
+``reset``  the connection reset (RST) before any response header
 ``drop``   the connection breaks after the first 3 words of a stream, also a Responses one (``drop:N``: N words;
            ``drop:0``: the role delta)
 ``stall``  a stream that goes silent for 30 s after its first words
@@ -45,6 +46,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import socket
 import struct
 import threading
 from collections.abc import AsyncIterator
@@ -137,7 +139,7 @@ class OpenAIUpstream(ScriptedUpstream):
                 "Rate limit reached for requests",
                 "requests",
                 "rate_limit_exceeded",
-                headers={"retry-after": arg or "0"},
+                headers={} if arg == "none" else {"retry-after": arg or "0"},
             )
         if name == "500":
             await asyncio.sleep(float(arg or 0))
@@ -170,6 +172,8 @@ class OpenAIUpstream(ScriptedUpstream):
             return StreamingResponse(self._endless(body), media_type="text/event-stream")
         if name == "hang":
             await asyncio.sleep(30)
+        if name == "reset":
+            return _reset(request)
         if name == "delay":
             await asyncio.sleep(float(arg))
         if name == "filtered":
@@ -356,6 +360,16 @@ async def _leaking(body: dict[str, Any], error: dict[str, Any], *, mid: bool) ->
 async def _broken(payload: bytes) -> AsyncIterator[bytes]:
     yield payload[: len(payload) // 2]
     raise ConnectionResetError("dropped mid-body")
+
+
+def _reset(request: Request) -> Response:
+    """Reset the request's connection before any header: a close with SO_LINGER 0 sends an RST, no FIN."""
+    # Starlette hands the server's own ``receive`` through: uvicorn's is a method of the request's cycle,
+    # which holds the connection's asyncio transport.
+    transport: asyncio.Transport = request.receive.__self__.transport  # type: ignore[attr-defined]
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    return Response(status_code=204)  # never written: the connection is gone
 
 
 def _error(
