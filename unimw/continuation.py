@@ -6,8 +6,8 @@ the stream with an error event throws that away, and starting over would
 repeat it. So the text delivered so far is sent back as the start of the
 assistant's turn (a *prefill*) to a target that continues such a turn (the
 same target first, then the route's others, tried by the dispatcher as
-usual), and that stream's chunks carry on the caller's: same ``id`` and
-``created``, no second role delta, one usage chunk at the end adding up
+usual), and that stream's chunks carry on the caller's: same ``id``,
+``created`` and ``model``, no second role delta, one usage chunk at the end adding up
 what every attempt produced.
 
 It gives up, and the caller gets the original error, when the answer
@@ -196,7 +196,8 @@ class ContinuedStream:
         self._resume = resume
         self._prompt_tokens = prompt_tokens
         self._on_resume = on_resume
-        self._head: tuple[Any, Any] | None = None  # the first chunk's id and created, kept by every later one
+        #: The first chunk's id, created and model, kept by every later one: one answer, under one name.
+        self._head: tuple[Any, Any, Any] | None = None
         self._delivered: list[str] | None = []  # the text the caller has, over every attempt; None past MAX_PREFILL
         self._kept = 0  # its characters
         self._since = 0  # UTF-8 bytes of it the current attempt produced
@@ -232,7 +233,7 @@ class ContinuedStream:
 
     def _see(self, chunk: JSON) -> None:
         if self._head is None:
-            self._head = (chunk.get("id"), chunk.get("created"))
+            self._head = (chunk.get("id"), chunk.get("created"), chunk.get("model"))
         if chunk.get("usage"):
             self._usage_seen = True
         for choice in chunk.get("choices") or ():
@@ -257,7 +258,9 @@ class ContinuedStream:
     def _rejoined(self, chunk: JSON) -> JSON | None:
         """A continuation's chunk as part of the caller's stream; None for one that adds nothing."""
         assert self._head is not None
-        chunk["id"], chunk["created"] = self._head
+        chunk["id"], chunk["created"], model = self._head
+        if model is not None:
+            chunk["model"] = model
         choices = chunk.get("choices") or ()
         useful = not choices or bool(chunk.get("usage"))
         for choice in choices:
