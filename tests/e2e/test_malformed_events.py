@@ -183,3 +183,23 @@ async def test_a_tool_call_whose_start_was_skipped_is_asked_again_before_anythin
     assert claude.calls[SONNET] == 2  # the first attempt failed before its first chunk: retried
     await gateway.flush()
     assert STREAM_SKIPPED_EVENTS not in telemetry.span("chat sonnet")["attributes"]
+
+
+@pytest.mark.parametrize(("model", "fault"), CASES, ids=[f"{m}-{f}" for m, f in CASES])
+async def test_a_responses_stream_served_by_translation_counts_the_skipped_event_too(
+    make: Callable[..., Gateway],
+    upstream: OpenAIUpstream,
+    claude: AnthropicUpstream,
+    gemini: GeminiUpstream,
+    telemetry: Telemetry,
+    model: str,
+    fault: str,
+) -> None:
+    gateway = make(telemetry=telemetry)
+    plan(fault, model, {"gpt-main": upstream, "sonnet": claude, "flash": gemini})
+    events = [e async for e in await sdk(gateway).responses.create(model=model, input="Hi", stream=True)]
+    assert [e.type for e in events][-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == full(MODELS[model])
+    assert all(SKIPPED_EVENTS not in (e.model_extra or {}) for e in events)
+    await gateway.flush()
+    assert telemetry.span(f"chat {model}")["attributes"][STREAM_SKIPPED_EVENTS] == 1

@@ -44,7 +44,7 @@ from unimw.operations.responses_events import ResponseEvents, encode, failure_co
 from unimw.operations.responses_validation import validate_responses
 from unimw.stores.base import StoreUnavailable
 from unimw.usage import Usage, tokens_in_bytes, utf8_size
-from unimw.wire import JSON, aclose, dumps, loads
+from unimw.wire import JSON, SKIPPED_EVENTS, aclose, dumps, loads, skipped_only
 
 if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
@@ -287,7 +287,7 @@ class ResponsesWatch:
     The deltas are counted, not kept: the final response, whole, comes in the terminal event.
     """
 
-    __slots__ = ("_final", "_other_bytes", "_produced_bytes", "_response", "_sequence")
+    __slots__ = ("_final", "_other_bytes", "_produced_bytes", "_response", "_sequence", "_skipped")
 
     def __init__(self) -> None:
         self._produced_bytes = 0  # answer text and function arguments: what an estimate counts
@@ -295,8 +295,13 @@ class ResponsesWatch:
         self._final: JSON | None = None
         self._response: JSON | None = None  #: the latest response object an event carried
         self._sequence = 0
+        self._skipped = 0
 
     def see(self, event: JSON) -> JSON | None:
+        if SKIPPED_EVENTS in event:  # unimw's own count of upstream events left out: not for the client
+            self._skipped += event.pop(SKIPPED_EVENTS)
+            if not event:
+                return None
         kind = event.get("type")
         if isinstance(sequence := event.get("sequence_number"), int):
             self._sequence = sequence + 1
@@ -328,7 +333,8 @@ class ResponsesWatch:
         response = self._final or self._response or {}
         status = response.get("status")
         head = (_text(response.get("id")), _text(response.get("model")))
-        return Reading(usage_of((self._final or {}).get("usage")), *head, (str(status),) if self._final else ())
+        finish = (str(status),) if self._final else ()
+        return Reading(usage_of((self._final or {}).get("usage")), *head, finish, self._skipped)
 
     def produced_tokens(self) -> int:
         return tokens_in_bytes(self._produced_bytes)
@@ -357,10 +363,20 @@ def usage_of(usage: Any) -> Usage | None:
 
 
 async def _translated(chunks: AsyncIterator[JSON], events: ResponseEvents) -> AsyncIterator[JSON]:
-    """The Responses events of a chat chunk stream; a cut stream raises (the door then sends ``response.failed``)."""
+    """The Responses events of a chat chunk stream; a cut stream raises (the door then sends ``response.failed``).
+
+    The adapter's count of upstream events it skipped rides on the first event a chunk makes, or alone.
+    """
     try:
         async for chunk in chunks:
-            for event in events.feed(chunk):
+            skipped = chunk.pop(SKIPPED_EVENTS, 0)
+            made = events.feed(chunk) if chunk else []
+            if skipped:
+                if made:
+                    made[0][SKIPPED_EVENTS] = skipped
+                else:
+                    yield skipped_only(skipped)
+            for event in made:
                 yield event
     finally:
         await aclose(chunks)
