@@ -61,6 +61,11 @@ class Call:
     error: BaseException | None = None
     started: float = field(default_factory=time.perf_counter)
     first_chunk_at: float | None = None
+    #: Upstream attempts so far (a stream's), numbered across the call, continuations included.
+    attempts: int = 0
+    #: When a stream's dispatch began (ns since the epoch): the start of its first attempt's span, should it
+    #: need one after the fact (a cut that is continued).
+    dispatched: int = 0
     span: Any = None
     finished: bool = False
     cache: Lookup | None = None

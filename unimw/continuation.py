@@ -155,6 +155,7 @@ class ContinuedStream:
         "_head",
         "_kept",
         "_left",
+        "_on_cut",
         "_on_resume",
         "_params",
         "_prefill",
@@ -184,6 +185,7 @@ class ContinuedStream:
         resume: Resume,
         prompt_tokens: Callable[[JSON], int],
         on_resume: Callable[[Resumed], None],
+        on_cut: Callable[[Target, UpstreamError], None] | None = None,
     ) -> None:
         self._chunks = chunks
         self._target = target
@@ -196,6 +198,7 @@ class ContinuedStream:
         self._resume = resume
         self._prompt_tokens = prompt_tokens
         self._on_resume = on_resume
+        self._on_cut = on_cut
         #: The first chunk's id, created and model, kept by every later one: one answer, under one name.
         self._head: tuple[Any, Any, Any] | None = None
         self._delivered: list[str] | None = []  # the text the caller has, over every attempt; None past MAX_PREFILL
@@ -300,6 +303,8 @@ class ContinuedStream:
                 self._request, delivered, self._params.get(target.name) if needs_prefill else None
             )
 
+        if self._on_cut is not None:
+            self._on_cut(failed, error)  # before the continuation's attempts, which come after it
         try:
             self._target, self._chunks = await self._resume(request_for, candidates)
         except UpstreamError:

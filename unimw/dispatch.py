@@ -100,6 +100,12 @@ class Observer(Protocol):
         ...
 
 
+class Tally(Protocol):
+    """Where a call counts its attempts, so that those of a continuation are numbered after the first ones."""
+
+    attempts: int
+
+
 class _Unobserved:
     async def attempt(
         self, operation: str, request: JSON, target: Target, number: int, run: Callable[[Target], Awaitable[T]]
@@ -191,10 +197,12 @@ class Dispatcher:
         *,
         credentials: Mapping[str, str] | None = None,
         needs: int | None = None,
+        tally: Tally | None = None,
     ) -> tuple[Target, AsyncIterator[JSON]]:
         """The chunk stream of the first target that produced a first chunk, and that target.
 
         Close the stream if it is not read to its end: that closes the upstream and releases its adapter.
+        ``tally`` numbers the attempts on from its count, and keeps counting them.
         """
 
         async def attempt(target: Target) -> AsyncIterator[JSON]:
@@ -230,7 +238,7 @@ class Dispatcher:
             await anext(rest)  # primed: from now on closing it releases the lease, even before it is read
             return rest
 
-        return await self._first_success(route, operation, request, attempt, credentials, needs)
+        return await self._first_success(route, operation, request, attempt, credentials, needs, tally)
 
     async def _lease(self, target: Target, credentials: Mapping[str, str] | None) -> Lease:
         """The adapter (and redactor) for an attempt on ``target``: the caller's own key's, else the policy's."""
@@ -248,6 +256,7 @@ class Dispatcher:
         attempt: Callable[[Target], Awaitable[T]],
         credentials: Mapping[str, str] | None,
         needs: int | None,
+        tally: Tally | None = None,
     ) -> tuple[Target, T]:
         def own(target: Target) -> bool:
             return credentials is not None and target.provider in credentials
@@ -269,7 +278,7 @@ class Dispatcher:
         tried: set[str] = set()
         latency = self._router.latency  # None unless an alias is least_latency
         last_error: UpstreamError | None = None
-        number = 0
+        number = tally.attempts if tally is not None else 0
         while queue:
             target = queue.pop(0)
             tried.add(target.name)
@@ -287,6 +296,8 @@ class Dispatcher:
             retries = self._retries.get(target.provider, self._settings.retries)
             for tries in range(retries + 1):
                 number += 1
+                if tally is not None:
+                    tally.attempts = number
                 started = time.perf_counter() if latency is not None else 0.0
                 try:
                     result = await self._observer.attempt(operation, request, target, number, attempt)

@@ -399,8 +399,9 @@ class Gateway:
                 chats[target.name] = chat
                 return await adapter.stream(chat, target)
 
+            call.dispatched = time.time_ns()
             call.target, chunks = await self._dispatcher.stream(
-                call.route, operation.name, upstream, ask, credentials=call.caller.credentials, needs=needs
+                call.route, operation.name, upstream, ask, credentials=call.caller.credentials, needs=needs, tally=call
             )
             if (chat := chats.get(call.target.name)) is not None:
                 chunks = operation.from_chat_stream(self._continued(call, chat, chunks), upstream)
@@ -428,13 +429,15 @@ class Gateway:
         async def resume(
             request_for: Callable[[Target], JSON], targets: tuple[Target, ...]
         ) -> tuple[Target, AsyncIterator[JSON]]:
-            return await self._dispatcher.stream(
-                route.only(targets),
-                operation.name,
-                request_for(targets[0]),
-                lambda adapter, target: adapter.stream(request_for(target), target),
-                credentials=call.caller.credentials,
-            )
+            with self._tracing.within(call):  # its attempts' spans under the call's, wherever the stream is read
+                return await self._dispatcher.stream(
+                    route.only(targets),
+                    operation.name,
+                    request_for(targets[0]),
+                    lambda adapter, target: adapter.stream(request_for(target), target),
+                    credentials=call.caller.credentials,
+                    tally=call,
+                )
 
         def resumed(switch: Resumed) -> None:
             call.resumed.append(switch)
@@ -453,6 +456,7 @@ class Gateway:
             resume=resume,
             prompt_tokens=CHAT.prompt_tokens,  # of the chat request, whatever the operation
             on_resume=resumed,
+            on_cut=lambda target, error: self._tracing.cut(call, target, error),
         )
         return stream
 

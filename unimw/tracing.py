@@ -41,6 +41,7 @@ import ipaddress
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -116,6 +117,7 @@ if TYPE_CHECKING:
     from unimw.adapters.base import Adapter, Target
     from unimw.calls import Call
     from unimw.continuation import Resumed
+    from unimw.errors import UpstreamError
     from unimw.policy import Policy, Provider
     from unimw.routing import Route
 
@@ -304,6 +306,33 @@ class Tracing:
             name, attributes = known
             span.update_name(name)
             span.set_attributes({**attributes, REROUTED_FROM: call.rerouted_from or ""})
+
+    def within(self, call: Call) -> AbstractContextManager[object]:
+        """The call's span made current (for what runs while its stream is read, outside the pipeline)."""
+        span: Span | None = call.span
+        if span is None or not span.is_recording():
+            return nullcontext()
+        return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
+
+    def cut(self, call: Call, target: Target, error: UpstreamError) -> None:
+        """The call's stream failed mid-answer and is to be continued. Its attempts so far were one, noted on
+        the call's span: that attempt gets a span of its own now, from the dispatch to the cut, as the
+        continuation's attempts get theirs (an attempt that had a span keeps it, ended at its first chunk)."""
+        span: Span | None = call.span
+        if span is None or not span.is_recording() or call.attempts != 1 or self._every_attempt:
+            return
+        operation = call.operation.name
+        attributes = self._attempt_attributes(operation, {}, target, 1, self._upstreams[target.provider], ())
+        attributes[ERROR_TYPE] = error_type(error)
+        attempt = self._tracer.start_span(
+            f"{operation} {target.model}",
+            context=trace.set_span_in_context(span),
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=call.dispatched,
+        )
+        attempt.set_status(Status(StatusCode.ERROR, _description(error)))
+        attempt.end()
 
     def resumed(self, call: Call, switch: Resumed) -> None:
         """The call's stream failed mid-answer and goes on at another attempt: an event on its span says where."""

@@ -645,13 +645,6 @@ def test_a_stream_cut_mid_answer_is_continued_whole(
     assert run.spans[0] == call_span("resumable", "llama", usage, cost, [resumed("llama", error, "llama")], **resumes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a continued stream makes two upstream attempts, but its tree is the call span alone (with the "
-    "unimw.stream.resumed event): no attempt spans, though tracing.md gives one to each attempt of a call that "
-    "makes more than one (with tracing.attempt_spans: always, only the first attempt has a span, UNSET as it "
-    "reached its first chunk; the continuation has none)",
-)
 @pytest.mark.parametrize(("fault", "primary", "error"), CUTS)
 def test_a_continued_stream_has_a_span_for_each_attempt(
     scenario: Callable[..., Run], upstream: OpenAIUpstream, fault: str, primary: Any, error: str
@@ -771,11 +764,6 @@ def test_a_fallback_that_rejects_the_prefill_leaves_the_original_error(
     assert run.spans[0] == (root[0], "ERROR", *root[2:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the refused continuation leaves no trace: the tree is the call span alone, with no attempt span and "
-    "no event for the 400 from claude-sonnet-4-5-20250929, though failures.md says every attempt is traced",
-)
 def test_a_refused_continuation_is_traced(
     scenario: Callable[..., Run], upstream: OpenAIUpstream, claude: AnthropicUpstream
 ) -> None:

@@ -311,3 +311,28 @@ async def test_the_switch_is_on_the_call_span(
             },
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("attempt_spans", "first_status"),
+    [
+        ("retries", "ERROR"),  # the cut attempt had no span of its own (the only one so far): made at the cut
+        ("always", "UNSET"),  # it had one, ended at its first chunk: kept as it was
+    ],
+)
+async def test_each_attempt_of_a_continued_stream_has_a_span_under_the_call(
+    make: Callable[..., Gateway], claude: AnthropicUpstream, telemetry: Telemetry, attempt_spans: str, first_status: str
+) -> None:
+    gateway = make(telemetry=telemetry, tracing={"attempt_spans": attempt_spans})
+    claude.plan(SONNET, "stream_error")
+    text, _ = await read(await sdk(gateway).chat.completions.create(model="sonnet", messages=HELLO, stream=True))
+    assert text == full(SONNET)
+    await gateway.flush()
+    assert telemetry.tree() == ["chat sonnet", f"  chat {SONNET}", f"  chat {SONNET}"]
+    attempts = [s for s in telemetry.spans() if s["parent"] == "chat sonnet"]
+    assert [(s["status"], s["attributes"]["unimw.attempt"], s["attributes"].get("error.type")) for s in attempts] == [
+        (first_status, 1, "server_is_overloaded" if first_status == "ERROR" else None),
+        ("UNSET", 2, None),
+    ]
+    call = telemetry.span("chat sonnet")
+    assert attempts[0]["trace_id"] == attempts[1]["trace_id"] == call["trace_id"]
