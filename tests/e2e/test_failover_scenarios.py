@@ -43,7 +43,7 @@ from starlette.applications import Starlette
 from tests.conftest import policy_for
 from tests.otel import Telemetry
 from tests.servers import serve
-from tests.upstreams import anthropic_app, openai_app
+from tests.upstreams import anthropic_app, full, openai_app
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway, UnimwMiddleware
@@ -81,11 +81,6 @@ TARGETS = {
     "llama": ("primary", "up-llama"),
     "sonnet": ("claude", SONNET),
 }
-
-
-def full(upstream_model: str) -> str:
-    """The whole answer either fake gives to HELLO."""
-    return f"Hello from {upstream_model}! The capital of France is Paris."
 
 
 # ── running a scenario ──────────────────────────────────────────────────────

@@ -19,6 +19,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from tests.conftest import sdk
 from tests.otel import Telemetry
+from tests.upstreams import full
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.gemini_app import GeminiUpstream
 from tests.upstreams.openai_app import OpenAIUpstream
@@ -62,11 +63,6 @@ def make(
         return make_gateway(providers=providers, models=models, **overrides)
 
     return build
-
-
-def full(model: str) -> str:
-    """The whole answer each loopback upstream gives to HELLO."""
-    return f"Hello from {model}! The capital of France is Paris."
 
 
 async def chunks_of(client: openai.AsyncOpenAI, model: str) -> list[ChatCompletionChunk]:

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import sdk
 from tests.otel import Telemetry
+from tests.upstreams import full
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
@@ -35,11 +36,6 @@ WEATHER: Any = {
     "name": "get_weather",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
-
-
-def full(model: str) -> str:
-    """The whole answer the fake upstreams give to QUESTION."""
-    return f"Hello from {model}! The capital of France is Paris."
 
 
 @pytest.fixture

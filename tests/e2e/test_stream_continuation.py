@@ -20,6 +20,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from tests.conftest import sdk
 from tests.otel import Telemetry
+from tests.upstreams import full
 from tests.upstreams.anthropic_app import AnthropicUpstream
 from tests.upstreams.openai_app import OpenAIUpstream
 from unimw import Gateway
@@ -40,11 +41,6 @@ TOOLS: Any = [
         },
     }
 ]
-
-
-def full(model: str) -> str:
-    """The whole answer both fake upstreams give to HELLO."""
-    return f"Hello from {model}! The capital of France is Paris."
 
 
 @pytest.fixture

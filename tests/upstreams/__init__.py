@@ -14,6 +14,11 @@ from starlette.types import ASGIApp
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
+def full(model: str) -> str:
+    """The whole answer every loopback upstream gives (as ``model``), a text: what tests compare the client's with."""
+    return f"Hello from {model}! The capital of France is Paris."
+
+
 def recorded(vendor: str, case: str) -> JSONResponse:
     """Fault ``recorded:<case>``: the error answer of that id in ``tests/fixtures/error_kinds/<vendor>.json``,
     in the vendor's exact wire format (status, headers, body)."""

@@ -61,7 +61,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from typing_extensions import is_typeddict
 
-from tests.upstreams import ScriptedUpstream, recorded
+from tests.upstreams import ScriptedUpstream, full, recorded
 
 VERSIONS = ("2023-06-01", "2026-10-21")
 #: The fewest tokens a marked prefix must have to be cached (Claude Sonnet's documented minimum).
@@ -352,10 +352,7 @@ def answer(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
             for i, t in enumerate(tools[:count])
         ]
         return [*thinking, *calls], "tool_use"
-    if results:
-        text = f"I got {len(results)} tool results for {body['model']}."
-    else:
-        text = f"Hello from {body['model']}! The capital of France is Paris."
+    text = f"I got {len(results)} tool results for {body['model']}." if results else full(body["model"])
     if (prefill := _prefill(body)) is not None:
         # A final assistant turn is continued, as the API documents: the reply is what follows it.
         text = text[len(prefill) :] if text.startswith(prefill) else text

@@ -49,7 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.upstreams import ScriptedUpstream, recorded
+from tests.upstreams import ScriptedUpstream, full, recorded
 
 DUMMY_SIGNATURE = "skip_thought_signature_validator"
 #: The length of this server's embeddings when the request sets no ``outputDimensionality``.
@@ -145,7 +145,7 @@ def answer(body: dict[str, Any], model: str) -> list[dict[str, Any]]:
     config = body.get("generationConfig") or {}
     if config.get("responseMimeType") == "application/json":
         return [{"text": json.dumps({"answer": "Paris", "confidence": 0.9})}]
-    text = [{"text": f"Hello from {model}! The capital of France is Paris."}]
+    text = [{"text": full(model)}]
     if (config.get("thinkingConfig") or {}).get("includeThoughts"):
         return [{"text": "**Recalling** The user wants a capital.", "thought": True}, *text]
     return text

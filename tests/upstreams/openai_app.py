@@ -57,7 +57,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.upstreams import ScriptedUpstream, openai_responses, recorded
+from tests.upstreams import ScriptedUpstream, full, openai_responses, recorded
 
 CREATED = 1741570283
 FINGERPRINT = "fp_fc9f1d7035"
@@ -250,7 +250,7 @@ def answer(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     if response_format.get("type") == "json_schema":
         content = json.dumps({"answer": "Paris", "confidence": 0.9})
     else:
-        content = f"Hello from {body['model']}! The capital of France is Paris."
+        content = full(body["model"])
     last = body["messages"][-1]
     if body.get("continue_final_message") and last.get("role") == "assistant" and isinstance(last["content"], str):
         # vLLM's extension: the final assistant turn is continued, and the reply is what follows it.

@@ -15,13 +15,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tests.upstreams import ScriptedUpstream
+from tests.upstreams import ScriptedUpstream, full
 
 CREATED = 1741570283
 
 
 def response(body: dict[str, Any], status: str = "completed") -> dict[str, Any]:
-    text = f"Hello from {body['model']}! The capital of France is Paris."
+    text = full(body["model"])
     items = body["input"] if isinstance(body["input"], list) else [body["input"]]
     message = {
         "id": "msg_loopback0001",
