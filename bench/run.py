@@ -1104,6 +1104,52 @@ async def bench_limits(env: Env) -> list[Item]:
     return items
 
 
+async def bench_concurrency(env: Env) -> list[Item]:
+    """Added cost per call of a tenant's concurrency limit shared through Redis (a lease taken before dispatch,
+    given back after), and of circuit breakers on a Redis store with every target closed."""
+    keys = [
+        ("concurrency.redis.p50_us", "tenant concurrency limit shared on Redis, added per call"),
+        ("concurrency.redis.round_trips_response_path", "… Redis round trips per call, before it returns"),
+        ("breakers.redis.p50_us", "circuit breakers on a Redis store, every target closed, added per call"),
+    ]
+    redis_port = start_redis(env) if importlib.util.find_spec("redis") else None
+    if redis_port is None:
+        return _skip(keys, "skipped: no redis-server to start and none answering at 127.0.0.1:6379")
+    store = f"redis://127.0.0.1:{redis_port}/0"
+    # A limit no call here reaches: the figure is the cost of the lease, never a wait or a refusal.
+    tenants = {"bounded": {"max_concurrent": 10**6}, "unbounded": {}}
+    direct_call = clients.aiohttp_chat(env.http, env.upstream.url + CHAT_PATH)
+    items: list[Item] = []
+    async with Gateway.from_dict(policy(env.upstream_v1, tenants=tenants, tenancy={"store": store})) as gateway:
+        plain = clients.gateway_chat(gateway, tenant="unbounded")
+        bounded = clients.gateway_chat(gateway, tenant="bounded")
+        calls = {"direct aiohttp": direct_call, "no limit": plain, "concurrency limit": bounded}
+        stats = await contest(calls, env.opts.plan)
+        env.series("concurrency (redis)", stats)
+        direct, base, measured = (s.median for s in stats.values())
+        items.append(
+            Figure(
+                *keys[0], measured, US, base, "tenant without a limit", None, **_added_over(direct, "direct aiohttp")
+            )
+        )
+        with RedisSends() as sends:
+            trips = await _response_path_trips(bounded, sends, 50)
+        items.append(Figure(*keys[1], trips, ""))
+    off = policy(env.upstream_v1, tenancy={"store": store})
+    on = {**off, "dispatch": {"breaker": {"failures": 5}}}
+    async with Gateway.from_dict(off) as without, Gateway.from_dict(on) as with_breakers:
+        calls = {
+            "direct aiohttp": direct_call,
+            "no breakers": clients.gateway_chat(without),
+            "breakers": clients.gateway_chat(with_breakers),
+        }
+        stats = await contest(calls, env.opts.plan)
+    env.series("breakers (redis)", stats)
+    direct, base, measured = (s.median for s in stats.values())
+    items.append(Figure(*keys[2], measured, US, base, "no breakers", None, **_added_over(direct, "direct aiohttp")))
+    return items
+
+
 async def bench_tracing(env: Env) -> list[Item]:
     """Added cost per call of SDK tracer and meter providers over none (in process, mock provider)."""
     keys = [
@@ -1179,6 +1225,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "memory": bench_memory,
     "cache": bench_cache,
     "limits": bench_limits,
+    "concurrency": bench_concurrency,
     "litellm": bench_litellm,
     "tracing": bench_tracing,
 }
