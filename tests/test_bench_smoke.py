@@ -259,6 +259,8 @@ def test_quick_bench_runs_and_reports_every_figure_with_its_ratio(tmp_path: Path
     if "limits.redis.p50_us" in figures:  # a redis-server to start, or one answering on 6379
         assert "limits.redis.p50_us.ratio" in figures
         assert figures["limits.redis.round_trips_response_path"] <= figures["limits.redis.round_trips"]
+    if "concurrency.redis.p50_us" in figures:  # the lease is the one round trip before the answer
+        assert figures["concurrency.redis.round_trips_response_path"] == 1.0
     # What this run cannot measure is reported as skipped, with a reason, never as a number.
     skipped = {row["key"]: row["reason"] for row in report["skipped"]}
     assert all(reason for reason in skipped.values()) and not set(skipped) & set(figures)
