@@ -243,3 +243,26 @@ def test_a_stream_event_of_the_wrong_shape_is_a_502(rig: Rig) -> None:
     error = rig.call("anthropic", stream=True)
     assert isinstance(error, UpstreamError)
     assert (error.status, error.code) == (502, "bad_upstream_response")
+
+
+def test_a_whole_answer_whose_content_is_parts_is_passed_on_as_it_came(rig: Rig) -> None:
+    parts = [{"type": "thinking", "thinking": [{"type": "text", "text": "Hm."}]}, {"type": "text", "text": "Hi!"}]
+    answer = copy.deepcopy(OPENAI_ANSWER)
+    answer["choices"][0]["message"]["content"] = parts
+    rig.replayer.reply = answer
+    body = {"model": "openai", "messages": [{"role": "user", "content": "hi"}]}
+    got = rig.runner.run(rig.gateway.chat_completions(body))
+    assert got["choices"][0]["message"]["content"] == parts
+
+
+def test_a_streamed_delta_whose_content_is_not_text_is_a_502(rig: Rig) -> None:
+    events = copy.deepcopy(OPENAI_STREAM)
+    events[1][1]["choices"][0]["delta"]["content"] = [{"type": "text", "text": "Hello"}]
+    rig.replayer.reply = events
+    error = rig.call("openai", stream=True)
+    assert isinstance(error, UpstreamError)
+    assert (error.status, error.code, error.message) == (
+        502,
+        "bad_upstream_response",
+        "The upstream's answer has `delta.content` in a shape the API does not document.",
+    )

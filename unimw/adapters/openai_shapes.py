@@ -11,7 +11,10 @@ Every other field passes as it came.
 
 The check is a handful of ``isinstance`` calls per choice (well under a
 microsecond a chunk); the shapes are ``ChatCompletion`` and
-``ChatCompletionChunk`` in the ``openai`` SDK's types.
+``ChatCompletionChunk`` in the ``openai`` SDK's types, but for one leniency:
+a whole answer's ``content`` may be a list of part objects, as some
+compatible servers send for reasoning models, and is passed on as it came
+(a streamed delta's is text, which a continuation and the output count read).
 """
 
 from __future__ import annotations
@@ -60,7 +63,12 @@ def _message(message: Any, name: str) -> None:
     if message is None:
         return
     _object(message, name)
-    _text(message.get("content"), f"{name}.content")
+    content = message.get("content")
+    if name == "message" and isinstance(content, list):  # parts, as some compatible servers answer: passed on
+        for part in content:
+            _object(part, f"{name}.content[]")
+    else:
+        _text(content, f"{name}.content")
     _text(message.get("refusal"), f"{name}.refusal")
     _text(message.get("reasoning_content"), f"{name}.reasoning_content")
     for call in _list(message.get("tool_calls"), f"{name}.tool_calls"):
