@@ -157,3 +157,27 @@ def test_no_breakers_unless_failures_are_set() -> None:
     assert breakers(Breaker(), "memory://", Clock()) is None
     made = breakers(SETTINGS, "memory://", Clock())
     assert made is not None and made.settings is SETTINGS
+
+
+async def test_a_shared_store_that_cannot_be_read_keeps_the_view_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Unreadable(MemoryBreakers):
+        async def read(self) -> dict[str, float]:
+            raise ConnectionError("store down")
+
+        async def close(self, name: str) -> None:
+            raise ConnectionError("store down")
+
+    clock = Clock(1000.0)
+    book = Breakers(SETTINGS, clock, Unreadable(), shared=True)
+    book.open["m"] = 2000.0
+    with caplog.at_level(logging.WARNING, logger="unimw.breaker"):
+        for _ in range(3):
+            await book.refresh()
+            clock.advance(SYNC)
+        await book.answered("m")  # the probe answered: closed here, though the store could not be told
+    assert book.open == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        "unimw: circuit breakers not shared (ConnectionError: store down)"
+    ]

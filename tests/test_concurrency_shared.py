@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -98,3 +99,32 @@ async def test_a_call_cancelled_while_waiting_takes_nothing(store: Callable[[], 
     assert two.waiting == 0
     await one.aclose()
     await two.aclose()
+
+
+async def test_a_store_that_fails_after_the_lease_was_taken_is_logged_and_the_lease_runs_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Failing:
+        async def take(self, tenant: str, limit: int, lease: str, now: float) -> bool:
+            return True
+
+        async def give_back(self, tenant: str, lease: str) -> None:
+            raise ConnectionError("store down")
+
+        async def renew(self, leases: object, now: float) -> None:
+            raise ConnectionError("store down")
+
+        async def aclose(self) -> None:
+            pass
+
+    slots = Slots(shared=Failing(), renew_every=0.01)
+    with caplog.at_level(logging.WARNING, logger="unimw.concurrency"):
+        held = await slots.take("acme", 1, None, 0)
+        await asyncio.sleep(0.05)  # several renewals fail: said once
+        held.release()
+        await asyncio.sleep(0.01)  # the give-back task fails
+    await slots.aclose()
+    assert [r.getMessage() for r in caplog.records] == [
+        "unimw: concurrency leases not renewed (ConnectionError: store down)",
+        "unimw: a concurrency place was not given back (ConnectionError: store down)",
+    ]

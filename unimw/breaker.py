@@ -141,7 +141,8 @@ class Breakers:
         self.settings = settings
         self._clock = clock
         self._store: BreakerStore = store or MemoryBreakers()
-        self._shared = shared
+        #: Whether other replicas change the store too (its breakers are then read again, see :meth:`refresh`).
+        self.shared = shared
         #: This process's view: target -> until when its breaker is open (past: half-open). Absent: closed.
         self.open: dict[str, float] = {}
         self.changed: Callable[[str, State], None] = lambda name, state: None
@@ -163,7 +164,7 @@ class Breakers:
 
     async def refresh(self) -> None:
         """Read the shared store's breakers, when this process's view of them is older than :data:`SYNC`."""
-        if not self._shared or self._clock() - self._read_at < SYNC:
+        if not self.shared or self._clock() - self._read_at < SYNC:
             return
         if self._reading is None or self._reading.done():
             self._read_at = self._clock()

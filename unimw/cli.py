@@ -144,13 +144,7 @@ def worker_count(text: str) -> int:
     """An argparse type for ``--workers``: a positive count, or ``auto`` for the cores this process may use."""
     if text == "auto":
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number or auto, not {text}")
-    return count
+    return int(positive(int, "whole number or auto")(text))
 
 
 #: Each connection bound of ``unimw serve``: its ServeLimits field, the flag's metavar, and what it does.

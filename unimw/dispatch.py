@@ -269,7 +269,8 @@ class Dispatcher:
         broken: list[str] = []  # targets left out: their breaker is open
         breakers = self.breakers
         if breakers is not None:
-            await breakers.refresh()
+            if breakers.shared:  # the process's own store needs no reading: no coroutine per call for it
+                await breakers.refresh()
             if breakers.open:
                 targets, broken = _unbroken(targets, breakers, own)
                 if broken:
